@@ -1,0 +1,193 @@
+"""The worker's own configuration: environment variables plus an optional `.env` file.
+
+`load_config` turns a mapping of strings into a frozen, validated `Config`. It does no other I/O
+than reading the `.env` file, so it is unit-tested with plain dicts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+
+T = TypeVar("T")
+
+DB_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_$()+-/")
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid. `str()` is one line naming the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class CouchConnection:
+    """Where CHT's CouchDB is, split out of COUCH_URL so credentials never travel in a URL."""
+
+    server_url: str  # scheme://host:port[/prefix], no credentials
+    db_name: str  # the medic database
+    username: str | None
+    password: str | None
+
+    @property
+    def vault_db_name(self) -> str:
+        return f"{self.db_name}-vault"
+
+    @property
+    def redacted_url(self) -> str:
+        """COUCH_URL safe for logs: the password replaced by ***."""
+        parts = urlsplit(self.server_url)
+        netloc = parts.netloc
+        if self.username:
+            netloc = f"{quote(self.username, safe='')}:***@{netloc}"
+        path = f"{parts.path.rstrip('/')}/{self.db_name}"
+        return urlunsplit((parts.scheme, netloc, path, "", ""))
+
+
+@dataclass(frozen=True)
+class Config:
+    couch: CouchConnection
+    worker_db: str
+    listen_host: str
+    listen_port: int
+    status_poll_interval: float
+    log_level: str
+    log_format: str
+    couch_secret: str | None
+    couch_timeout: float
+    couch_threads: int
+    changes_batch_size: int
+    concurrency: int
+    max_pending_changes: int
+    checkpoint_every: int
+    checkpoint_interval: float
+    change_max_attempts: int
+    shutdown_timeout: float
+
+    def __repr__(self) -> str:  # keep secrets out of any accidental repr in a log line
+        return f"Config(couch={self.couch.redacted_url!r}, worker_db={self.worker_db!r})"
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
+
+
+def read_environment(env_file: Path | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The effective variables: `.env` values overridden by the real environment.
+
+    Without `--env-file`, a `.env` in the working directory is read when present.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    if env_file is not None:
+        if not env_file.is_file():
+            raise ConfigError("--env-file", f"{env_file} does not exist or is not a file")
+        path: Path | None = env_file
+    else:
+        candidate = Path(".env")
+        path = candidate if candidate.is_file() else None
+    if path is not None:
+        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    values.update(environ)
+    return values
+
+
+def parse_couch_url(raw: str) -> CouchConnection:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("COUCH_URL", "must be an http(s) URL such as http://admin:pass@127.0.0.1:5984/medic")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError("COUCH_URL", "has an invalid port") from exc
+    segments = [s for s in parts.path.split("/") if s]
+    if not segments:
+        raise ConfigError("COUCH_URL", "must end with the database name, e.g. .../medic")
+    db_name = unquote(segments[-1])
+    _check_db_name("COUCH_URL", db_name)
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port else host
+    prefix = "/".join(segments[:-1])
+    server_url = urlunsplit((parts.scheme, netloc, f"/{prefix}" if prefix else "", "", ""))
+    return CouchConnection(
+        server_url=server_url,
+        db_name=db_name,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def _check_db_name(variable: str, name: str) -> None:
+    if not name or not name[0].islower() or not set(name) <= DB_NAME_CHARS:
+        raise ConfigError(variable, f"{name!r} is not a valid CouchDB database name")
+
+
+def _get(values: Mapping[str, str], name: str, default: T, convert: Callable[[str], T],
+         check: Callable[[T], bool], expectation: str) -> T:
+    raw = values.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = convert(raw.strip())
+    except ValueError:
+        raise ConfigError(name, f"{expectation}, got {raw.strip()!r}") from None
+    if not check(value):
+        raise ConfigError(name, f"{expectation}, got {raw.strip()!r}")
+    return value
+
+
+def _positive_int(values: Mapping[str, str], name: str, default: int) -> int:
+    return _get(values, name, default, int, lambda v: v > 0, "must be a positive whole number")
+
+
+def _positive_seconds(values: Mapping[str, str], name: str, default: float) -> float:
+    return _get(values, name, default, float, lambda v: 0 < v < 1e9, "must be a positive number of seconds")
+
+
+def _choice(values: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    expectation = f"must be one of {', '.join(choices)}"
+    return _get(values, name, default, str.lower, lambda v: v in choices, expectation)
+
+
+def load_config(values: Mapping[str, str]) -> Config:
+    raw_url = values.get("COUCH_URL", "").strip()
+    if not raw_url:
+        raise ConfigError("COUCH_URL", "is required (e.g. http://admin:pass@127.0.0.1:5984/medic)")
+    couch = parse_couch_url(raw_url)
+
+    worker_db = values.get("WORKER_DB", "").strip() or f"{couch.db_name}-rapidpro"
+    _check_db_name("WORKER_DB", worker_db)
+    if worker_db in (couch.db_name, couch.vault_db_name, f"{couch.db_name}-sentinel"):
+        raise ConfigError("WORKER_DB", f"must be a database of the worker's own, not {worker_db!r}")
+
+    return Config(
+        couch=couch,
+        worker_db=worker_db,
+        listen_host=values.get("LISTEN_HOST", "").strip() or "127.0.0.1",
+        listen_port=_get(values, "LISTEN_PORT", 5989, int, lambda v: 0 <= v <= 65535,
+                         "must be a port number from 0 to 65535"),
+        status_poll_interval=_positive_seconds(values, "STATUS_POLL_INTERVAL", 60.0),
+        log_level=_choice(values, "LOG_LEVEL", "info", LOG_LEVELS),
+        log_format=_choice(values, "LOG_FORMAT", "json", LOG_FORMATS),
+        couch_secret=values.get("COUCH_SECRET") or None,
+        couch_timeout=_positive_seconds(values, "COUCH_TIMEOUT", 10.0),
+        couch_threads=_positive_int(values, "COUCH_THREADS", 8),
+        changes_batch_size=_positive_int(values, "CHANGES_BATCH_SIZE", 200),
+        concurrency=_positive_int(values, "CONCURRENCY", 8),
+        max_pending_changes=_positive_int(values, "MAX_PENDING_CHANGES", 2000),
+        checkpoint_every=_positive_int(values, "CHECKPOINT_EVERY", 500),
+        checkpoint_interval=_positive_seconds(values, "CHECKPOINT_INTERVAL", 5.0),
+        change_max_attempts=_positive_int(values, "CHANGE_MAX_ATTEMPTS", 5),
+        shutdown_timeout=_positive_seconds(values, "SHUTDOWN_TIMEOUT", 7.0),
+    )

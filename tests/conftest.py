@@ -1,0 +1,4 @@
+pytest_plugins = [
+    "tests.support.couch_fixtures",
+    "tests.support.rapidpro_fixtures",
+]

@@ -1,0 +1,83 @@
+import pytest
+
+from config.env import ConfigError, load_config, read_environment
+
+URL = "http://admin:s3cret@127.0.0.1:5984/medic"
+
+
+def test_defaults_from_a_minimal_environment():
+    config = load_config({"COUCH_URL": URL})
+    assert config.couch.server_url == "http://127.0.0.1:5984"
+    assert config.couch.db_name == "medic"
+    assert config.couch.vault_db_name == "medic-vault"
+    assert (config.couch.username, config.couch.password) == ("admin", "s3cret")
+    assert config.worker_db == "medic-rapidpro"
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 5989)
+    assert config.status_poll_interval == 60.0
+    assert (config.log_level, config.log_format) == ("info", "json")
+    assert config.couch_secret is None
+
+
+def test_redacted_url_and_repr_hide_the_password():
+    config = load_config({"COUCH_URL": URL})
+    assert config.couch.redacted_url == "http://admin:***@127.0.0.1:5984/medic"
+    assert "s3cret" not in repr(config)
+
+
+def test_path_prefix_and_encoded_credentials():
+    config = load_config({"COUCH_URL": "https://us%40er:p%3Ass@couch.example.org/db/medic"})
+    assert config.couch.server_url == "https://couch.example.org/db"
+    assert config.couch.db_name == "medic"
+    assert (config.couch.username, config.couch.password) == ("us@er", "p:ss")
+
+
+@pytest.mark.parametrize(
+    ("values", "variable", "fragment"),
+    [
+        ({}, "COUCH_URL", "is required"),
+        ({"COUCH_URL": "not a url"}, "COUCH_URL", "http(s) URL"),
+        ({"COUCH_URL": "http://h:5984/"}, "COUCH_URL", "database name"),
+        ({"COUCH_URL": "http://h:5984/Medic"}, "COUCH_URL", "not a valid CouchDB database name"),
+        ({"COUCH_URL": URL, "LISTEN_PORT": "70000"}, "LISTEN_PORT", "port number"),
+        ({"COUCH_URL": URL, "LISTEN_PORT": "abc"}, "LISTEN_PORT", "'abc'"),
+        ({"COUCH_URL": URL, "STATUS_POLL_INTERVAL": "0"}, "STATUS_POLL_INTERVAL", "positive"),
+        ({"COUCH_URL": URL, "LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug, info, warning, error"),
+        ({"COUCH_URL": URL, "LOG_FORMAT": "xml"}, "LOG_FORMAT", "json, console"),
+        ({"COUCH_URL": URL, "WORKER_DB": "medic"}, "WORKER_DB", "own"),
+        ({"COUCH_URL": URL, "CONCURRENCY": "-1"}, "CONCURRENCY", "positive whole number"),
+    ],
+)
+def test_invalid_values_name_the_variable(values, variable, fragment):
+    with pytest.raises(ConfigError) as error:
+        load_config(values)
+    assert error.value.variable == variable
+    assert fragment in str(error.value)
+    assert str(error.value).startswith(variable)
+    assert "\n" not in str(error.value)
+    assert "s3cret" not in str(error.value)
+
+
+def test_values_are_case_insensitive_where_they_are_words():
+    config = load_config({"COUCH_URL": URL, "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "Console"})
+    assert (config.log_level, config.log_format) == ("debug", "console")
+
+
+def test_env_file_is_read_and_the_real_environment_wins(tmp_path):
+    env_file = tmp_path / "worker.env"
+    env_file.write_text(f"COUCH_URL={URL}\nLISTEN_PORT=7000\nLOG_LEVEL=debug\n")
+    values = read_environment(env_file, {"LISTEN_PORT": "7001"})
+    config = load_config(values)
+    assert config.listen_port == 7001
+    assert config.log_level == "debug"
+
+
+def test_missing_env_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        read_environment(tmp_path / "nope.env", {})
+    assert error.value.variable == "--env-file"
+
+
+def test_dot_env_in_working_directory_is_read_by_default(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("LISTEN_PORT=7002\n")
+    monkeypatch.chdir(tmp_path)
+    assert read_environment(None, {})["LISTEN_PORT"] == "7002"

@@ -1,0 +1,268 @@
+"""Builds the daemon's parts, runs them in one TaskGroup, and owns start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from config.env import Config
+from transitions.base import Transition
+from transitions.settings_watcher import SettingsWatcher
+from worker.app_settings import SettingsStore
+from worker.backoff import Backoff
+from worker.changes import Change
+from worker.checkpoint import CheckpointStore, Watermark
+from worker.couch import CouchError, CouchServer, CouchUnavailable, Unauthorized
+from worker.dispatch import Dispatcher
+from worker.feed import ChangesFollower
+from worker.logs import get_logger
+from worker.own_writes import OwnWrites
+from worker.parking import ParkedChanges
+from worker.server import HttpServer, build_app
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_CONFIG = 2
+
+
+class StartupError(Exception):
+    """A problem only the operator can fix (permissions); the daemon exits with status 2."""
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Worker:
+    def __init__(self, config: Config, *, extra_transitions: Sequence[Transition] = ()) -> None:
+        self.config = config
+        self.couch = CouchServer(config.couch, timeout=config.couch_timeout, threads=config.couch_threads)
+        self.medic = self.couch.db(config.couch.db_name)
+        self.own_db = self.couch.db(config.worker_db)
+        self.own_writes = OwnWrites()
+        self.medic.on_write = self.own_writes.remember
+        self.settings = SettingsStore()
+        self.checkpoints = CheckpointStore(self.own_db)
+        self.parked = ParkedChanges(self.own_db)
+        self.transitions: list[Transition] = [
+            SettingsWatcher(lambda: self.settings.current, self.settings.put_in_force, self.settings.refuse),
+            *extra_transitions,
+        ]
+        self.dispatcher: Dispatcher | None = None
+        self.follower: ChangesFollower | None = None
+        self.http: HttpServer | None = None
+        self._stop = asyncio.Event()
+        self._checkpoint_due = asyncio.Event()
+        self._since_checkpoint = 0
+        self.started_at = time.time()
+        self.ready = asyncio.Event()  # set once the feed runs (tests wait on it)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for an orderly shutdown (what SIGTERM/SIGINT do)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("shutdown_requested", signal=sig.name)
+        self.stop()
+
+    async def run(self) -> int:
+        log.info("worker_starting", couch=self.config.couch.redacted_url, worker_db=self.config.worker_db)
+        try:
+            started = await self._until_stopped(self._start())
+            if not started:
+                log.info("worker_stopped", before="start-up finished")
+                return EXIT_OK
+            return await self._run_parts()
+        except StartupError as exc:
+            log.error("worker_cannot_start", error=str(exc))
+            return EXIT_CONFIG
+        finally:
+            await self.couch.close()
+
+    async def _until_stopped(self, coro: Awaitable[T]) -> bool:
+        """Run `coro` unless a stop is asked for first; True when it completed."""
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            stopper.cancel()
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+
+    async def _retry_transient(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Start-up calls wait for CouchDB to come up rather than exit."""
+        backoff = Backoff(base=0.5, cap=30.0)
+        while True:
+            try:
+                return await call()
+            except CouchUnavailable as exc:
+                delay = backoff.next_delay(exc.retry_after)
+                log.warning("couch_unavailable", during=what, error=str(exc), retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+
+    async def _start(self) -> None:
+        await self._retry_transient("worker_db", self._ensure_own_db)
+        await self._retry_transient("settings", lambda: self.settings.load(self.medic))
+        since = await self._retry_transient("checkpoint", self.checkpoints.load)
+        if since is None:
+            # First start: a big CHT holds millions of old changes; begin at the end of the feed.
+            since = await self._retry_transient("end_seq", self.medic.end_seq)
+            await self._retry_transient("checkpoint", lambda: self.checkpoints.save(since))
+            log.info("checkpoint_initialised", seq=since, reason="first start: following from now")
+        else:
+            log.info("checkpoint_loaded", seq=since)
+
+        watermark = Watermark(since)
+        self.dispatcher = Dispatcher(
+            self._process, self.parked.park, watermark,
+            concurrency=self.config.concurrency, max_pending=self.config.max_pending_changes,
+            max_attempts=self.config.change_max_attempts, own_writes=self.own_writes,
+            on_progress=self._progress,
+        )
+        self.follower = ChangesFollower(self.medic, self.dispatcher,
+                                        batch_size=self.config.changes_batch_size)
+        self.http = HttpServer(build_app(self.health), self.config.listen_host, self.config.listen_port)
+
+    async def _ensure_own_db(self) -> None:
+        try:
+            created = await self.own_db.create()
+        except Unauthorized as exc:
+            raise StartupError(
+                f"the CouchDB user may not create the worker's database {self.own_db.name!r} ({exc}); "
+                "create it as an admin or set WORKER_DB to one the user can write") from None
+        except CouchError as exc:
+            if isinstance(exc, CouchUnavailable):
+                raise
+            raise StartupError(f"cannot create the worker's database {self.own_db.name!r}: {exc}") from None
+        if created:
+            log.info("worker_db_created", db=self.own_db.name)
+
+    async def _run_parts(self) -> int:
+        assert self.follower is not None and self.dispatcher is not None and self.http is not None
+        await self.http.start()
+        exit_code = EXIT_OK
+        try:
+            async with asyncio.TaskGroup() as group:
+                feed = group.create_task(self.follower.run(self.dispatcher.watermark.seq), name="feed")
+                checkpointer = group.create_task(self._checkpoint_loop(), name="checkpointer")
+                self.ready.set()
+                log.info("worker_started")
+                await self._stop.wait()
+                # 1. stop taking changes
+                feed.cancel()
+                # 2. finish in-flight work within the deadline, abandon the rest (redone after restart)
+                finished = await self.dispatcher.drain(self.config.shutdown_timeout)
+                abandoned = 0 if finished else await self.dispatcher.abandon()
+                checkpointer.cancel()
+        except* Exception as group_error:  # a part crashed: a bug; exit non-zero so systemd restarts us
+            for exc in group_error.exceptions:
+                log.error("worker_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            exit_code = EXIT_CRASH
+            abandoned = await self.dispatcher.abandon()
+        # 3. write the checkpoint (the watermark passes only what is done)
+        await self._write_checkpoint(final=True)
+        await self.http.stop()
+        log.info("worker_stopped", checkpoint=self.checkpoints.saved_seq, abandoned=abandoned,
+                 exit_code=exit_code)
+        return exit_code
+
+    # ---- processing ------------------------------------------------------------------------
+
+    async def _process(self, change: Change) -> None:
+        doc = change.doc
+        assert doc is not None
+        for transition in self.transitions:
+            if transition.matches(doc):
+                await transition.apply(doc)
+
+    def _progress(self, passed: int) -> None:
+        self._since_checkpoint += passed
+        if self._since_checkpoint >= self.config.checkpoint_every:
+            self._checkpoint_due.set()
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._checkpoint_due.wait(), self.config.checkpoint_interval)
+            self._checkpoint_due.clear()
+            await self._write_checkpoint()
+
+    async def _write_checkpoint(self, final: bool = False) -> None:
+        if self.dispatcher is None:
+            return
+        seq = self.dispatcher.watermark.seq
+        if seq == self.checkpoints.saved_seq:
+            return
+        try:
+            await self.checkpoints.save(seq)
+            self._since_checkpoint = 0
+            log.log(20 if final else 10, "checkpoint_saved", seq=seq)
+        except CouchError as exc:
+            # Not fatal: the next write carries it; at worst changes are processed again.
+            log.warning("checkpoint_save_failed", seq=seq, error=str(exc))
+
+    # ---- health ----------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        feed = self.follower.status if self.follower else None
+        stats = self.dispatcher.stats if self.dispatcher else None
+        checkpoint = self.checkpoints.saved_seq
+        backlog: int | None = None
+        parked_total: int | None = None
+        if checkpoint is not None:
+            with contextlib.suppress(CouchError, TimeoutError):
+                page = await asyncio.wait_for(self.medic.changes(checkpoint, limit=0, include_docs=False), 3)
+                backlog = page.pending
+        with contextlib.suppress(CouchError, TimeoutError):
+            parked_total = await asyncio.wait_for(self.parked.count(), 3)
+        settings = self.settings.current
+        return {
+            "status": "ok",
+            "started_at": _iso(self.started_at),
+            "feed": {
+                "connected": feed.connected if feed else False,
+                "since": feed.since if feed else None,
+                "caught_up": feed.caught_up if feed else False,
+                "last_error": feed.last_error if feed else None,
+            },
+            "checkpoint": checkpoint,
+            "backlog": backlog,
+            "last_progress": _iso(stats.last_progress) if stats else None,
+            "in_flight": self.dispatcher.in_flight if self.dispatcher else 0,
+            "changes": {
+                "processed": stats.processed if stats else 0,
+                "skipped": stats.skipped if stats else 0,
+                "failures": stats.failures if stats else 0,
+                "parked": stats.parked if stats else 0,
+            },
+            "parked_total": parked_total,
+            "settings": settings.summary() if settings else None,
+            "settings_error": self.settings.last_error,
+        }
+
+
+async def run_worker(config: Config) -> int:
+    worker = Worker(config)
+    worker.install_signal_handlers()
+    return await worker.run()

@@ -1,0 +1,30 @@
+"""Jittered exponential backoff, as a pure object: the caller owns the sleeping."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Backoff:
+    """Delays grow base·2ⁿ up to `cap`, with "full jitter" so restarting workers do not stampede.
+
+    `next_delay(retry_after)` honours a server's Retry-After when it is longer than our own delay.
+    """
+
+    base: float = 0.5
+    cap: float = 60.0
+    attempts: int = 0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        ceiling = min(self.cap, self.base * (2 ** self.attempts))
+        self.attempts += 1
+        delay = self.rng.uniform(ceiling / 2, ceiling)
+        if retry_after is not None and retry_after > delay:
+            return float(retry_after)
+        return delay
+
+    def reset(self) -> None:
+        self.attempts = 0

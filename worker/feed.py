@@ -1,0 +1,95 @@
+"""Follows medic's `_changes` feed: pages while behind, longpoll when caught up, for ever.
+
+Any error (CouchDB down, 5xx, a cut connection) is logged and retried with jittered exponential
+backoff, honouring Retry-After; the feed never gives up. 401/403 are configuration errors: logged
+as such and retried slowly, because CouchDB 3.4 locks an account after 5 failed logins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from worker.backoff import Backoff
+from worker.changes import Change
+from worker.couch import CouchError, Database, Unauthorized
+from worker.dispatch import Dispatcher
+from worker.logs import get_logger
+
+log = get_logger(__name__)
+
+UNAUTHORIZED_RETRY_S = 120.0
+
+
+@dataclass
+class FeedStatus:
+    connected: bool = False
+    since: Any = None  # the seq the next request asks from
+    last_error: str | None = None
+    last_page_at: float | None = None
+    caught_up: bool = False
+
+
+class ChangesFollower:
+    def __init__(self, db: Database, dispatcher: Dispatcher, *, batch_size: int = 200,
+                 longpoll_timeout_ms: int = 25_000, retry_cap: float = 60.0) -> None:
+        self._db = db
+        self._dispatcher = dispatcher
+        self._batch_size = batch_size
+        self._longpoll_timeout_ms = longpoll_timeout_ms
+        self._backoff = Backoff(base=0.5, cap=retry_cap)
+        self.status = FeedStatus()
+
+    async def run(self, since: Any) -> None:
+        self.status.since = since
+        log.info("feed_started", since=since)
+        while True:
+            try:
+                page = await self._db.changes(
+                    self.status.since, limit=self._batch_size, include_docs=True,
+                    longpoll=self.status.caught_up, timeout_ms=self._longpoll_timeout_ms)
+            except asyncio.CancelledError:
+                raise
+            except Unauthorized as exc:
+                self._disconnected(str(exc))
+                log.error("feed_unauthorized", error=str(exc),
+                          hint="check the user and password in COUCH_URL; retrying slowly",
+                          retry_in_s=UNAUTHORIZED_RETRY_S)
+                await asyncio.sleep(UNAUTHORIZED_RETRY_S)
+                continue
+            except CouchError as exc:
+                self._disconnected(str(exc))
+                delay = self._backoff.next_delay(getattr(exc, "retry_after", None))
+                log.warning("feed_error", error=str(exc), retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+                continue
+
+            if not self.status.connected:
+                log.info("feed_connected", since=self.status.since)
+            self.status.connected = True
+            self.status.last_error = None
+            self.status.last_page_at = time.time()
+            self._backoff.reset()
+
+            for row in page.results:
+                change = Change.from_row(row)
+                if change is None:
+                    log.warning("feed_row_malformed", row=str(row)[:200])
+                    continue
+                await self._dispatcher.submit(change)
+            if page.last_seq is not None:
+                await self._dispatcher.mark(page.last_seq)
+                self.status.since = page.last_seq
+            # Caught up when CouchDB says nothing is pending, or (servers without `pending`)
+            # when the page came back short.
+            self.status.caught_up = (page.pending == 0 if page.pending is not None
+                                     else len(page.results) < self._batch_size)
+
+    def _disconnected(self, error: str) -> None:
+        if self.status.connected:
+            log.warning("feed_disconnected", error=error)
+        self.status.connected = False
+        self.status.last_error = error
+        self.status.caught_up = False
