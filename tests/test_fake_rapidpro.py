@@ -1,0 +1,435 @@
+"""Tests of the fake RapidPro itself, through a real aiohttp client over TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.support.fake_rapidpro import (
+    BROADCASTS_PATH,
+    DEFAULT_TOKEN,
+    MESSAGES_PATH,
+    FakeClock,
+    FakeRapidPro,
+    format_datetime,
+)
+
+pytest_plugins = ["tests.support.rapidpro_fixtures"]
+
+AUTH = {"Authorization": f"Token {DEFAULT_TOKEN}"}
+URN = "tel:+254712345678"
+URN2 = "tel:+254712345679"
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest_asyncio.fixture
+async def fake(clock: FakeClock) -> AsyncIterator[FakeRapidPro]:
+    async with FakeRapidPro(clock=clock) as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        yield session
+
+
+async def send(
+    http: aiohttp.ClientSession, fake: FakeRapidPro, urns: list[str], text: Any = "Hello"
+) -> tuple[int, Any]:
+    async with http.post(fake.url + BROADCASTS_PATH, json={"urns": urns, "text": text}) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def get(
+    http: aiohttp.ClientSession, url: str, **params: Any
+) -> tuple[int, Any, aiohttp.ClientResponse]:
+    async with http.get(url, params=params or None) as r:
+        body = await r.json(content_type=None) if r.content_type == "application/json" else None
+        return r.status, body, r
+
+
+# ---------------------------------------------------------------- sending
+
+
+async def test_broadcast_201_current_shape_and_recording(
+    fake: FakeRapidPro, http: aiohttp.ClientSession
+) -> None:
+    status, body = await send(http, fake, [URN], "Hello")
+    assert status == 201
+    assert set(body) == {
+        "uuid", "id", "status", "progress", "urns", "contacts", "groups", "text",
+        "base_language", "created_on",
+    }  # fmt: skip
+    assert body["status"] == "pending"
+    assert body["progress"] == {"total": -1, "started": 0}
+    assert body["urns"] == [URN] and body["contacts"] == [] and body["groups"] == []
+    assert body["text"] == {"eng": "Hello"} and body["base_language"] == "eng"
+    assert TIMESTAMP.match(body["created_on"])
+
+    _, second = await send(http, fake, [URN2], "Again")
+    assert second["id"] == body["id"] + 1 and second["uuid"] != body["uuid"]
+
+    recorded = fake.broadcasts[0]
+    assert (recorded.id, recorded.uuid, recorded.urns) == (body["id"], body["uuid"], [URN])
+    assert recorded.raw_text == "Hello" and recorded.token == DEFAULT_TOKEN
+    assert recorded.time == fake.clock()
+
+
+async def test_legacy_broadcast_answer(fake: FakeRapidPro, http: aiohttp.ClientSession) -> None:
+    fake.legacy_broadcasts = True
+    status, body = await send(http, fake, [URN])
+    assert status == 201 and body["status"] == "queued"
+    assert "uuid" not in body and isinstance(body["id"], int)
+    _, listed, _ = await get(http, fake.url + BROADCASTS_PATH, id=body["id"])
+    assert listed["results"][0]["status"] == "sent"  # completed, in the old vocabulary
+
+
+async def test_broadcast_validation_400s(fake: FakeRapidPro, http: aiohttp.ClientSession) -> None:
+    status, body = await send(http, fake, [URN, "tel:0712", "tel:+2547"])
+    assert status == 400
+    assert body == {
+        "urns": {
+            "1": ["Invalid URN: tel:0712. Ensure phone numbers contain country codes."],
+            "2": ["Invalid URN: tel:+2547. Ensure phone numbers contain country codes."],
+        }
+    }
+    status, body = await send(http, fake, [URN], "x" * 4097)
+    assert (status, body) == (
+        400,
+        {"text": {"eng": ["Ensure this field has no more than 4096 characters."]}},
+    )
+    assert (await send(http, fake, [URN], "x" * 4096))[0] == 201
+
+    fake.max_text_length = 640  # the pre-2025 limit
+    status, body = await send(http, fake, [URN], "x" * 641)
+    assert body == {"text": {"eng": ["Ensure this field has no more than 640 characters."]}}
+
+    fake.urn_validator = lambda urn: urn.startswith("whatsapp:")
+    status, body = await send(http, fake, [URN])
+    assert status == 400 and "0" in body["urns"]
+    assert len(fake.broadcasts) == 1  # only the valid one was recorded
+
+
+@pytest.mark.parametrize("state", ["flagged", "suspended"])
+async def test_workspace_state_400(fake: FakeRapidPro, http: aiohttp.ClientSession, state: str) -> None:
+    fake.workspace_state = state
+    status, body = await send(http, fake, [URN])
+    assert status == 400
+    assert body["non_field_errors"][0].startswith(f"Sorry, your workspace is currently {state}")
+    assert fake.broadcasts == []
+
+
+# ---------------------------------------------------------------- auth and routing
+
+
+async def test_auth_403s_and_token_rotation(fake: FakeRapidPro) -> None:
+    url = fake.url + MESSAGES_PATH
+    async with aiohttp.ClientSession() as anon:
+        async with anon.get(url) as r:
+            assert r.status == 403
+            assert await r.json() == {"detail": "Authentication credentials were not provided."}
+        async with anon.get(url, headers={"Authorization": "Token nope"}) as r:
+            assert (r.status, await r.json()) == (403, {"detail": "Invalid token"})
+        async with anon.get(url, headers={"Authorization": f"tOkEn {DEFAULT_TOKEN}"}) as r:
+            assert r.status == 200  # the scheme is case-insensitive
+
+        fake.valid_tokens = {"new-key"}  # rotation
+        async with anon.get(url, headers={"Authorization": f"Token {DEFAULT_TOKEN}"}) as r:
+            assert r.status == 403
+        async with anon.get(url, headers={"Authorization": "Token new-key"}) as r:
+            assert r.status == 200
+    assert [r.token for r in fake.requests] == [None, "nope", DEFAULT_TOKEN, DEFAULT_TOKEN, "new-key"]
+
+
+async def test_paths_without_json_and_unknown_paths_are_html_404(
+    fake: FakeRapidPro, http: aiohttp.ClientSession
+) -> None:
+    for path in ("/api/v2/broadcasts", "/api/v2/nothing.json", "/"):
+        async with http.get(fake.url + path) as r:
+            assert r.status == 404 and r.content_type == "text/html"
+    async with http.delete(fake.url + BROADCASTS_PATH) as r:
+        assert r.status == 405
+
+
+# ---------------------------------------------------------------- messages
+
+
+async def test_messages_appear_after_delay_and_follow_statuses(
+    fake: FakeRapidPro, clock: FakeClock, http: aiohttp.ClientSession
+) -> None:
+    fake.message_delay = 2.0
+    _, b = await send(http, fake, [URN, URN2], "Hi")
+    url = fake.url + MESSAGES_PATH
+    _, body, _ = await get(http, url, broadcast=b["id"])
+    assert body == {"next": None, "previous": None, "results": []}  # normal right after sending
+    _, bc, _ = await get(http, fake.url + BROADCASTS_PATH, id=b["id"])
+    assert bc["results"][0]["status"] == "pending"
+
+    clock.advance(2.0)
+    _, body, _ = await get(http, url, broadcast=b["id"])
+    results = body["results"]
+    assert [m["urn"] for m in results] == [URN2, URN]  # newest (highest id) first
+    first = results[1]
+    assert first["broadcast"] == b["id"] and first["direction"] == "out"
+    assert first["type"] == "text" and first["status"] == "queued" and first["text"] == "Hi"
+    assert first["sent_on"] is None and TIMESTAMP.match(first["modified_on"])
+    assert set(first["contact"]) == {"uuid", "name"}
+    _, bc, _ = await get(http, fake.url + BROADCASTS_PATH, uuid=b["uuid"])
+    assert bc["results"][0]["status"] == "completed"
+
+    clock.advance(1.0)
+    fake.set_status(b["id"], "wired")
+    _, body, _ = await get(http, url, uuid=first["uuid"])
+    (msg,) = body["results"]
+    assert msg["status"] == "wired" and msg["sent_on"] is not None
+    assert msg["modified_on"] > first["modified_on"]
+
+
+async def test_status_scripts_advance_per_poll_and_tick(
+    fake: FakeRapidPro, http: aiohttp.ClientSession
+) -> None:
+    fake.default_status_script = ["wired", "sent"]
+    _, a = await send(http, fake, [URN])
+    _, b = await send(http, fake, [URN2])
+    fake.script_statuses(b["id"], ["errored", "failed"])
+    url = fake.url + MESSAGES_PATH
+
+    seen = []
+    for _ in range(3):
+        _, body, _ = await get(http, url, broadcast=a["id"])
+        seen.append(body["results"][0]["status"])
+    assert seen == ["wired", "sent", "sent"]  # the last status sticks
+
+    assert fake.messages_of(b["id"])[0].status == "queued"  # not polled, so not advanced
+    fake.tick(b["id"])
+    assert fake.messages_of(b["id"])[0].status == "errored"
+    fake.tick()
+    assert fake.messages_of(b["id"])[0].status == "failed"
+
+
+async def test_failed_and_interrupted_broadcasts_have_no_messages(
+    fake: FakeRapidPro, http: aiohttp.ClientSession
+) -> None:
+    _, a = await send(http, fake, [URN])
+    fake.fail_broadcast(a["id"], "interrupted")
+    fake.fail_next_broadcasts(1)
+    status, b = await send(http, fake, [URN2])
+    assert status == 201 and b["status"] == "pending"  # the failure shows only later
+
+    for bid, expected in ((a["id"], "interrupted"), (b["id"], "failed")):
+        _, body, _ = await get(http, fake.url + BROADCASTS_PATH, id=bid)
+        assert body["results"][0]["status"] == expected
+        _, body, _ = await get(http, fake.url + MESSAGES_PATH, broadcast=bid)
+        assert body["results"] == []
+
+
+async def test_folders_incoming_and_filters(
+    fake: FakeRapidPro, clock: FakeClock, http: aiohttp.ClientSession
+) -> None:
+    _, queued = await send(http, fake, [URN])
+    _, errored = await send(http, fake, [URN])
+    fake.set_status(errored["id"], "errored")
+    _, wired = await send(http, fake, [URN])
+    fake.set_status(wired["id"], "wired")
+    _, read = await send(http, fake, [URN])
+    fake.set_status(read["id"], "read")
+    _, failed = await send(http, fake, [URN])
+    fake.set_status(failed["id"], "failed")
+    inbox = fake.add_incoming("ping", URN)
+    flows = fake.add_incoming("STOP", URN2, folder="flows")
+    url = fake.url + MESSAGES_PATH
+
+    async def folder(name: str) -> list[Any]:
+        status, body, _ = await get(http, url, folder=name)
+        assert status == 200
+        return [(m["broadcast"], m["status"]) for m in body["results"]]
+
+    assert await folder("outbox") == [(errored["id"], "errored"), (queued["id"], "queued")]
+    assert await folder("sent") == [(read["id"], "read"), (wired["id"], "wired")]
+    assert await folder("failed") == [(failed["id"], "failed")]
+    assert await folder("inbox") == [(None, "handled")]
+    assert await folder("flows") == [(None, "handled")]
+    _, body, _ = await get(http, url, folder="inbox")
+    assert body["results"][0]["direction"] == "in" and body["results"][0]["uuid"] == inbox.uuid
+
+    status, body, _ = await get(http, url, folder="inbox", broadcast=queued["id"])
+    assert status == 400 and "only specify one" in body["detail"]
+
+    # before/after are inclusive on created_on
+    clock.advance(60)
+    late = fake.add_incoming("later", URN, created_on=fake.now())
+    _, body, _ = await get(http, url, after=format_datetime(late.created_on))
+    assert [m["id"] for m in body["results"]] == [late.id]
+    _, body, _ = await get(http, url, before=format_datetime(flows.created_on))
+    assert late.id not in [m["id"] for m in body["results"]]
+    assert flows.id in [m["id"] for m in body["results"]]
+    cutoff = (late.created_on - timedelta(seconds=1)).isoformat()  # +00:00 form works too
+    _, body, _ = await get(http, url, folder="inbox", after=cutoff)
+    assert [m["text"] for m in body["results"]] == ["later"]
+
+
+async def test_cursor_pagination_over_several_pages(
+    fake: FakeRapidPro, clock: FakeClock, http: aiohttp.ClientSession
+) -> None:
+    fake.page_size = 2
+    for i in range(5):
+        fake.add_incoming(f"m{i}", URN)
+        clock.advance(1)
+    _, page, _ = await get(http, fake.url + MESSAGES_PATH, folder="inbox")
+    texts = [m["text"] for m in page["results"]]
+    assert page["previous"] is None
+    pages = [page]
+    while page["next"]:
+        assert page["next"].startswith(fake.url + MESSAGES_PATH + "?")
+        # A message arriving meanwhile must not shift the pages (cursor, not offset).
+        fake.add_incoming("newer", URN)
+        _, page, _ = await get(http, page["next"])
+        pages.append(page)
+        texts += [m["text"] for m in page["results"]]
+    assert texts == ["m4", "m3", "m2", "m1", "m0"]
+    assert len(pages) == 3 and pages[-1]["next"] is None
+    _, back, _ = await get(http, pages[-1]["previous"])
+    assert [m["text"] for m in back["results"]] == ["m2", "m1"]
+    assert "folder=inbox" in pages[-1]["previous"]
+
+
+# ---------------------------------------------------------------- rate limiting
+
+
+async def test_rate_limit_sliding_window_with_retry_after(
+    fake: FakeRapidPro, clock: FakeClock, http: aiohttp.ClientSession
+) -> None:
+    fake.rate_limit = 3
+    url = fake.url + MESSAGES_PATH
+    assert (await send(http, fake, [URN]))[0] == 201  # broadcasts share the bucket
+    clock.advance(100)
+    assert (await get(http, url))[0] == 200
+    assert (await get(http, url))[0] == 200
+    clock.advance(10)
+    status, body, r = await get(http, url)
+    assert status == 429
+    assert r.headers["Retry-After"] == "3490"  # until the first call leaves the hour
+    assert body == {"detail": "Request was throttled. Expected available in 3490 seconds."}
+
+    # Another token of the same workspace shares the bucket.
+    fake.valid_tokens.add("other")
+    async with aiohttp.ClientSession(headers={"Authorization": "Token other"}) as other:
+        assert (await get(other, url))[0] == 429
+
+    clock.advance(3490)
+    assert (await get(http, url))[0] == 200  # a slot freed; throttled calls did not count
+    assert (await get(http, url))[0] == 429
+
+
+async def test_rate_limit_without_retry_after_and_forced_throttle(
+    fake: FakeRapidPro, clock: FakeClock, http: aiohttp.ClientSession
+) -> None:
+    fake.rate_limit = 1
+    fake.retry_after_header = False
+    url = fake.url + MESSAGES_PATH
+    assert (await get(http, url))[0] == 200
+    status, body, r = await get(http, url)
+    assert (status, body) == (429, {"detail": "Request was throttled."})
+    assert "Retry-After" not in r.headers
+
+    clock.advance(3600)
+    fake.retry_after_header = True
+    fake.throttle_next(2, retry_after=1234, path=BROADCASTS_PATH)
+    status, body = await send(http, fake, [URN])
+    assert status == 429 and body["detail"].endswith("in 1234 seconds.")
+    assert (await send(http, fake, [URN]))[0] == 429
+    assert (await get(http, url))[0] == 200  # other paths untouched
+    fake.rate_limit = 10
+    assert (await send(http, fake, [URN]))[0] == 201
+
+
+# ---------------------------------------------------------------- faults
+
+
+async def test_500_with_html_body(fake: FakeRapidPro, http: aiohttp.ClientSession) -> None:
+    fake.fail_next(1, path=BROADCASTS_PATH)
+    assert (await get(http, fake.url + MESSAGES_PATH))[0] == 200  # other path: unaffected
+    async with http.post(fake.url + BROADCASTS_PATH, json={"urns": [URN], "text": "x"}) as r:
+        assert r.status == 500 and r.content_type == "text/html"
+        assert "<html" in await r.text()
+    assert fake.broadcasts == []
+    assert (await send(http, fake, [URN]))[0] == 201  # only the next one failed
+
+
+async def test_hang_needs_a_client_timeout(fake: FakeRapidPro, http: aiohttp.ClientSession) -> None:
+    fake.hang_next()
+    with pytest.raises(asyncio.TimeoutError):
+        await http.get(fake.url + MESSAGES_PATH, timeout=aiohttp.ClientTimeout(total=0.2))
+    assert fake.requests[-1].status is None
+    assert (await get(http, fake.url + MESSAGES_PATH))[0] == 200
+
+
+@pytest.mark.parametrize("how", ["hang", "drop"])
+async def test_lost_response_still_creates_the_broadcast(
+    fake: FakeRapidPro, http: aiohttp.ClientSession, how: str
+) -> None:
+    fake.lose_next_response(how=how)
+    with pytest.raises((asyncio.TimeoutError, aiohttp.ServerDisconnectedError)):
+        await http.post(
+            fake.url + BROADCASTS_PATH,
+            json={"urns": [URN], "text": "in doubt"},
+            timeout=aiohttp.ClientTimeout(total=0.3),
+        )
+    (recorded,) = fake.broadcasts
+    assert recorded.urns == [URN] and recorded.raw_text == "in doubt"
+    _, body, _ = await get(http, fake.url + MESSAGES_PATH, broadcast=recorded.id)
+    assert len(body["results"]) == 1  # it really was sent
+
+
+# ---------------------------------------------------------------- counters and waiting
+
+
+async def test_counters_and_request_log(fake: FakeRapidPro, http: aiohttp.ClientSession) -> None:
+    await send(http, fake, [URN])
+    await get(http, fake.url + MESSAGES_PATH, folder="sent")
+    await get(http, fake.url + MESSAGES_PATH, folder="failed")
+    assert fake.call_count("POST", BROADCASTS_PATH) == 1
+    assert fake.calls[("GET", MESSAGES_PATH)] == 2
+    last = fake.requests[-1]
+    assert (last.method, last.path, last.query, last.token, last.status) == (
+        "GET", MESSAGES_PATH, {"folder": ["failed"]}, DEFAULT_TOKEN, 200,
+    )  # fmt: skip
+    assert b'"urns"' in fake.requests_to(BROADCASTS_PATH, "POST")[0].body
+
+
+async def test_wait_for_wakes_on_requests_and_times_out(
+    fake: FakeRapidPro, http: aiohttp.ClientSession
+) -> None:
+    waiter = asyncio.create_task(fake.wait_for(lambda f: f.broadcasts, timeout=2))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await send(http, fake, [URN])
+    assert (await waiter)[0].urns == [URN]
+    assert await fake.wait_for(lambda: len(fake.requests) == 1) is True
+    with pytest.raises(TimeoutError):
+        await fake.wait_for(lambda: len(fake.broadcasts) == 2, timeout=0.05)
+
+
+async def test_plugin_fixture_with_real_clock(
+    fake_rapidpro: FakeRapidPro, http: aiohttp.ClientSession
+) -> None:
+    fake_rapidpro.message_delay = 0.05
+    _, b = await send(http, fake_rapidpro, [URN])
+    assert fake_rapidpro.messages_of(b["id"])[0].visible_at > fake_rapidpro.clock()
+    # The real clock schedules a wake-up when the delayed messages appear.
+    await fake_rapidpro.wait_for(lambda f: all(m.visible_at <= f.clock() for m in f.messages), timeout=1)
+    _, body, _ = await get(http, fake_rapidpro.url + MESSAGES_PATH, broadcast=b["id"])
+    assert len(body["results"]) == 1
