@@ -44,11 +44,12 @@ def main(couch_url: str) -> None:
             break
         except OSError:
             if time.monotonic() > deadline:
-                sys.exit("dev_seed: the local CouchDB-protocol server did not start; see .devdata/couchdb.log")
+                sys.exit("dev_seed: the local CouchDB-protocol server did not start; "
+                         "see .devdata/couchdb.log")
             time.sleep(0.2)
 
     request("PUT", db_url, auth)
-    docs = json.loads((FIXTURES / "cht_design_docs.json").read_text())
+    docs = json.loads((FIXTURES / "cht_design_docs.json").read_text())["docs"]
     settings = json.loads((FIXTURES / "settings_example.json").read_text())
     for doc in [*docs, settings]:
         status, _ = request("GET", f"{db_url}/{doc['_id']}", auth)
