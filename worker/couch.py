@@ -153,7 +153,8 @@ class CouchServer:
         job = functools.partial(fn, *args, **kwargs)
         try:
             # The SDK's own timeout bounds the thread; this bounds our wait even if it did not.
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, job), self.timeout * 2 + 5)
+            async with asyncio.timeout(self.timeout * 2 + 5):
+                return await loop.run_in_executor(self._pool, job)
         except ApiException as exc:
             raise _translate(exc) from None
         except (requests.exceptions.RequestException, TimeoutError, OSError) as exc:

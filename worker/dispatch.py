@@ -177,7 +177,8 @@ class Dispatcher:
     async def drain(self, timeout: float) -> bool:
         """Wait for the work in flight; True when it all finished within `timeout`."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
             return True
         except TimeoutError:
             return False

@@ -64,7 +64,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party loggers are chatty at debug; keep them at warning unless asked.
-    for name in ("urllib3", "ibm_cloud_sdk_core", "aiohttp.access", "asyncio"):
+    for name in ("urllib3", "ibm_cloud_sdk_core", "ibm-cloud-sdk-core", "aiohttp.access", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING if level != "debug" else logging.INFO)
     logging.captureWarnings(True)
 
