@@ -4,6 +4,7 @@
  * A CouchDB-3-protocol test server for the worker's test-suite and the dev "run" command.
  *
  *   node server.js --host 127.0.0.1 --port 0 --admin admin:pass (--memory | --data DIR)
+ *                  [--verbose] [--stop-on-stdin-close]
  *
  * Document storage, _all_docs, views, _bulk_docs, _local docs and _find come from express-pouchdb
  * on PouchDB 9. Everything express-pouchdb gets wrong for a CouchDB 3 client is handled here,
@@ -28,16 +29,18 @@ const { getOrCreateDB } = require('express-pouchdb/lib/create-or-delete-dbs');
 
 // ---------------------------------------------------------------- command line
 function parseArgs(argv) {
-  const opts = { host: '127.0.0.1', port: 5984, admin: 'admin:pass', data: null, verbose: false };
+  const opts = { host: '127.0.0.1', port: 5984, admin: 'admin:pass', data: null, verbose: false,
+    stopOnStdinClose: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--memory') opts.data = null;
     else if (arg === '--verbose') opts.verbose = true;
+    else if (arg === '--stop-on-stdin-close') opts.stopOnStdinClose = true;
     else if (['--host', '--port', '--admin', '--data'].includes(arg) && i + 1 < argv.length) {
       opts[arg.slice(2)] = argv[++i];
     } else {
       process.stderr.write(`unknown argument ${arg}\nusage: node server.js --host H --port P ` +
-        '--admin NAME:PASS (--memory | --data DIR) [--verbose]\n');
+        '--admin NAME:PASS (--memory | --data DIR) [--verbose] [--stop-on-stdin-close]\n');
       process.exit(2);
     }
   }
@@ -507,5 +510,10 @@ async function main() {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  if (args.stopOnStdinClose) {
+    // A launcher keeps our stdin open; when it dies without stopping us, the pipe closes and we
+    // go too, instead of lingering as an orphan.
+    process.stdin.on('end', stop).on('error', stop).resume();
+  }
 }
 main().catch((err) => { console.error(err); process.exit(1); });

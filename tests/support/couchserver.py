@@ -139,6 +139,7 @@ class CouchTestServer:
             "--admin",
             ":".join(self.admin),
             *storage,
+            "--stop-on-stdin-close",  # so it never outlives this process, even after a crash
         ]
         deadline = time.monotonic() + timeout
         while True:
@@ -159,7 +160,7 @@ class CouchTestServer:
         self._log = open(self.log_path, "a")  # closed in stop()/kill()
         self._proc = subprocess.Popen(
             cmd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # held open: closing it (or our death) stops the server
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
@@ -210,6 +211,8 @@ class CouchTestServer:
         self._close_log()
 
     def _close_log(self) -> None:
+        if self._proc is not None and self._proc.stdin is not None and self._proc.poll() is not None:
+            self._proc.stdin.close()
         if self._log is not None:
             self._log.close()
             self._log = None
