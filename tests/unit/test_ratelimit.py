@@ -1,0 +1,263 @@
+"""The RapidPro call budget: the pure token bucket on a fake clock, and the async gate.
+
+The async tests use a FakeClock for the budget: waiters would sleep (for real) until the next
+token is due on that clock, so the tests move the clock and call `budget.wake()` instead of
+sleeping, and wait for events rather than for time. Nothing depends on machine speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+
+import pytest
+
+from tests.support.fake_rapidpro import FakeClock
+from worker.backoff import Backoff
+from worker.ratelimit import Priority, RateBudget, TokenBucket
+
+# ---------------------------------------------------------------------- TokenBucket
+
+
+def test_bucket_starts_full_and_allows_the_whole_hourly_budget_as_a_burst():
+    bucket = TokenBucket(3600)
+    for _ in range(3600):
+        assert bucket.try_take(100.0) == 0.0
+    assert bucket.try_take(100.0) == pytest.approx(1.0)  # 3600/h = one per second
+
+
+def test_bucket_refills_at_the_hourly_rate_and_never_beyond_capacity():
+    bucket = TokenBucket(60)  # one per minute
+    for _ in range(60):
+        assert bucket.try_take(0.0) == 0.0
+    assert bucket.try_take(30.0) == pytest.approx(30.0)  # half a token so far
+    assert bucket.try_take(60.0) == 0.0
+    assert bucket.try_take(60.0) == pytest.approx(60.0)
+    assert bucket.tokens(10 * 3600.0) == pytest.approx(60.0)  # capped at the hourly budget
+
+
+def test_waiting_exactly_the_returned_time_always_gives_a_token():
+    bucket = TokenBucket(7)  # an awkward rate for floats
+    now = 0.0
+    for _ in range(7):
+        bucket.try_take(now)
+    for _ in range(50):
+        wait = bucket.try_take(now)
+        assert wait > 0
+        now += wait
+        assert bucket.try_take(now) == 0.0
+
+
+def test_pause_blocks_until_its_end_then_goes_on_at_the_normal_pace():
+    bucket = TokenBucket(3600)
+    assert bucket.try_take(0.0) == 0.0
+    bucket.pause_until(100.0, now=0.0)
+    assert bucket.try_take(40.0) == pytest.approx(60.0)
+    assert bucket.time_until_token(40.0) == pytest.approx(60.0)
+    assert bucket.try_take(99.99) == pytest.approx(0.01)
+    # Retry-After says when one slot frees; RapidPro's window is still full: no burst.
+    assert bucket.try_take(100.0) == 0.0
+    assert bucket.try_take(100.0) == pytest.approx(1.0)
+    assert bucket.try_take(101.0) == 0.0
+    assert bucket.try_take(101.0) == pytest.approx(1.0)
+
+
+def test_a_budget_under_one_call_an_hour_still_works():
+    bucket = TokenBucket(0.5)
+    assert bucket.try_take(0.0) == 0.0
+    assert bucket.try_take(0.0) == pytest.approx(7200.0)
+
+
+def test_pauses_only_extend():
+    bucket = TokenBucket(3600)
+    bucket.pause_until(100.0, now=0.0)
+    bucket.pause_until(50.0, now=0.0)
+    assert bucket.paused_until() == 100.0
+    assert bucket.try_take(60.0) == pytest.approx(40.0)
+
+
+def test_rate_can_change_at_runtime():
+    bucket = TokenBucket(3600)
+    for _ in range(3600):
+        bucket.try_take(0.0)
+    bucket.set_calls_per_hour(7200, now=0.0)
+    assert bucket.try_take(0.0) == pytest.approx(0.5)
+    assert bucket.try_take(0.5) == 0.0
+    bucket.set_calls_per_hour(10, now=0.5)  # a smaller budget also caps what is saved up
+    assert bucket.tokens(10_000.0) == pytest.approx(10.0)
+
+
+def test_unlimited_bucket_never_waits():
+    bucket = TokenBucket(math.inf)
+    assert all(bucket.try_take(0.0) == 0.0 for _ in range(100_000))
+    bucket.set_calls_per_hour(2, now=1.0)
+    assert bucket.try_take(1.0) == 0.0
+    assert bucket.try_take(1.0) == 0.0
+    assert bucket.try_take(1.0) == pytest.approx(1800.0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.nan])
+def test_rate_must_be_positive(bad):
+    with pytest.raises(ValueError):
+        TokenBucket(bad)
+
+
+# ---------------------------------------------------------------------- RateBudget
+
+
+def drained_budget(calls_per_hour: float = 3600, **kwargs) -> tuple[RateBudget, FakeClock]:
+    clock = FakeClock(0.0)
+    budget = RateBudget(calls_per_hour, clock=clock, **kwargs)
+    while budget.tokens() >= 1:
+        budget._bucket.try_take(clock())
+    return budget, clock
+
+
+async def settle() -> None:
+    """Let every runnable task run until it blocks (no time passes)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_acquire_returns_at_once_while_tokens_last():
+    budget = RateBudget(5, clock=FakeClock(0.0))
+    for _ in range(5):
+        await asyncio.wait_for(budget.acquire(Priority.STATUS), 1)
+    assert budget.tokens() < 1
+
+
+async def test_sends_go_before_waiting_status_and_incoming_calls():
+    budget, clock = drained_budget(3600)
+    order: list[str] = []
+
+    async def call(name: str, priority: Priority) -> None:
+        await budget.acquire(priority)
+        order.append(name)
+
+    tasks = [asyncio.create_task(call("incoming", Priority.INCOMING))]
+    await settle()
+    tasks += [asyncio.create_task(call(f"status{i}", Priority.STATUS)) for i in range(2)]
+    await settle()
+    tasks.append(asyncio.create_task(call("send", Priority.SEND)))
+    await settle()
+    assert budget.waiting == 4 and order == []
+
+    for expected in (1, 2, 3, 4):
+        clock.advance(1.0)  # one token
+        budget.wake()
+        await settle()
+        assert len(order) == expected  # one token, one caller: no one else slips through
+    assert order == ["send", "status0", "status1", "incoming"]
+    await asyncio.gather(*tasks)
+    assert budget.waiting == 0
+
+
+async def test_a_send_arriving_later_overtakes_callers_already_waiting():
+    budget, clock = drained_budget(3600)
+    order: list[str] = []
+
+    async def call(name: str, priority: Priority) -> None:
+        await budget.acquire(priority)
+        order.append(name)
+
+    status = asyncio.create_task(call("status", Priority.STATUS))
+    await settle()
+    clock.advance(0.9)  # almost a token for the status call
+    send = asyncio.create_task(call("send", Priority.SEND))
+    await settle()
+    clock.advance(0.1)
+    budget.wake()
+    await settle()
+    assert order == ["send"]
+    clock.advance(1.0)
+    budget.wake()
+    await asyncio.wait_for(asyncio.gather(status, send), 1)
+    assert order == ["send", "status"]
+
+
+async def test_waiters_sleep_until_the_token_is_due_without_being_woken():
+    # Real time here, but generous: one token every 20 ms, and we only check it comes at all.
+    budget = RateBudget(1)
+    await budget.acquire(Priority.STATUS)
+    budget.calls_per_hour = 3600 * 50  # still empty, now refilling fast
+    await asyncio.wait_for(budget.acquire(Priority.STATUS), 2)
+
+
+async def test_a_cancelled_waiter_leaves_nothing_behind():
+    budget, clock = drained_budget(3600)
+    first = asyncio.create_task(budget.acquire(Priority.SEND))
+    second = asyncio.create_task(budget.acquire(Priority.STATUS))
+    await settle()
+    first.cancel()
+    await settle()
+    assert first.cancelled()
+    assert budget.waiting == 1
+    clock.advance(1.0)
+    budget.wake()
+    await asyncio.wait_for(second, 1)
+    assert budget.waiting == 0
+    # The cancelled waiter took nothing: exactly the one token went to `second`.
+    assert budget.tokens() == pytest.approx(0.0)
+
+
+async def test_timeout_around_acquire_is_safe():
+    budget, clock = drained_budget(3600)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await budget.acquire(Priority.SEND)
+    assert budget.waiting == 0
+    clock.advance(1.0)
+    await asyncio.wait_for(budget.acquire(Priority.STATUS), 1)
+
+
+async def test_throttled_with_retry_after_pauses_everyone():
+    budget = RateBudget(3600, clock=FakeClock(0.0))
+    clock: FakeClock = budget._clock  # type: ignore[assignment]
+    assert budget.throttled(30.0) == pytest.approx(30.0)
+    assert budget.paused_for() == pytest.approx(30.0)
+    waiter = asyncio.create_task(budget.acquire(Priority.SEND))
+    await settle()
+    clock.advance(29.0)
+    budget.wake()
+    await settle()
+    assert not waiter.done()  # a full bucket does not help during a pause
+    clock.advance(1.0)
+    budget.wake()
+    await asyncio.wait_for(waiter, 1)
+    second = asyncio.create_task(budget.acquire(Priority.SEND))
+    await settle()
+    assert not second.done()  # no burst after a pause: the normal pace
+    clock.advance(1.0)
+    budget.wake()
+    await asyncio.wait_for(second, 1)
+
+
+async def test_throttled_without_retry_after_backs_off_with_growing_delays():
+    backoff = Backoff(base=1.0, cap=8.0, rng=random.Random(1))
+    budget = RateBudget(3600, clock=FakeClock(0.0), throttle_backoff=backoff)
+    clock: FakeClock = budget._clock  # type: ignore[assignment]
+    delays = []
+    for _ in range(5):
+        delay = budget.throttled(None)
+        # Further 429s from calls already in flight during the pause do not grow it.
+        assert budget.throttled(None) == pytest.approx(delay)
+        delays.append(delay)
+        clock.advance(delay)
+    assert 0.5 <= delays[0] <= 1.0
+    assert 4.0 <= delays[-1] <= 8.0
+    budget.record_success()
+    assert budget.throttled(None) <= 1.0
+
+
+async def test_calls_per_hour_can_change_at_runtime_and_wakes_waiters():
+    budget, clock = drained_budget(1)  # one call an hour
+    waiter = asyncio.create_task(budget.acquire(Priority.STATUS))
+    await settle()
+    clock.advance(1.0)
+    await settle()
+    assert not waiter.done()
+    budget.calls_per_hour = math.inf  # the setter wakes the waiter: no explicit wake()
+    await asyncio.wait_for(waiter, 1)
+    budget.calls_per_hour = 7200
+    assert budget.calls_per_hour == 7200
