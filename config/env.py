@@ -72,6 +72,18 @@ class Config:
     checkpoint_interval: float
     change_max_attempts: int
     shutdown_timeout: float
+    outgoing_service_name: str
+    rapidpro_api_token: str | None
+    rapidpro_api_token_file: Path | None
+    rapidpro_incoming_key: str | None
+    rapidpro_incoming_key_file: Path | None
+    rapidpro_calls_per_hour: int
+    rapidpro_timeout: float
+    credentials_ttl: float
+    sweep_interval: float
+    webhook_max_body: int
+    incoming_reconcile: bool
+    incoming_reconcile_interval: float
 
     def __repr__(self) -> str:  # keep secrets out of any accidental repr in a log line
         return f"Config(couch={self.couch.redacted_url!r}, worker_db={self.worker_db!r})"
@@ -190,4 +202,38 @@ def load_config(values: Mapping[str, str]) -> Config:
         checkpoint_interval=_positive_seconds(values, "CHECKPOINT_INTERVAL", 5.0),
         change_max_attempts=_positive_int(values, "CHANGE_MAX_ATTEMPTS", 5),
         shutdown_timeout=_positive_seconds(values, "SHUTDOWN_TIMEOUT", 7.0),
+        outgoing_service_name=values.get("OUTGOING_SERVICE_NAME", "").strip() or "rapidpro",
+        rapidpro_api_token=values.get("RAPIDPRO_API_TOKEN", "").strip() or None,
+        rapidpro_api_token_file=_optional_file(values, "RAPIDPRO_API_TOKEN_FILE"),
+        rapidpro_incoming_key=values.get("RAPIDPRO_INCOMING_KEY", "").strip() or None,
+        rapidpro_incoming_key_file=_optional_file(values, "RAPIDPRO_INCOMING_KEY_FILE"),
+        rapidpro_calls_per_hour=_positive_int(values, "RAPIDPRO_CALLS_PER_HOUR", 3600),
+        rapidpro_timeout=_get(values, "RAPIDPRO_TIMEOUT", 30.0, float, lambda v: 0 < v <= 30,
+                              "must be a number of seconds above 0 and at most 30"),
+        credentials_ttl=_get(values, "CREDENTIALS_TTL", 60.0, float, lambda v: 0 <= v <= 60,
+                             "must be a number of seconds from 0 to 60"),
+        sweep_interval=_positive_seconds(values, "SWEEP_INTERVAL", 600.0),
+        webhook_max_body=_positive_int(values, "WEBHOOK_MAX_BODY", 64 * 1024),
+        incoming_reconcile=_get(values, "INCOMING_RECONCILE", False, _parse_bool, lambda v: True,
+                                "must be true or false"),
+        incoming_reconcile_interval=_positive_seconds(values, "INCOMING_RECONCILE_INTERVAL", 300.0),
     )
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _optional_file(values: Mapping[str, str], name: str) -> Path | None:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigError(name, f"{raw} does not exist or is not a file")
+    return path

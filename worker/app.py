@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from config.env import Config
+from config.settings import Settings
 from transitions.base import Transition
+from transitions.dispatch import double_sender_risk
 from transitions.settings_watcher import SettingsWatcher
 from worker.app_settings import SettingsStore
 from worker.backoff import Backoff
@@ -20,10 +22,17 @@ from worker.checkpoint import CheckpointStore, Watermark
 from worker.couch import CouchError, CouchServer, CouchUnavailable, Unauthorized
 from worker.dispatch import Dispatcher
 from worker.feed import ChangesFollower
+from worker.ledger import Ledger
 from worker.logs import get_logger
+from worker.outgoing import OutgoingSender
 from worker.own_writes import OwnWrites
 from worker.parking import ParkedChanges
+from worker.rapidpro import RapidProClient
+from worker.ratelimit import RateBudget
 from worker.server import HttpServer, build_app
+from worker.sweep import PendingSweep
+from worker.task_writer import TaskWriter
+from worker.vault import Credential, Vault
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -54,10 +63,31 @@ class Worker:
         self.settings = SettingsStore()
         self.checkpoints = CheckpointStore(self.own_db)
         self.parked = ParkedChanges(self.own_db)
+        self.vault = Vault(self.couch, config.couch.vault_db_name, config.couch_secret)
+        self.outgoing_token = Credential(self.vault, "rapidpro:outgoing", value=config.rapidpro_api_token,
+                                         file=config.rapidpro_api_token_file, ttl=config.credentials_ttl)
+        self.incoming_key = Credential(self.vault, "rapidpro:incoming", value=config.rapidpro_incoming_key,
+                                       file=config.rapidpro_incoming_key_file, ttl=config.credentials_ttl)
+        self.budget = RateBudget(config.rapidpro_calls_per_hour)
+        # A call waits at most rapidpro_timeout for the budget, then at most as long for its answer.
+        self.rapidpro = RapidProClient(self.budget, timeout=config.rapidpro_timeout,
+                                       max_wait=config.rapidpro_timeout)
+        self.ledger = Ledger(self.own_db)
+        self.sender = OutgoingSender(
+            ledger=self.ledger, client=self.rapidpro, writer=TaskWriter(self.medic),
+            token=self.outgoing_token,
+            settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
+            # Longer than any send can take (budget wait + request + recording the outcome).
+            claim_timeout=2 * config.rapidpro_timeout + config.couch_timeout + 10,
+        )
+        self.double_sender_risk = False
+        self.settings.subscribe(self._settings_changed)
         self.transitions: list[Transition] = [
             SettingsWatcher(lambda: self.settings.current, self.settings.put_in_force, self.settings.refuse),
+            self.sender,
             *extra_transitions,
         ]
+        self.sweep: PendingSweep | None = None
         self.dispatcher: Dispatcher | None = None
         self.follower: ChangesFollower | None = None
         self.http: HttpServer | None = None
@@ -143,6 +173,8 @@ class Worker:
         self.follower = ChangesFollower(self.medic, self.dispatcher,
                                         batch_size=self.config.changes_batch_size)
         self.http = HttpServer(build_app(self.health), self.config.listen_host, self.config.listen_port)
+        self.sweep = PendingSweep(self.medic, self.dispatcher.submit, self.sender.refresh_gate)
+        await self._check_double_sender()
 
     async def _ensure_own_db(self) -> None:
         try:
@@ -166,11 +198,14 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 feed = group.create_task(self.follower.run(self.dispatcher.watermark.seq), name="feed")
                 checkpointer = group.create_task(self._checkpoint_loop(), name="checkpointer")
+                assert self.sweep is not None
+                sweeper = group.create_task(self.sweep.run(self.config.sweep_interval), name="sweep")
                 self.ready.set()
                 log.info("worker_started")
                 await self._stop.wait()
                 # 1. stop taking changes
                 feed.cancel()
+                sweeper.cancel()
                 # 2. finish in-flight work within the deadline, abandon the rest (redone after restart)
                 finished = await self.dispatcher.drain(self.config.shutdown_timeout)
                 abandoned = 0 if finished else await self.dispatcher.abandon()
@@ -183,9 +218,36 @@ class Worker:
         # 3. write the checkpoint (the watermark passes only what is done)
         await self._write_checkpoint(final=True)
         await self.http.stop()
+        await self.rapidpro.close()
         log.info("worker_stopped", checkpoint=self.checkpoints.saved_seq, abandoned=abandoned,
                  exit_code=exit_code)
         return exit_code
+
+    # ---- settings and sending ----------------------------------------------------------------
+
+    async def _settings_changed(self, old: Settings | None, new: Settings) -> None:
+        was_in_charge = self.sender.gate.not_in_charge is None
+        now_in_charge = await self.sender.refresh_gate()
+        url_changed = old is not None and old.rapidpro_url != new.rapidpro_url
+        if now_in_charge and (not was_in_charge or url_changed) and self.sweep is not None:
+            # Switched to the worker (or to another RapidPro host): send what is pending now.
+            log.info("outgoing_switched", rapidpro_url=new.rapidpro_url)
+            self.sweep.trigger()
+        if self.dispatcher is not None:  # not during start-up: checked once there
+            await self._check_double_sender()
+
+    async def _check_double_sender(self) -> None:
+        try:
+            has_token = await self.vault.has("rapidpro:outgoing")
+        except CouchError:
+            return
+        risk = double_sender_risk(self.settings.current, has_token)
+        if risk and self.config.outgoing_service_name == "rapidpro":
+            log.error("double_sender_risk",
+                      detail="CHT's built-in RapidPro sender also runs (outgoing_service is 'rapidpro' and "
+                             "rapidpro:outgoing is in the vault): messages can be sent twice. See the "
+                             "README, 'Exactly one sender'.")
+        self.double_sender_risk = risk and self.config.outgoing_service_name == "rapidpro"
 
     # ---- processing ------------------------------------------------------------------------
 
@@ -203,8 +265,11 @@ class Worker:
 
     async def _checkpoint_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, and shutdown would then wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._checkpoint_due.wait(), self.config.checkpoint_interval)
+                async with asyncio.timeout(self.config.checkpoint_interval):
+                    await self._checkpoint_due.wait()
             self._checkpoint_due.clear()
             await self._write_checkpoint()
 
@@ -232,11 +297,15 @@ class Worker:
         parked_total: int | None = None
         if checkpoint is not None:
             with contextlib.suppress(CouchError, TimeoutError):
-                page = await asyncio.wait_for(self.medic.changes(checkpoint, limit=0, include_docs=False), 3)
+                async with asyncio.timeout(3):
+                    page = await self.medic.changes(checkpoint, limit=0, include_docs=False)
                 backlog = page.pending
         with contextlib.suppress(CouchError, TimeoutError):
-            parked_total = await asyncio.wait_for(self.parked.count(), 3)
+            async with asyncio.timeout(3):
+                parked_total = await self.parked.count()
         settings = self.settings.current
+        gate = self.sender.gate
+        paused = gate.remaining_pause() > 0
         return {
             "status": "ok",
             "started_at": _iso(self.started_at),
@@ -259,6 +328,20 @@ class Worker:
             "parked_total": parked_total,
             "settings": settings.summary() if settings else None,
             "settings_error": self.settings.last_error,
+            "outgoing": {
+                "sending": gate.not_in_charge is None and not paused,
+                "not_sending_reason": gate.not_in_charge,
+                "paused_reason": gate.pause_reason if paused else None,
+                "double_sender_risk": self.double_sender_risk,
+                "token_source": self.outgoing_token.source,
+                "sent": self.sender.stats.sent,
+                "rejected": self.sender.stats.rejected,
+                "denied": self.sender.stats.denied,
+                "in_doubt": self.sender.stats.in_doubt,
+                "reprojected": self.sender.stats.reprojected,
+                "send_errors": self.sender.stats.send_errors,
+                "last_sweep_docs": self.sweep.last_count if self.sweep else None,
+            },
         }
 
 

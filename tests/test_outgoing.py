@@ -1,0 +1,295 @@
+"""Outgoing dispatch end to end: the real test server, the fake RapidPro, the worker in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid as uuidlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from config.credentials import encrypt_credential
+from config.env import load_config
+from tests.support.couch_fixtures import couch_request, create_db, put_settings
+from tests.support.fake_rapidpro import DEFAULT_TOKEN
+from tests.support.waiting import eventually
+from transitions.dispatch import IN_DOUBT_DETAILS
+from worker.app import Worker
+
+SECRET = "test-couch-secret"
+
+
+def rapidpro_settings(url: str, **extra: Any) -> dict[str, Any]:
+    return {"sms": {"outgoing_service": "rapidpro", "rapidpro": {"url": url}},
+            "default_country_code": 254, **extra}
+
+
+def task(state: str, to: str = "+254700000001", text: str = "Visit due", **extra: Any) -> dict[str, Any]:
+    return {"state": state, "messages": [{"uuid": str(uuidlib.uuid4()), "to": to, "message": text}],
+            "state_history": [{"state": state, "timestamp": "2026-11-24T10:00:00.000Z"}], **extra}
+
+
+def get_doc(db_url: str, doc_id: str) -> dict[str, Any]:
+    status, body = couch_request("GET", f"{db_url}/{doc_id}")
+    assert status == 200, body
+    return body
+
+
+async def put_doc(db_url: str, doc: dict[str, Any]) -> None:
+    status, body = await asyncio.to_thread(couch_request, "PUT", f"{db_url}/{doc['_id']}", doc)
+    assert status in (201, 202), body
+
+
+async def task_state(db_url: str, doc_id: str, kind: str = "tasks", index: int = 0) -> dict[str, Any]:
+    return (await asyncio.to_thread(get_doc, db_url, doc_id))[kind][index]
+
+
+async def wait_state(db_url: str, doc_id: str, state: str, kind: str = "tasks", index: int = 0,
+                     timeout: float = 10) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        current = await task_state(db_url, doc_id, kind, index)
+        return current if current["state"] == state else None
+    return await eventually(check, timeout)
+
+
+def start_worker(medic_db, **env: str) -> Worker:
+    values = {"COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN,
+              "CHECKPOINT_INTERVAL": "0.2", "CREDENTIALS_TTL": "0", "RAPIDPRO_TIMEOUT": "2", **env}
+    return Worker(load_config(values))
+
+
+@pytest.fixture
+async def run_worker(medic_db) -> AsyncIterator[Any]:
+    started: list[tuple[Worker, asyncio.Task[int]]] = []
+
+    async def start(**env: str) -> Worker:
+        worker = start_worker(medic_db, **env)
+        task_ = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.ready.wait(), 20)
+        started.append((worker, task_))
+        return worker
+
+    yield start
+    for worker, task_ in started:
+        worker.stop()
+        assert await asyncio.wait_for(task_, 15) == 0
+
+
+async def test_sendable_tasks_are_sent_once_each_and_recorded(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    await run_worker()
+    doc = {"_id": "r1", "type": "data_record",
+           "tasks": [task("pending", to="0700000001", text="one"), task("forwarded-to-gateway", text="two"),
+                     task("sent", text="not me"), task("delivered", text="nor me")],
+           "scheduled_tasks": [task("pending", to="+254700000003", text="three"),
+                               task("scheduled", text="later")]}
+    await put_doc(medic_db.url, doc)
+    await fake_rapidpro.wait_for(lambda: len(fake_rapidpro.broadcasts) >= 3, timeout=10)
+    first = await wait_state(medic_db.url, "r1", "received-by-gateway", index=0)
+    await wait_state(medic_db.url, "r1", "received-by-gateway", index=1)
+    third = await wait_state(medic_db.url, "r1", "received-by-gateway", kind="scheduled_tasks")
+
+    sent = sorted((b.urns[0], b.raw_text) for b in fake_rapidpro.broadcasts)
+    assert sent == [("tel:+254700000001", "one"), ("tel:+254700000001", "two"),
+                    ("tel:+254700000003", "three")]
+    assert {b.token for b in fake_rapidpro.broadcasts} == {DEFAULT_TOKEN}
+    by_text = {b.raw_text: b for b in fake_rapidpro.broadcasts}
+    assert first["gateway_ref"] == by_text["one"].id
+    assert first["state_details"] == "Queued"
+    assert [h["state"] for h in first["state_history"]] == ["pending", "received-by-gateway"]
+    assert third["gateway_ref"] == by_text["three"].id
+    final = await asyncio.to_thread(get_doc, medic_db.url, "r1")
+    assert final["tasks"][2]["state"] == "sent" and "gateway_ref" not in final["tasks"][2]
+    assert final["tasks"][3]["state"] == "delivered"
+    assert final["scheduled_tasks"][1]["state"] == "scheduled"
+    assert len(fake_rapidpro.broadcasts) == 3
+
+
+async def test_denied_recipient_is_not_sent(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(
+        fake_rapidpro.url, outgoing_deny_list="800,SAFARICOM", outgoing_deny_with_alphas=True))
+    await run_worker()
+    await put_doc(medic_db.url, {"_id": "d1", "tasks": [task("pending", to="SAFARICOM"),
+                                                        task("pending", to="800123456"),
+                                                        task("pending", to="+254700000009")]})
+    await wait_state(medic_db.url, "d1", "denied", index=0)
+    await wait_state(medic_db.url, "d1", "denied", index=1)
+    await wait_state(medic_db.url, "d1", "received-by-gateway", index=2)
+    assert [b.urns for b in fake_rapidpro.broadcasts] == [["tel:+254700000009"]]
+
+
+async def test_nothing_sent_while_another_service_owns_sending_then_backlog_after_switch(
+        run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, {"sms": {"outgoing_service": "medic-gateway",
+                                                                 "rapidpro": {"url": fake_rapidpro.url}}})
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "b1", "tasks": [task("pending")]})
+    await eventually(lambda: worker.dispatcher.stats.processed >= 1)  # b1 seen
+    health = await worker.health()
+    assert health["outgoing"]["sending"] is False
+    assert "medic-gateway" in health["outgoing"]["not_sending_reason"]
+    assert fake_rapidpro.broadcasts == []
+
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    await wait_state(medic_db.url, "b1", "received-by-gateway")
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
+async def test_invalid_number_is_failed_and_never_retried(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "bad", "tasks": [task("pending", to="0712")]})
+    failed = await wait_state(medic_db.url, "bad", "failed")
+    assert "Invalid URN" in failed["state_details"]
+    posts = fake_rapidpro.call_count("POST", "/api/v2/broadcasts.json")
+    # Re-pend it: the ledger remembers the rejection; the worker does not ask RapidPro again.
+    doc = await asyncio.to_thread(get_doc, medic_db.url, "bad")
+    doc["tasks"][0]["state"] = "pending"
+    await put_doc(medic_db.url, doc)
+    await wait_state(medic_db.url, "bad", "failed")
+    assert fake_rapidpro.call_count("POST", "/api/v2/broadcasts.json") == posts
+    assert worker.sender.stats.rejected == 1
+
+
+async def test_bad_token_pauses_without_failing_then_sends(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    fake_rapidpro.valid_tokens.clear()
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "p1", "tasks": [task("pending")]})
+    await eventually(lambda: worker.sender.gate.pause_reason is not None)
+    assert (await task_state(medic_db.url, "p1"))["state"] == "pending"
+    health = await worker.health()
+    assert health["outgoing"]["paused_reason"] is not None
+    fake_rapidpro.valid_tokens.add(DEFAULT_TOKEN)
+    await wait_state(medic_db.url, "p1", "received-by-gateway", timeout=20)
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
+async def test_lost_response_gives_one_broadcast_and_an_in_doubt_mark(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    fake_rapidpro.lose_next_response(1, how="drop")
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "lost", "tasks": [task("pending")]})
+    doubtful = await wait_state(medic_db.url, "lost", "forwarded-to-gateway")
+    assert doubtful["state_details"] == IN_DOUBT_DETAILS
+    assert len(fake_rapidpro.broadcasts) == 1
+    # Seen again (any later change of the doc, or the sweep): still not re-sent.
+    await worker.sweep.run_once()
+    doc = await asyncio.to_thread(get_doc, medic_db.url, "lost")
+    doc["touched"] = True
+    await put_doc(medic_db.url, doc)
+    await eventually(lambda: worker.sender.stats.reprojected >= 1)
+    assert len(fake_rapidpro.broadcasts) == 1
+    assert worker.sender.stats.in_doubt == 1
+
+
+async def test_task_re_pended_after_sending_is_not_sent_again(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    await run_worker()
+    await put_doc(medic_db.url, {"_id": "again", "tasks": [task("pending")]})
+    sent = await wait_state(medic_db.url, "again", "received-by-gateway")
+    doc = await asyncio.to_thread(get_doc, medic_db.url, "again")
+    doc["tasks"][0]["state"] = "pending"  # an offline phone's old revision won
+    await put_doc(medic_db.url, doc)
+    back = await wait_state(medic_db.url, "again", "received-by-gateway")
+    assert back["gateway_ref"] == sent["gateway_ref"]
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
+async def test_two_workers_on_one_cht_send_each_message_once(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    await run_worker()
+    await run_worker()
+    docs = [{"_id": f"two-{i}", "tasks": [task("pending", text=f"m{i}")]} for i in range(30)]
+    status, _ = await asyncio.to_thread(couch_request, "POST", f"{medic_db.url}/_bulk_docs", {"docs": docs})
+    assert status == 201
+    for i in range(30):
+        await wait_state(medic_db.url, f"two-{i}", "received-by-gateway")
+    texts = sorted(b.raw_text for b in fake_rapidpro.broadcasts)
+    assert texts == sorted(f"m{i}" for i in range(30))
+
+
+async def test_token_from_the_vault_and_its_rotation(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    vault = medic_db.vault_url
+    await asyncio.to_thread(create_db, vault)
+    # CHT's doc id is the URI-encoded credential id, literally: credential:rapidpro%3Aoutgoing
+    doc_url = f"{vault}/credential:rapidpro%253Aoutgoing"
+    status, _ = await asyncio.to_thread(couch_request, "PUT", doc_url, {
+        "_id": "credential:rapidpro%3Aoutgoing", "password": encrypt_credential("old-token", SECRET)})
+    assert status == 201
+    fake_rapidpro.valid_tokens.update({"old-token", "new-token"})
+    worker = await run_worker(RAPIDPRO_API_TOKEN="", COUCH_SECRET=SECRET, OUTGOING_SERVICE_NAME="rapidpro")
+    await put_doc(medic_db.url, {"_id": "v1", "tasks": [task("pending")]})
+    await wait_state(medic_db.url, "v1", "received-by-gateway")
+    assert fake_rapidpro.broadcasts[-1].token == "old-token"
+    health = await worker.health()
+    assert health["outgoing"]["double_sender_risk"] is True  # CHT's own sender would run too
+
+    _, current = await asyncio.to_thread(couch_request, "GET", doc_url)
+    current["password"] = encrypt_credential("new-token", SECRET)
+    assert (await asyncio.to_thread(couch_request, "PUT", doc_url, current))[0] == 201
+    await put_doc(medic_db.url, {"_id": "v2", "tasks": [task("pending")]})
+    await wait_state(medic_db.url, "v2", "received-by-gateway")
+    assert fake_rapidpro.broadcasts[-1].token == "new-token"
+
+
+@pytest.mark.parametrize("fault", ["flagged", "server_error", "wrong_url"])
+async def test_workspace_and_server_errors_pause_without_failing(run_worker, medic_db, fake_rapidpro, fault):
+    url = fake_rapidpro.url
+    if fault == "flagged":
+        fake_rapidpro.workspace_state = "flagged"
+    elif fault == "server_error":
+        fake_rapidpro.fail_next(2)
+    else:
+        url = fake_rapidpro.url + "/wrong-prefix"
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(url))
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "e1", "tasks": [task("pending")]})
+    await eventually(lambda: worker.sender.gate.pause_reason is not None)
+    assert (await task_state(medic_db.url, "e1"))["state"] == "pending"  # never marked failed
+    assert worker.sender.stats.rejected == 0
+    # The problem goes away: the message goes out, once.
+    fake_rapidpro.workspace_state = None
+    if fault == "wrong_url":
+        await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    await wait_state(medic_db.url, "e1", "received-by-gateway", timeout=20)
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
+async def test_429_waits_and_goes_on(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    fake_rapidpro.throttle_next(1, retry_after=1)
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "t1", "tasks": [task("pending")]})
+    await wait_state(medic_db.url, "t1", "received-by-gateway", timeout=20)
+    assert len(fake_rapidpro.broadcasts) == 1
+    assert worker.sender.stats.rejected == 0
+
+
+async def test_concurrent_writer_loses_none_of_its_changes(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    await run_worker()
+    ids = [f"cw-{i}" for i in range(20)]
+    docs = [{"_id": doc_id, "edits": 0, "tasks": [task("pending", text=doc_id)]} for doc_id in ids]
+    assert (await asyncio.to_thread(couch_request, "POST", f"{medic_db.url}/_bulk_docs", {"docs": docs}))[0] == 201
+
+    def other_writer(rounds: int) -> None:
+        # Another writer (a phone, CHT api) edits the same docs while the worker writes states.
+        for _ in range(rounds):
+            for doc_id in ids:
+                while True:
+                    status, doc = couch_request("GET", f"{medic_db.url}/{doc_id}")
+                    doc["edits"] += 1
+                    status, _ = couch_request("PUT", f"{medic_db.url}/{doc_id}", doc)
+                    if status != 409:
+                        assert status == 201
+                        break
+
+    await asyncio.to_thread(other_writer, 5)
+    for doc_id in ids:
+        await wait_state(medic_db.url, doc_id, "received-by-gateway")
+    for doc_id in ids:
+        assert (await asyncio.to_thread(get_doc, medic_db.url, doc_id))["edits"] == 5
+    assert sorted(b.raw_text for b in fake_rapidpro.broadcasts) == sorted(ids)

@@ -1,0 +1,123 @@
+"""The dispatch ledger: one doc per message uuid in the worker's own database.
+
+CouchDB's create-only write decides who sends a message: creating `msg:<uuid>` answers 409 when it
+exists, so of several workers (or a worker and its own retry) exactly one holds the claim. Taking
+over a *released* claim is an update with the entry's `_rev`, so it is decided the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
+from worker.couch import Conflict, Database
+
+LEDGER_PREFIX = "msg:"
+HOSTNAME = socket.gethostname()
+OWNER = f"{HOSTNAME}:{os.getpid()}"
+
+
+def owner_is_dead(owner: object) -> bool:
+    """True only when a claim's owner was a process on this host that no longer exists.
+
+    Another host, an unparseable owner, or a live pid (even a reused one) all answer False:
+    the claim is then left to age out, which is the safe direction.
+    """
+    if not isinstance(owner, str) or ":" not in owner:
+        return False
+    host, _, pid_text = owner.rpartition(":")
+    if host != HOSTNAME or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by someone else
+    return False
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Ledger:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time, owner: str = OWNER) -> None:
+        self._db = db
+        self._clock = clock
+        self._owner = owner
+
+    async def get(self, uuid: str) -> dict[str, Any] | None:
+        return await self._db.get_or_none(LEDGER_PREFIX + uuid)
+
+    async def claim(self, uuid: str, doc_id: str, urn: str, released: dict[str, Any] | None = None
+                    ) -> dict[str, Any] | None:
+        """The claim for `uuid`, or None when someone else holds it (do not send)."""
+        now = self._clock()
+        entry: dict[str, Any] = {
+            "_id": LEDGER_PREFIX + uuid, "type": "dispatch", "uuid": uuid, "doc_id": doc_id, "urn": urn,
+            "state": CLAIMED, "claimed_at": _iso(now), "claimed_at_epoch": now, "owner": self._owner,
+            "attempts": 1,
+        }
+        if released is not None:
+            entry["_rev"] = released["_rev"]
+            entry["attempts"] = int(released.get("attempts") or 0) + 1
+            entry["last_error"] = released.get("error")
+        try:
+            entry["_rev"] = await self._db.put(entry)
+        except Conflict:
+            return None
+        return entry
+
+    async def _update(self, entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        """Record an outcome on our own claim; a conflict means someone else touched it: re-read."""
+        fields["outcome_at"] = _iso(self._clock())
+        for _ in range(5):
+            updated = {**entry, **fields}
+            try:
+                updated["_rev"] = await self._db.put(updated)
+                return updated
+            except Conflict:
+                current = await self.get(entry["uuid"])
+                if current is None:
+                    updated.pop("_rev", None)
+                    entry = {k: v for k, v in entry.items() if k != "_rev"}
+                else:
+                    entry = {**entry, "_rev": current["_rev"]}
+        raise Conflict(f"ledger entry {entry['_id']} kept conflicting")
+
+    async def record_sent(self, entry: dict[str, Any], broadcast_id: int, broadcast_uuid: str | None,
+                          broadcast_status: str | None) -> dict[str, Any]:
+        return await self._update(entry, state=SENT, broadcast_id=broadcast_id, broadcast_uuid=broadcast_uuid,
+                                  broadcast_status=broadcast_status, error=None)
+
+    async def record_rejected(self, entry: dict[str, Any], reason: str) -> dict[str, Any]:
+        return await self._update(entry, state=REJECTED, error=reason)
+
+    async def record_in_doubt(self, entry: dict[str, Any], reason: str) -> dict[str, Any]:
+        return await self._update(entry, state=IN_DOUBT, error=reason)
+
+    async def release(self, entry: dict[str, Any], reason: str) -> dict[str, Any]:
+        return await self._update(entry, state=RELEASED, error=reason)
+
+    async def record_task_state(self, entry: dict[str, Any], state: str,
+                                details: str | None) -> dict[str, Any]:
+        """Status tracking's latest state, so a re-projection never moves a task backwards."""
+        return await self._update(entry, task_state=state, task_state_details=details)
+
+    async def count_by_state(self) -> dict[str, int]:
+        result = await self._db.all_docs(start_key=LEDGER_PREFIX, end_key=LEDGER_PREFIX + "\ufff0",
+                                         include_docs=True)
+        counts: dict[str, int] = {}
+        for row in result.get("rows", []):
+            state = (row.get("doc") or {}).get("state", "unknown")
+            counts[state] = counts.get(state, 0) + 1
+        return counts

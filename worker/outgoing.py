@@ -1,0 +1,240 @@
+"""The outgoing-dispatch transition: sends a doc's sendable messages to RapidPro, exactly once.
+
+Per message: read its ledger entry → decide (transitions/dispatch.py) → claim, POST, record the
+outcome in the ledger → then one write of all the doc's task changes. The order matters: the
+claim exists before the POST, and the outcome is in the ledger before it is on the task, so a
+crash anywhere leaves either nothing sent or a claim that is treated as in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from config.settings import Settings
+from transitions.dispatch import (
+    Action,
+    TaskUpdate,
+    denied_update,
+    ledger_action,
+    not_sending_reason,
+    projection,
+)
+from transitions.outgoing import is_denied, recipient_urn, sendable_messages
+from transitions.phone import mask_phone
+from worker.backoff import Backoff
+from worker.couch import CouchUnavailable, TransientError
+from worker.ledger import Ledger, owner_is_dead
+from worker.logs import get_logger
+from worker.rapidpro import (
+    MessageRejected,
+    RapidProClient,
+    RapidProError,
+    SendInDoubt,
+)
+from worker.task_writer import TaskWriter
+from worker.vault import Credential
+
+log = get_logger(__name__)
+
+
+class SendingPaused(TransientError):
+    """RapidPro cannot take messages now (bad token, wrong URL, workspace blocked, 5xx…)."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(f"sending paused: {reason}")
+        self.retry_after = retry_after
+
+
+@dataclass
+class OutgoingStats:
+    sent: int = 0
+    rejected: int = 0
+    denied: int = 0
+    in_doubt: int = 0
+    reprojected: int = 0
+    send_errors: int = 0
+
+
+class SendingGate:
+    """Whether the worker is in charge of sending, and whether RapidPro is taking messages."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._backoff = Backoff(base=1.0, cap=60.0)
+        self.paused_until: float | None = None
+        self.pause_reason: str | None = None
+        self.not_in_charge: str | None = "not started"
+        self._logged_reason: str | None = None
+
+    def set_not_in_charge(self, reason: str | None) -> None:
+        """Log the reason once when it changes, not on every change."""
+        self.not_in_charge = reason
+        if reason != self._logged_reason:
+            self._logged_reason = reason
+            if reason is None:
+                log.info("sending_enabled")
+            else:
+                log.warning("sending_disabled", reason=reason)
+
+    def pause(self, reason: str, retry_after: float | None = None) -> float:
+        delay = self._backoff.next_delay(retry_after)
+        self.paused_until = self._clock() + delay
+        self.pause_reason = reason
+        log.error("sending_paused", reason=reason, retry_in_s=round(delay, 1))
+        return delay
+
+    def remaining_pause(self) -> float:
+        if self.paused_until is None:
+            return 0.0
+        return max(0.0, self.paused_until - self._clock())
+
+    def resumed(self) -> None:
+        if self.paused_until is not None:
+            log.info("sending_resumed", after=self.pause_reason)
+        self.paused_until = None
+        self.pause_reason = None
+        self._backoff.reset()
+
+
+class OutgoingSender:
+    name = "outgoing_dispatch"
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        client: RapidProClient,
+        writer: TaskWriter,
+        token: Credential,
+        settings: Callable[[], Settings | None],
+        service_name: str = "rapidpro",
+        claim_timeout: float = 90.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ledger = ledger
+        self._client = client
+        self._writer = writer
+        self._token = token
+        self._settings = settings
+        self._service_name = service_name
+        self._claim_timeout = claim_timeout
+        self._clock = clock
+        self.gate = SendingGate()
+        self.stats = OutgoingStats()
+
+    def matches(self, doc: Mapping[str, Any]) -> bool:
+        return isinstance(doc.get("tasks"), list) or isinstance(doc.get("scheduled_tasks"), list)
+
+    async def refresh_gate(self) -> bool:
+        """Re-evaluate whether the worker is in charge; True when it may send."""
+        settings = self._settings()
+        try:
+            token = await self._token.get()
+        except CouchUnavailable:
+            token = None
+        self.gate.set_not_in_charge(not_sending_reason(settings, self._service_name, bool(token)))
+        return self.gate.not_in_charge is None
+
+    async def apply(self, doc: dict[str, Any]) -> None:
+        messages = sendable_messages(doc)
+        if not messages or not await self.refresh_gate():
+            return
+        remaining = self.gate.remaining_pause()
+        if remaining > 0:
+            raise SendingPaused(self.gate.pause_reason or "", remaining)
+        settings = self._settings()
+        assert settings is not None and settings.rapidpro_url is not None
+        token = await self._token.get()
+        assert token is not None
+
+        updates: list[TaskUpdate] = []
+        try:
+            for message in messages:
+                update = await self._dispatch_one(doc["_id"], message, settings, token)
+                if update is not None:
+                    updates.append(update)
+        finally:
+            # Outcomes already in the ledger go onto the task even when a later message paused us.
+            await self._writer.write(doc, updates)
+
+    async def _dispatch_one(self, doc_id: str, message: Any, settings: Settings, token: str
+                            ) -> TaskUpdate | None:
+        entry = await self._ledger.get(message.uuid)
+        owner_dead = entry is not None and owner_is_dead(entry.get("owner"))
+        action = ledger_action(entry, self._clock(), self._claim_timeout, owner_dead)
+        if action is Action.WAIT:
+            log.debug("message_claimed_elsewhere", message_uuid=message.uuid)
+            return None
+        if action is Action.REPROJECT:
+            assert entry is not None
+            self.stats.reprojected += 1
+            log.info("message_reprojected", message_uuid=message.uuid, state=entry.get("state"),
+                     broadcast_id=entry.get("broadcast_id"))
+            return projection(entry)
+        if action is Action.MARK_IN_DOUBT:
+            assert entry is not None
+            entry = await self._ledger.record_in_doubt(entry, "claimed but no outcome was recorded "
+                                                       "(the sender stopped during the request)")
+            self.stats.in_doubt += 1
+            log.error("message_in_doubt", message_uuid=message.uuid, reason="stale claim")
+            return projection(entry)
+
+        if is_denied(message.to, settings.outgoing_deny_list, settings.outgoing_deny_shorter_than,
+                     settings.outgoing_deny_with_alphas):
+            self.stats.denied += 1
+            log.info("message_denied", message_uuid=message.uuid, to=mask_phone(message.to))
+            return denied_update(message.uuid)
+
+        urn = recipient_urn(message.to, settings.default_country_code, settings.phone_validation)
+        claim = await self._ledger.claim(message.uuid, doc_id, urn, released=entry)
+        if claim is None:
+            log.info("message_claimed_elsewhere", message_uuid=message.uuid)
+            return None
+        return await self._send(claim, message, urn, settings, token)
+
+    async def _send(self, claim: dict[str, Any], message: Any, urn: str, settings: Settings,
+                    token: str) -> TaskUpdate | None:
+        started = time.perf_counter()
+        assert settings.rapidpro_url is not None
+        try:
+            broadcast = await self._client.send_broadcast(settings.rapidpro_url, token, urn, message.message)
+        except MessageRejected as exc:
+            entry = await self._record(self._ledger.record_rejected, claim, exc.reason)
+            self.stats.rejected += 1
+            log.warning("message_rejected", message_uuid=message.uuid, error=exc.reason)
+            return projection(entry)
+        except SendInDoubt as exc:
+            entry = await self._record(self._ledger.record_in_doubt, claim, str(exc))
+            self.stats.in_doubt += 1
+            log.error("message_in_doubt", message_uuid=message.uuid, error=str(exc))
+            return projection(entry)
+        except RapidProError as exc:
+            # The answer proves nothing was created: release the claim and pause sending.
+            self.stats.send_errors += 1
+            await self._record(self._ledger.release, claim, str(exc))
+            delay = self.gate.pause(f"{type(exc).__name__}: {exc}", getattr(exc, "retry_after", None))
+            raise SendingPaused(str(exc), delay) from None
+        self.gate.resumed()
+        entry = await self._record(self._ledger.record_sent, claim, broadcast.id, broadcast.uuid,
+                                   broadcast.status)
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        self.stats.sent += 1
+        log.info("message_sent", message_uuid=message.uuid, broadcast_id=broadcast.id,
+                 to=mask_phone(urn.removeprefix("tel:")), duration_ms=duration_ms)
+        return projection(entry)
+
+    async def _record(self, record: Callable[..., Any], claim: dict[str, Any], *args: Any) -> dict[str, Any]:
+        """Record an outcome; CouchDB briefly away must not turn a known outcome into a doubt."""
+        backoff = Backoff(base=0.2, cap=5.0)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return await record(claim, *args)
+            except CouchUnavailable:
+                if time.monotonic() > deadline:
+                    raise  # the claim stays without outcome: in doubt later, never re-sent
+                await asyncio.sleep(backoff.next_delay())

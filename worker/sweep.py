@@ -1,0 +1,84 @@
+"""The pending sweep: finds every sendable message through CHT's `medic/messages_by_state` view.
+
+The feed finds messages as docs change; the sweep finds those that became pending while the
+worker was stopped or not in charge. It runs at start, when the outgoing service is switched to
+the worker, and periodically as a safety net. Docs go through the dispatcher like feed changes,
+so a doc is never processed twice at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from worker.changes import Change
+from worker.couch import CouchError, Database
+from worker.logs import get_logger
+
+log = get_logger(__name__)
+
+VIEW_KEY = "pending-or-forwarded"
+PAGE_SIZE = 500
+
+
+async def pending_doc_ids(medic: Database, page_size: int = PAGE_SIZE) -> list[str]:
+    """Ids of docs holding a pending or forwarded-to-gateway message, paged through the view."""
+    doc_ids: dict[str, None] = {}
+    start_key: Any = [VIEW_KEY]
+    start_doc_id: str | None = None
+    while True:
+        params: dict[str, Any] = {"start_key": start_key, "end_key": [VIEW_KEY, {}], "limit": page_size + 1,
+                                  "reduce": False}
+        if start_doc_id is not None:
+            params["start_key_doc_id"] = start_doc_id
+        rows = (await medic.view("medic", "messages_by_state", **params)).get("rows", [])
+        for row in rows[:page_size]:
+            doc_ids.setdefault(row["id"], None)
+        if len(rows) <= page_size:
+            return list(doc_ids)
+        start_key, start_doc_id = rows[page_size]["key"], rows[page_size]["id"]
+
+
+class PendingSweep:
+    def __init__(self, medic: Database, submit: Callable[[Change], Awaitable[None]],
+                 in_charge: Callable[[], Awaitable[bool]]) -> None:
+        self._medic = medic
+        self._submit = submit
+        self._in_charge = in_charge
+        self._wake = asyncio.Event()
+        self.last_count: int | None = None
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        if not await self._in_charge():
+            return 0
+        doc_ids = await pending_doc_ids(self._medic)
+        for start in range(0, len(doc_ids), 100):
+            batch = doc_ids[start:start + 100]
+            rows = (await self._medic.all_docs(keys=batch, include_docs=True)).get("rows", [])
+            for row in rows:
+                doc = row.get("doc")
+                if isinstance(doc, dict):
+                    # seq None: the sweep has no place in the feed, so the checkpoint ignores it
+                    await self._submit(Change(seq=None, doc_id=doc["_id"], doc=doc))
+        self.last_count = len(doc_ids)
+        log.info("sweep_done", docs=len(doc_ids))
+        return len(doc_ids)
+
+    async def run(self, interval: float) -> None:
+        self._wake.set()  # once at start
+        while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, and shutdown would then wait for ever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except CouchError as exc:
+                log.warning("sweep_failed", error=str(exc))
