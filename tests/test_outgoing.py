@@ -273,7 +273,8 @@ async def test_concurrent_writer_loses_none_of_its_changes(run_worker, medic_db,
     await run_worker()
     ids = [f"cw-{i}" for i in range(20)]
     docs = [{"_id": doc_id, "edits": 0, "tasks": [task("pending", text=doc_id)]} for doc_id in ids]
-    assert (await asyncio.to_thread(couch_request, "POST", f"{medic_db.url}/_bulk_docs", {"docs": docs}))[0] == 201
+    status, _ = await asyncio.to_thread(couch_request, "POST", f"{medic_db.url}/_bulk_docs", {"docs": docs})
+    assert status == 201
 
     def other_writer(rounds: int) -> None:
         # Another writer (a phone, CHT api) edits the same docs while the worker writes states.
