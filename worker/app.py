@@ -22,6 +22,7 @@ from worker.checkpoint import CheckpointStore, Watermark
 from worker.couch import CouchError, CouchServer, CouchUnavailable, Unauthorized
 from worker.dispatch import Dispatcher
 from worker.feed import ChangesFollower
+from worker.incoming_reconcile import IncomingReconciler
 from worker.ledger import Ledger
 from worker.logs import get_logger
 from worker.outgoing import OutgoingSender
@@ -33,6 +34,7 @@ from worker.server import HttpServer, build_app
 from worker.sweep import PendingSweep
 from worker.task_writer import TaskWriter
 from worker.vault import Credential, Vault
+from worker.webhook import IncomingWebhook
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -80,6 +82,12 @@ class Worker:
             # Longer than any send can take (budget wait + request + recording the outcome).
             claim_timeout=2 * config.rapidpro_timeout + config.couch_timeout + 10,
         )
+        self.incoming = IncomingWebhook(self.medic, self.incoming_key, lambda: self.settings.current,
+                                        max_body=config.webhook_max_body,
+                                        couch_timeout=min(config.couch_timeout, 5.0))
+        self.incoming_reconciler = IncomingReconciler(
+            client=self.rapidpro, token=self.outgoing_token, settings=lambda: self.settings.current,
+            store=self.incoming.store, own_db=self.own_db) if config.incoming_reconcile else None
         self.double_sender_risk = False
         self.settings.subscribe(self._settings_changed)
         self.transitions: list[Transition] = [
@@ -172,7 +180,9 @@ class Worker:
         )
         self.follower = ChangesFollower(self.medic, self.dispatcher,
                                         batch_size=self.config.changes_batch_size)
-        self.http = HttpServer(build_app(self.health), self.config.listen_host, self.config.listen_port)
+        app = build_app(self.health)
+        self.incoming.register(app)
+        self.http = HttpServer(app, self.config.listen_host, self.config.listen_port)
         self.sweep = PendingSweep(self.medic, self.dispatcher.submit, self.sender.refresh_gate)
         await self._check_double_sender()
 
@@ -200,12 +210,19 @@ class Worker:
                 checkpointer = group.create_task(self._checkpoint_loop(), name="checkpointer")
                 assert self.sweep is not None
                 sweeper = group.create_task(self.sweep.run(self.config.sweep_interval), name="sweep")
+                reconciler = None
+                if self.incoming_reconciler is not None:
+                    reconciler = group.create_task(
+                        self.incoming_reconciler.run(self.config.incoming_reconcile_interval),
+                        name="incoming-reconcile")
                 self.ready.set()
                 log.info("worker_started")
                 await self._stop.wait()
                 # 1. stop taking changes
                 feed.cancel()
                 sweeper.cancel()
+                if reconciler is not None:
+                    reconciler.cancel()
                 # 2. finish in-flight work within the deadline, abandon the rest (redone after restart)
                 finished = await self.dispatcher.drain(self.config.shutdown_timeout)
                 abandoned = 0 if finished else await self.dispatcher.abandon()
@@ -341,6 +358,15 @@ class Worker:
                 "reprojected": self.sender.stats.reprojected,
                 "send_errors": self.sender.stats.send_errors,
                 "last_sweep_docs": self.sweep.last_count if self.sweep else None,
+            },
+            "incoming": {
+                "key_source": self.incoming_key.source,
+                "requests": dict(self.incoming.counters),
+                "reconcile": None if self.incoming_reconciler is None else {
+                    "last_round": (vars(self.incoming_reconciler.last_round)
+                                   if self.incoming_reconciler.last_round else None),
+                    "last_error": self.incoming_reconciler.last_error,
+                },
             },
         }
 

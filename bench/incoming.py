@@ -1,0 +1,168 @@
+"""Benchmark of the incoming-SMS webhook (run by hand, not in CI).
+
+    .venv/bin/python -m bench.incoming [-n 5000] [-c 16] [--data DIR] [--inprocess]
+
+Starts the project's CouchDB test server (tests/support/couchserver.py) and the webhook app on
+127.0.0.1, posts N messages with unique ids from a separate client process (RapidPro is another
+machine; `--inprocess` runs the client in the worker's event loop instead), then prints
+messages/s and p50/p99 latency, and checks each id was stored exactly once. Logging is on (to
+/dev/null), as in production. Set TEST_COUCH_URL to bench against a real CouchDB instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from config.env import parse_couch_url  # noqa: E402
+from config.settings import parse_settings  # noqa: E402
+from tests.support.couch_fixtures import (  # noqa: E402
+    create_db,
+    delete_db,
+    load_example_settings,
+    put_settings,
+    seed_design_docs,
+)
+from tests.support.couchserver import CouchTestServer  # noqa: E402
+from transitions.incoming import doc_id_for  # noqa: E402
+from worker.couch import CouchServer  # noqa: E402
+from worker.logs import configure_logging  # noqa: E402
+from worker.vault import Credential  # noqa: E402
+from worker.webhook import V2_PATH, IncomingWebhook  # noqa: E402
+
+KEY = "bench-incoming-key"
+
+
+async def post_all(url: str, ids: list[str], concurrency: int) -> tuple[list[float], dict[int, int], float]:
+    """POST one message per id with `concurrency` in flight; (latencies s, statuses, elapsed s)."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    queue = iter(enumerate(ids))
+    headers = {"Authorization": f"Token {KEY}", "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def client() -> None:
+            for i, message_id in queue:
+                body = {"id": message_id, "from": f"+2547{i % 100_000_000:08d}", "content": f"hello {i}"}
+                t0 = time.perf_counter()
+                async with session.post(url, json=body, headers=headers) as response:
+                    await response.read()
+                latencies.append(time.perf_counter() - t0)
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        # warm the connections up so the first requests do not measure TCP set-up
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return latencies, statuses, elapsed
+
+
+def _client_process(url: str, ids: list[str], concurrency: int, out: Any) -> None:
+    out.send(asyncio.run(post_all(url, ids, concurrency)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(args: argparse.Namespace, server_url: str) -> int:
+    db_name = f"medic-bench{uuid.uuid4().hex[:6]}"
+    db_url = f"{server_url}/{db_name}"
+    create_db(db_url)
+    seed_design_docs(db_url)
+    settings_doc = {"settings": load_example_settings()}
+    put_settings(db_url, settings_doc["settings"])
+    settings = parse_settings(settings_doc)
+    connection = parse_couch_url(db_url)
+    couch = CouchServer(connection, timeout=10.0)
+    medic = couch.db(connection.db_name)
+    webhook = IncomingWebhook(medic, Credential(None, "rapidpro:incoming", value=KEY), lambda: settings)
+    app = web.Application()
+    webhook.register(app)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}{V2_PATH}"
+    try:
+        # a short warm-up builds the view index and opens connections (not measured)
+        await post_all(url, [f"warmup-{uuid.uuid4()}" for _ in range(50)], 8)
+        ids = [f"bench-{uuid.uuid4()}" for _ in range(args.n)]
+        if args.inprocess:
+            latencies, statuses, elapsed = await post_all(url, ids, args.c)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_client_process, args=(url, ids, args.c, send))
+            proc.start()
+            latencies, statuses, elapsed = await asyncio.to_thread(receive.recv)
+            await asyncio.to_thread(proc.join)
+
+        # Exactly once: one incoming row per id in CHT's view, and the doc under the derived id.
+        counts: dict[str, int] = {}
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            result = await couch.request_json(
+                "POST", f"{db_name}/_design/medic-sms/_view/messages_by_gateway_ref",
+                body={"keys": chunk}, timeout=60)
+            for row in result["rows"]:
+                counts[row["key"]] = counts.get(row["key"], 0) + 1
+                if row["id"] != doc_id_for(row["key"]):
+                    counts[row["key"]] = -1_000_000
+        stored_once = sum(1 for i in ids if counts.get(i) == 1)
+        rate = len(ids) / elapsed
+        p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
+        print(f"messages: {len(ids)}  concurrency: {args.c}  client: "
+              f"{'in-process' if args.inprocess else 'separate process'}  storage: "
+              f"{'external' if args.external else ('leveldb' if args.data else 'memory')}")
+        print(f"throughput: {rate:.0f} messages/s  ({elapsed:.2f} s)")
+        print(f"latency: p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {max(latencies) * 1000:.1f} ms  "
+              f"mean {statistics.fmean(latencies) * 1000:.1f} ms")
+        print(f"statuses: {statuses}  counters: "
+              f"{ {k: v for k, v in webhook.counters.items() if v} }")
+        print(f"stored exactly once: {stored_once}/{len(ids)}")
+        ok = stored_once == len(ids) and statuses == {200: len(ids)}
+        print("OK" if ok else "FAILED")
+        return 0 if ok else 1
+    finally:
+        await runner.cleanup()
+        await couch.close()
+        delete_db(db_url)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=5000, help="messages to post (default 5000)")
+    parser.add_argument("-c", type=int, default=16, help="requests in flight (default 16)")
+    parser.add_argument("--data", type=Path, help="LevelDB dir for the test server (default: in memory)")
+    parser.add_argument("--inprocess", action="store_true", help="run the client in the worker's loop")
+    args = parser.parse_args()
+    devnull = open(os.devnull, "w")  # for the life of the process
+    configure_logging("info", "json", stream=devnull)
+    external = os.environ.get("TEST_COUCH_URL", "").strip().rstrip("/")
+    args.external = bool(external)
+    if external:
+        return asyncio.run(run(args, external))
+    with CouchTestServer(data_dir=args.data) as server:
+        return asyncio.run(run(args, server.url))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

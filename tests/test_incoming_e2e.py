@@ -1,0 +1,47 @@
+"""Incoming SMS through the running worker: RapidPro's webhook → a CHT report in medic."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from config.env import load_config
+from tests.support.couch_fixtures import couch_request, put_settings
+from transitions.incoming import doc_id_for
+from worker.app import Worker
+
+FORMS = {"FORM": {"meta": {"code": "FORM"}, "fields": {"some_data": {"type": "string", "position": 0,
+                                                                     "labels": {"short": "Some data"}}}}}
+
+
+async def test_webhook_turns_a_form_text_into_a_cht_report(medic_db):
+    await asyncio.to_thread(put_settings, medic_db.url, {"default_country_code": 254, "locale": "en",
+                                                         "forms": FORMS})
+    worker = Worker(load_config({"COUCH_URL": medic_db.url, "LISTEN_PORT": "0",
+                                 "RAPIDPRO_INCOMING_KEY": "incoming-secret"}))
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), 20)
+    try:
+        url = f"http://127.0.0.1:{worker.http.port}/api/v2/sms/rapidpro/incoming-messages"
+        body = {"id": "run-1", "from": "0712345678", "content": "FORM the data"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json=body, headers={"Authorization": "Token incoming-secret"}) as r:
+                assert (r.status, await r.json()) == (200, {"saved": 1})
+            async with session.post(url, json=body, headers={"Authorization": "Token incoming-secret"}) as r:
+                assert (r.status, await r.json()) == (200, {"saved": 0})
+            async with session.post(url, json=body, headers={"Authorization": "Token wrong"}) as r:
+                assert (r.status, await r.json()) == (403, {"code": 403, "error": "Incorrect token"})
+        status, doc = await asyncio.to_thread(couch_request, "GET", f"{medic_db.url}/{doc_id_for('run-1')}")
+        assert status == 200
+        assert doc["type"] == "data_record"
+        assert doc["form"] == "FORM"
+        assert doc["fields"] == {"some_data": "the data"}
+        assert doc["from"] == "+254712345678"
+        assert doc["sms_message"]["gateway_ref"] == "run-1"
+        assert doc["sms_message"]["message"] == "FORM the data"
+        health = await worker.health()
+        assert health["incoming"]["key_source"] == "environment"
+    finally:
+        worker.stop()
+        assert await asyncio.wait_for(task, 15) == 0
