@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 
@@ -11,8 +12,18 @@ from tests.support.couch_fixtures import couch_request, put_settings
 from transitions.incoming import doc_id_for
 from worker.app import Worker
 
-FORMS = {"FORM": {"meta": {"code": "FORM"}, "fields": {"some_data": {"type": "string", "position": 0,
-                                                                     "labels": {"short": "Some data"}}}}}
+FORMS = {
+    "FORM": {"meta": {"code": "FORM"}, "fields": {"some_data": {"type": "string", "position": 0,
+                                                                "labels": {"short": "Some data"}}}},
+    # A registration form as in CHT's SMS-forms documentation.
+    "N": {"meta": {"code": "N", "label": {"en": "New Person Registration"}}, "fields": {
+        "place_id": {"labels": {"tiny": {"en": "place_id"}}, "position": 0, "type": "string",
+                     "required": True},
+        "gender": {"labels": {"tiny": {"en": "gender"}}, "position": 1, "type": "string", "required": True},
+        "age": {"labels": {"tiny": {"en": "age"}}, "position": 2, "type": "integer", "required": True},
+        "patient_name": {"labels": {"tiny": {"en": "patient_name"}}, "position": 3, "type": "string",
+                         "required": True}}},
+}
 
 
 async def test_webhook_turns_a_form_text_into_a_cht_report(medic_db):
@@ -42,6 +53,25 @@ async def test_webhook_turns_a_form_text_into_a_cht_report(medic_db):
         assert doc["sms_message"]["message"] == "FORM the data"
         health = await worker.health()
         assert health["incoming"]["key_source"] == "environment"
+
+        # A registration: the whole doc, as CHT's API would create it.
+        body = {"id": "run-2", "from": "+254712345679", "content": "N 12345 F 20 Jane Cho"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, data=json.dumps(body),  # no Content-Type, like RapidPro's editor
+                                    headers={"Authorization": "Token incoming-secret"}) as r:
+                assert (r.status, await r.json()) == (200, {"saved": 1})
+        status, doc = await asyncio.to_thread(couch_request, "GET", f"{medic_db.url}/{doc_id_for('run-2')}")
+        assert status == 200
+        assert isinstance(doc.pop("reported_date"), int)
+        assert doc.pop("_id") == doc_id_for("run-2")
+        doc.pop("_rev")
+        assert doc == {
+            "type": "data_record", "from": "+254712345679", "form": "N",
+            "fields": {"place_id": "12345", "gender": "F", "age": 20, "patient_name": "Jane Cho"},
+            "errors": [], "tasks": [],
+            "sms_message": {"message": "N 12345 F 20 Jane Cho", "from": "+254712345679",
+                            "gateway_ref": "run-2", "form": "N", "locale": "en", "type": "sms_message"},
+        }
     finally:
         worker.stop()
         assert await asyncio.wait_for(task, 15) == 0
