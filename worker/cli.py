@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from config.env import ConfigError, load_config, read_environment
+from config.env import Config, ConfigError, load_config, read_environment
 from worker.app import EXIT_CONFIG, run_worker
 from worker.logs import configure_logging, get_logger
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-async def _list_parked(config) -> int:  # type: ignore[no-untyped-def]
+async def _list_parked(config: Config) -> int:
     from worker.couch import CouchServer
     from worker.parking import ParkedChanges
 
