@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -118,6 +122,13 @@ async def test_failing_change_is_retried_then_parked_and_others_go_on(running, m
     health = await worker.health()
     assert health["changes"]["parked"] == 1
     assert health["parked_total"] == 1
+    # Operators list them from the command line.
+    listed = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "worker", "parked"], capture_output=True, text=True,
+        timeout=30, env={"PATH": os.environ.get("PATH", ""), "COUCH_URL": medic_db.url})
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    assert json.loads(line)["doc_id"] == "always-fails"
 
 
 async def test_malformed_docs_do_not_stop_the_feed(running, medic_db):
