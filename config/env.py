@@ -84,6 +84,7 @@ class Config:
     webhook_max_body: int
     incoming_reconcile: bool
     incoming_reconcile_interval: float
+    status_tracking_horizon: float
 
     def __repr__(self) -> str:  # keep secrets out of any accidental repr in a log line
         return f"Config(couch={self.couch.redacted_url!r}, worker_db={self.worker_db!r})"
@@ -217,6 +218,7 @@ def load_config(values: Mapping[str, str]) -> Config:
         incoming_reconcile=_get(values, "INCOMING_RECONCILE", False, _parse_bool, lambda v: True,
                                 "must be true or false"),
         incoming_reconcile_interval=_positive_seconds(values, "INCOMING_RECONCILE_INTERVAL", 300.0),
+        status_tracking_horizon=_positive_seconds(values, "STATUS_TRACKING_HORIZON", 7 * 24 * 3600.0),
     )
 
 

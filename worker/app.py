@@ -15,6 +15,7 @@ from config.settings import Settings
 from transitions.base import Transition
 from transitions.dispatch import double_sender_risk
 from transitions.settings_watcher import SettingsWatcher
+from transitions.status import Policy
 from worker.app_settings import SettingsStore
 from worker.backoff import Backoff
 from worker.changes import Change
@@ -31,6 +32,7 @@ from worker.parking import ParkedChanges
 from worker.rapidpro import RapidProClient
 from worker.ratelimit import RateBudget
 from worker.server import HttpServer, build_app
+from worker.status import StatusTracker
 from worker.sweep import PendingSweep
 from worker.task_writer import TaskWriter
 from worker.vault import Credential, Vault
@@ -82,6 +84,10 @@ class Worker:
             # Longer than any send can take (budget wait + request + recording the outcome).
             claim_timeout=2 * config.rapidpro_timeout + config.couch_timeout + 10,
         )
+        self.status = StatusTracker(
+            medic=self.medic, own_db=self.own_db, client=self.rapidpro, token=self.outgoing_token,
+            settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
+            policy=Policy(horizon=config.status_tracking_horizon))
         self.incoming = IncomingWebhook(self.medic, self.incoming_key, lambda: self.settings.current,
                                         max_body=config.webhook_max_body,
                                         couch_timeout=min(config.couch_timeout, 5.0))
@@ -210,6 +216,7 @@ class Worker:
                 checkpointer = group.create_task(self._checkpoint_loop(), name="checkpointer")
                 assert self.sweep is not None
                 sweeper = group.create_task(self.sweep.run(self.config.sweep_interval), name="sweep")
+                status = group.create_task(self.status.run(self.config.status_poll_interval), name="status")
                 reconciler = None
                 if self.incoming_reconciler is not None:
                     reconciler = group.create_task(
@@ -221,6 +228,7 @@ class Worker:
                 # 1. stop taking changes
                 feed.cancel()
                 sweeper.cancel()
+                status.cancel()
                 if reconciler is not None:
                     reconciler.cancel()
                 # 2. finish in-flight work within the deadline, abandon the rest (redone after restart)
@@ -250,6 +258,7 @@ class Worker:
             # Switched to the worker (or to another RapidPro host): send what is pending now.
             log.info("outgoing_switched", rapidpro_url=new.rapidpro_url)
             self.sweep.trigger()
+            self.status.trigger_rescan()  # as CHT does: ask about every non-final message
         if self.dispatcher is not None:  # not during start-up: checked once there
             await self._check_double_sender()
 
@@ -359,6 +368,7 @@ class Worker:
                 "send_errors": self.sender.stats.send_errors,
                 "last_sweep_docs": self.sweep.last_count if self.sweep else None,
             },
+            "status_tracking": self.status.health(),
             "incoming": {
                 "key_source": self.incoming_key.source,
                 "requests": dict(self.incoming.counters),

@@ -22,11 +22,11 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from config.settings import Settings
 from transitions.incoming import IncomingMessage, build_record
+from transitions.timestamps import parse_time, rapidpro_time
 from worker.couch import Conflict, CouchError, Database
 from worker.logs import get_logger
 from worker.rapidpro import RapidProClient, RapidProError
@@ -51,26 +51,6 @@ class RoundResult:
     after: str | None = None
     before: str | None = None
     skipped_reason: str | None = None  # the whole round did not run (no URL, no token)
-
-
-def iso(ts: float) -> str:
-    """RapidPro's date format (UTC, microseconds, Z)."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_iso(value: Any) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 def message_from_api(item: dict[str, Any]) -> IncomingMessage | None:
@@ -119,11 +99,11 @@ class IncomingReconciler:
 
     async def _watermark(self) -> tuple[float | None, dict[str, Any] | None]:
         doc = await self._own_db.get_or_none(WATERMARK_DOC_ID)
-        return (parse_iso(doc.get("after")) if doc else None), doc
+        return (parse_time(doc.get("after")) if doc else None), doc
 
     async def _save_watermark(self, upto: float, doc: dict[str, Any] | None) -> None:
-        new = {"_id": WATERMARK_DOC_ID, "type": "incoming_reconcile_watermark", "after": iso(upto),
-               "updated_at": iso(self._clock())}
+        new = {"_id": WATERMARK_DOC_ID, "type": "incoming_reconcile_watermark", "after": rapidpro_time(upto),
+               "updated_at": rapidpro_time(self._clock())}
         for _ in range(3):
             if doc is not None and "_rev" in doc:
                 new["_rev"] = doc["_rev"]
@@ -132,7 +112,7 @@ class IncomingReconciler:
                 return
             except Conflict:  # another worker instance moved it: keep the later one
                 doc = await self._own_db.get_or_none(WATERMARK_DOC_ID)
-                current = parse_iso(doc.get("after")) if doc else None
+                current = parse_time(doc.get("after")) if doc else None
                 if current is not None and current >= upto:
                     return
 
@@ -152,7 +132,7 @@ class IncomingReconciler:
         watermark, doc = await self._watermark()
         upto = self._clock() - self._min_age
         since = (watermark - self._overlap) if watermark is not None else upto - self._lookback
-        result.after, result.before = iso(since), iso(upto)
+        result.after, result.before = rapidpro_time(since), rapidpro_time(upto)
 
         messages: dict[str, tuple[IncomingMessage, int]] = {}
         for folder in FOLDERS:
@@ -167,7 +147,7 @@ class IncomingReconciler:
                     if message is None:
                         result.skipped += 1
                         continue
-                    created = parse_iso(item.get("created_on"))
+                    created = parse_time(item.get("created_on"))
                     reported_ms = int((created if created is not None else self._clock()) * 1000)
                     messages.setdefault(message.id, (message, reported_ms))
                 if page.next is None:

@@ -1,0 +1,438 @@
+"""Status tracking's decisions (pure): which messages to follow, when to ask about each, how to ask
+(one query per broadcast or a bulk folder sync) and what an answer changes on the CHT task.
+
+No I/O and no clock of its own: every time is an argument (epoch seconds), so the schedule can be
+tested hour by hour without waiting.
+
+Cost is the point (RAPIDPRO.md: one workspace budget of 3,600 calls an hour for everything):
+
+- a message is asked about less often the longer it sits in one state (the next check comes after
+  `backoff_factor` × the time already spent in the state, between `min_interval` and
+  `max_interval`), and not at all after `horizon` (RapidPro archives messages; many channels never
+  report delivery, so `sent` can be for ever);
+- each check has a window (`next_check` .. `deadline`): due messages wait in it for company, so a
+  single bulk sync (`messages.json?folder=…&after=…`, 250 a page) can answer for many at once;
+  a message is asked about on its own only when its deadline passes and too few are due;
+- a round picks the cheaper of the two: one call per due broadcast, or the expected pages of the
+  folders a sync must read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from transitions.dispatch import TaskUpdate
+from transitions.outgoing import TASK_KINDS, find_task_message
+from transitions.states import (
+    DELIVERED,
+    FAILED,
+    FORWARDED_BY_GATEWAY,
+    GATEWAY_TRACKED_STATES,
+    RECEIVED_BY_GATEWAY,
+    SENT,
+    map_broadcast_status,
+    map_rapidpro_status,
+    set_task_state,
+)
+from transitions.timestamps import parse_time
+
+PAGE_SIZE = 250  # RapidPro's messages.json page
+OUTBOX, SENT_FOLDER, FAILED_FOLDER = "outbox", "sent", "failed"
+FOLDERS: tuple[str, ...] = (OUTBOX, SENT_FOLDER, FAILED_FOLDER)
+
+ERRORED_DETAILS = "Errored"
+INITIALIZING_DETAILS = "Initializing"
+
+
+@dataclass(frozen=True)
+class Policy:
+    min_interval: float = 60.0  # never ask about one message more often than this
+    max_interval: float = 24 * 3600.0
+    backoff_factor: float = 1.0  # next check after this share of the time spent in the state
+    slack: float = 2.0  # a due message may wait this many intervals more for a bulk sync
+    horizon: float = 7 * 86400.0  # stop tracking this long after sending; the state stays as it is
+    max_missing: int = 3  # "no such message" answers (e.g. after a host change) before giving up
+    visibility_grace: float = 120.0  # messages appear a few seconds after the broadcast POST
+    created_margin: float = 600.0  # clock skew allowance for `after=` when created_on is unknown
+    page_size: int = PAGE_SIZE
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def broadcast_id(gateway_ref: Any) -> int | None:
+    """CHT stores RapidPro's integer broadcast id as gateway_ref (an int, or digits in a string).
+    Anything else (another gateway's reference) is not a RapidPro broadcast: never asked about."""
+    if isinstance(gateway_ref, bool):
+        return None
+    if isinstance(gateway_ref, int):
+        return gateway_ref if gateway_ref > 0 else None
+    if isinstance(gateway_ref, str) and gateway_ref.strip().isdigit():
+        value = int(gateway_ref.strip())
+        return value if value > 0 else None
+    return None
+
+
+def _rank(state: Any, details: Any) -> int:
+    """Progress order of a tracked or final state. `Initializing` (old RapidPro) precedes Queued."""
+    if state == RECEIVED_BY_GATEWAY:
+        return 0 if details == INITIALIZING_DETAILS else 1
+    if state == FORWARDED_BY_GATEWAY:
+        return 2
+    if state == SENT:
+        return 3
+    if state in (DELIVERED, FAILED):
+        return 4
+    return -1
+
+
+def is_forward(current_state: Any, current_details: Any, new_state: str, new_details: str | None) -> bool:
+    """Whether a RapidPro answer may move a task from (current_state, current_details).
+
+    Only tasks in a tracked non-final state move; never out of a final state, never to a state
+    that is not RapidPro's to give. A later step moves it; the same step does nothing. One step
+    back is real and is recorded: `errored` (RapidPro failed an attempt and will retry), and from
+    there any step again (queued, wired, sent, …). Staleness of an answer is the caller's
+    concern (compare `modified_on`).
+    """
+    if current_state not in GATEWAY_TRACKED_STATES:
+        return False
+    new_rank = _rank(new_state, new_details)
+    if new_rank < 0:
+        return False
+    if current_state == new_state and (not new_details or current_details == new_details):
+        return False
+    if new_details == ERRORED_DETAILS:
+        return True
+    current_rank = _rank(current_state, current_details)
+    if new_rank > current_rank:
+        return True
+    # Same rank, other details: Errored → Queued (re-queued for a retry), Sent → Resent.
+    return new_rank == current_rank and new_details != INITIALIZING_DETAILS
+
+
+def folder_of(state: str, details: str | None) -> str:
+    """The messages.json folder a message in this CHT state sits in (RAPIDPRO.md)."""
+    if state == RECEIVED_BY_GATEWAY:
+        return OUTBOX
+    if state == FAILED:
+        return FAILED_FOLDER
+    return SENT_FOLDER
+
+
+# ---------------------------------------------------------------------------- which tasks
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A message whose task RapidPro can tell us more about."""
+
+    uuid: str
+    doc_id: str
+    broadcast: int
+    state: str
+    details: str | None
+    sent_at: float | None  # when the task first reached RapidPro (history), epoch s
+    state_since: float | None  # when the task entered its current state (history)
+
+
+def _history_times(task: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(first reached RapidPro, entered the current state) from `state_history`."""
+    history = [entry for entry in task.get("state_history") or [] if isinstance(entry, dict)] \
+        if isinstance(task.get("state_history"), list) else []
+    sent_at = next((when for entry in history
+                    if entry.get("state") in GATEWAY_TRACKED_STATES | {DELIVERED, FAILED}
+                    and (when := parse_time(entry.get("timestamp"))) is not None), None)
+    since: float | None = None
+    for entry in reversed(history):  # the last run of entries in the current state
+        if entry.get("state") != task.get("state"):
+            break
+        since = parse_time(entry.get("timestamp")) or since
+    if since is None and history:
+        since = parse_time(history[-1].get("timestamp"))
+    return sent_at, since
+
+
+def trackable_messages(doc: Mapping[str, Any]) -> list[Candidate]:
+    """The doc's messages worth asking RapidPro about: task in received-by-gateway,
+    forwarded-by-gateway or sent, with a RapidPro gateway_ref, message with a uuid. Never pending,
+    scheduled, muted, duplicate, cleared, final states, or a task without gateway_ref."""
+    found: list[Candidate] = []
+    doc_id = doc.get("_id")
+    if not isinstance(doc_id, str):
+        return found
+    seen: set[str] = set()
+    for kind in TASK_KINDS:
+        tasks = doc.get(kind)
+        if not isinstance(tasks, list):
+            continue
+        for task in tasks:
+            if not isinstance(task, dict) or task.get("state") not in GATEWAY_TRACKED_STATES:
+                continue
+            broadcast = broadcast_id(task.get("gateway_ref"))
+            if broadcast is None:
+                continue
+            sent_at, since = _history_times(task)
+            details = task.get("state_details")
+            for message in task.get("messages") or []:
+                uuid = message.get("uuid") if isinstance(message, dict) else None
+                if not isinstance(uuid, str) or not uuid or uuid in seen:
+                    continue
+                seen.add(uuid)
+                found.append(Candidate(uuid, doc_id, broadcast, task["state"],
+                                       details if isinstance(details, str) else None, sent_at, since))
+    return found
+
+
+# ---------------------------------------------------------------------------- the schedule
+
+
+@dataclass
+class Tracked:
+    uuid: str
+    doc_id: str
+    broadcast: int
+    state: str
+    details: str | None
+    sent_at: float
+    state_since: float
+    next_check: float
+    deadline: float
+    created_on: float | None = None  # RapidPro's created_on, once seen
+    modified_on: float | None = None  # RapidPro's modified_on of the last answer applied
+    missing: int = 0  # consecutive "no such message" answers
+    checks: int = 0
+
+    def created_estimate(self, policy: Policy) -> float:
+        """Lower bound for `after=`: the known created_on, else the send time minus skew."""
+        if self.created_on is not None:
+            return self.created_on
+        return self.sent_at - policy.created_margin
+
+
+class Ending(Enum):
+    FINAL = "final"
+    EXPIRED = "expired"  # past the tracking horizon: the state stays as it is
+    MISSING = "missing"  # RapidPro kept answering "no such message"
+
+
+@dataclass(frozen=True)
+class Observation:
+    update: TaskUpdate | None = None
+    unknown_status: bool = False
+    ended: Ending | None = None
+
+
+def schedule(item: Tracked, now: float, policy: Policy, *, at_once: bool = False) -> None:
+    """Set the check window: later the longer the message has sat in its state."""
+    if at_once:
+        item.next_check = item.deadline = now
+        return
+    age = max(0.0, now - item.state_since)
+    interval = min(policy.max_interval, max(policy.min_interval, policy.backoff_factor * age))
+    item.next_check = now + interval
+    item.deadline = item.next_check + policy.slack * interval
+
+
+def start_tracking(candidate: Candidate, now: float, policy: Policy, *, at_once: bool = False) -> Tracked:
+    sent_at = candidate.sent_at if candidate.sent_at is not None else now
+    since = candidate.state_since if candidate.state_since is not None else sent_at
+    item = Tracked(candidate.uuid, candidate.doc_id, candidate.broadcast, candidate.state,
+                   candidate.details, min(sent_at, now), min(max(since, sent_at), now), now, now)
+    if candidate.sent_at is not None and now - candidate.sent_at < policy.min_interval:
+        at_once = False  # just sent: the first check comes after min_interval anyway
+    schedule(item, now, policy, at_once=at_once)
+    return item
+
+
+def expired(item: Tracked, now: float, policy: Policy) -> bool:
+    return now - item.sent_at > policy.horizon
+
+
+def observe(item: Tracked, result: Mapping[str, Any], now: float, policy: Policy) -> Observation:
+    """A messages.json result for this message's broadcast: the task update it brings (if any),
+    and the message's next check. `item` is updated as if the update were recorded."""
+    item.checks += 1
+    item.missing = 0
+    created = parse_time(result.get("created_on"))
+    if created is not None:
+        item.created_on = created
+    modified = parse_time(result.get("modified_on"))
+    if modified is not None and item.modified_on is not None and modified < item.modified_on:
+        schedule(item, now, policy)  # an older answer than one already applied
+        return Observation()
+    mapped = map_rapidpro_status(result.get("status"))
+    if mapped is None:
+        schedule(item, now, policy)
+        return Observation(unknown_status=True)
+    state, details = mapped
+    if not is_forward(item.state, item.details, state, details):
+        schedule(item, now, policy)
+        return Observation()
+    item.state, item.details = state, details
+    # When it changed: RapidPro's modified_on, kept within what we know (its clock may differ).
+    item.state_since = min(now, max(modified if modified is not None else now, item.state_since))
+    if modified is not None:
+        item.modified_on = modified
+    update = TaskUpdate(item.uuid, state, details, item.broadcast)
+    if state not in GATEWAY_TRACKED_STATES:
+        return Observation(update, ended=Ending.FINAL)
+    schedule(item, now, policy)
+    return Observation(update)
+
+
+def observe_unchanged(item: Tracked, now: float, policy: Policy) -> None:
+    """Asked, and nothing new (e.g. the broadcast is still being sent)."""
+    item.checks += 1
+    schedule(item, now, policy)
+
+
+def observe_broadcast(item: Tracked, broadcast: Mapping[str, Any] | None, now: float,
+                      policy: Policy) -> Observation:
+    """`broadcasts.json?id=` for a broadcast that listed no message.
+
+    None (no such broadcast — typically the host changed) counts towards giving up; a `failed` or
+    `interrupted` broadcast never produced a message: the task fails; anything else is still
+    being sent: ask again later."""
+    item.checks += 1
+    if broadcast is None:
+        item.missing += 1
+        if item.missing >= policy.max_missing:
+            return Observation(ended=Ending.MISSING)
+        schedule(item, now, policy)
+        return Observation()
+    item.missing = 0
+    failed = map_broadcast_status(broadcast.get("status"))
+    if failed is None or not is_forward(item.state, item.details, failed[0], failed[1]):
+        schedule(item, now, policy)
+        return Observation()
+    item.state, item.details = failed
+    return Observation(TaskUpdate(item.uuid, failed[0], failed[1], item.broadcast), ended=Ending.FINAL)
+
+
+def visible_yet(item: Tracked, now: float, policy: Policy) -> bool:
+    """An empty answer right after sending is normal: messages appear a few seconds later."""
+    return now - item.sent_at >= policy.visibility_grace
+
+
+# ---------------------------------------------------------------------------- the round plan
+
+
+@dataclass
+class FolderStats:
+    """What syncs have seen: rows per second of created_on window, per folder (all senders of
+    the workspace, final messages included), to predict the pages of the next sync."""
+
+    density: dict[str, float] = field(default_factory=dict)
+
+    def learn(self, folder: str, rows: int, window: float) -> None:
+        observed = rows / max(window, 60.0)
+        previous = self.density.get(folder)
+        self.density[folder] = observed if previous is None else 0.5 * previous + 0.5 * observed
+
+    def forget(self) -> None:
+        self.density.clear()
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str  # "idle" | "sync" | "broadcasts"
+    due: tuple[str, ...] = ()  # uuids this round answers for
+    folders: tuple[str, ...] = ()
+    after: float | None = None
+    expected_pages: int = 0
+    broadcasts: tuple[int, ...] = ()
+
+
+def sync_folders(due: Sequence[Tracked]) -> tuple[str, ...]:
+    """The folders a sync is expected to read: `sent` (where most messages are), and `outbox`
+    when a due message is still there. `failed` is read only when several due messages turn
+    out to be in neither (the caller decides; failures are rare, one query per broadcast is
+    cheaper for one or two)."""
+    if any(item.state == RECEIVED_BY_GATEWAY for item in due):
+        return (SENT_FOLDER, OUTBOX)
+    return (SENT_FOLDER,)
+
+
+def expected_pages(folders: Iterable[str], after: float, now: float, tracked: Iterable[Tracked],
+                   stats: FolderStats, policy: Policy) -> int:
+    """Pages a sync of `folders` since `after` should read: from learnt densities, else from our
+    own tracked messages in the window (an underestimate the first sync corrects)."""
+    window = max(0.0, now - after)
+    own: dict[str, int] = dict.fromkeys(FOLDERS, 0)
+    for item in tracked:
+        if item.created_estimate(policy) >= after:
+            own[folder_of(item.state, item.details)] += 1
+    total = 0
+    for folder in folders:
+        density = stats.density.get(folder)
+        rows = density * window if density is not None else own.get(folder, 0)
+        total += max(1, math.ceil(rows / policy.page_size))
+    return total
+
+
+def plan_round(tracked: Iterable[Tracked], now: float, policy: Policy, stats: FolderStats) -> Plan:
+    """The cheaper way to answer for the due messages, or nothing yet.
+
+    Nothing happens until some message's deadline passes: until then due messages wait for
+    company. Then a sync answers for every due message (and refreshes every other message it
+    lists) at the cost of its pages, when that is no more than one call per due broadcast;
+    otherwise only the overdue messages are asked about, one broadcast each."""
+    items = list(tracked)
+    due = [item for item in items if item.next_check <= now]
+    overdue = [item for item in due if item.deadline <= now]
+    if not overdue:
+        return Plan("idle")
+    after = min(item.created_estimate(policy) for item in due)
+    folders = sync_folders(due)
+    pages = expected_pages(folders, after, now, items, stats, policy)
+    asked = len({item.broadcast for item in due})
+    # On a tie the sync still wins when it also refreshes messages that are not due yet.
+    if asked > pages or (asked == pages and len(items) > len(due)):
+        return Plan("sync", tuple(item.uuid for item in due), folders, after, pages)
+    broadcasts = sorted({item.broadcast for item in overdue})
+    return Plan("broadcasts", tuple(item.uuid for item in overdue), broadcasts=tuple(broadcasts))
+
+
+# ---------------------------------------------------------------------------- the task applier
+
+
+class Applied(Enum):
+    APPLIED = "applied"  # the task changed
+    UNCHANGED = "unchanged"  # already in that state
+    NOT_TRACKED = "not-tracked"  # final, not sent (pending…), another broadcast, or gone
+    STALE = "stale"  # the task is already further on
+
+
+def apply_status_updates(doc: dict[str, Any], updates: Sequence[TaskUpdate],
+                         now: datetime) -> dict[str, Applied]:
+    """Pure: apply status tracking's updates to `doc` (in place), CHT's way.
+
+    An update applies only to a task that is still in a tracked non-final state under the same
+    broadcast, and only when it moves the task on (`is_forward`): never backwards, never out of
+    a final state, never a task another writer moved elsewhere (pending again, cleared, …)."""
+    outcomes: dict[str, Applied] = {}
+    for update in updates:
+        found = find_task_message(doc, update.uuid)
+        if found is None:
+            outcomes[update.uuid] = Applied.NOT_TRACKED
+            continue
+        task = found[2]
+        state = task.get("state")
+        if (state not in GATEWAY_TRACKED_STATES
+                or broadcast_id(task.get("gateway_ref")) != broadcast_id(update.gateway_ref)):
+            outcomes[update.uuid] = Applied.NOT_TRACKED
+            continue
+        if not is_forward(state, task.get("state_details"), update.state, update.details):
+            same = state == update.state and task.get("state_details") == update.details
+            outcomes[update.uuid] = Applied.UNCHANGED if same else Applied.STALE
+            continue
+        # Keep gateway_ref exactly as stored (CHT compares strictly: "123" is not 123).
+        changed = set_task_state(task, update.state, update.details, task.get("gateway_ref"), now=now)
+        outcomes[update.uuid] = Applied.APPLIED if changed else Applied.UNCHANGED
+    return outcomes
