@@ -195,4 +195,7 @@ class IncomingReconciler:
             except (RapidProError, CouchError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("incoming_reconcile_failed", error=self.last_error)
+            except Exception as exc:  # a bug or a message we did not foresee: log it, keep going
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("incoming_reconcile_crashed", error=self.last_error, exc_info=True)
             await asyncio.sleep(interval)

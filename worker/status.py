@@ -211,6 +211,9 @@ class StatusTracker:
             except (CouchError, RapidProError) as exc:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("status_round_failed", error=self.stats.last_error)
+            except Exception as exc:  # a bug or a doc we did not foresee: log it, keep the daemon up
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("status_round_crashed", error=self.stats.last_error, exc_info=True)
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):

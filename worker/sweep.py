@@ -82,3 +82,5 @@ class PendingSweep:
                 await self.run_once()
             except CouchError as exc:
                 log.warning("sweep_failed", error=str(exc))
+            except Exception as exc:  # a bug or a doc we did not foresee: log it, keep the daemon up
+                log.error("sweep_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)

@@ -302,7 +302,8 @@ class IncomingWebhook:
         if not given:
             return Outcome.MISSING_TOKEN, _error(403, "Missing authorization token")
         try:
-            expected = await asyncio.wait_for(self._key.get(), self.store.timeout)
+            async with asyncio.timeout(self.store.timeout):
+                expected = await self._key.get()
         except (CouchUnavailable, TimeoutError) as exc:
             event["error"] = str(exc) or "timeout reading the incoming key"
             return Outcome.UNAVAILABLE, _error(503, "Message was not saved: database unavailable")
