@@ -66,6 +66,9 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     # Third-party loggers are chatty at debug; keep them at warning unless asked.
     for name in ("urllib3", "ibm_cloud_sdk_core", "ibm-cloud-sdk-core", "aiohttp.access", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING if level != "debug" else logging.INFO)
+    # Off then on: captureWarnings(True) is a no-op when an earlier call's hook was replaced since
+    # (a reconfiguration, a test runner), and warnings would then bypass our renderer.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
 
     structlog.configure(
