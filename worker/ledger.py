@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
-from worker.couch import Conflict, Database
+from worker.couch import Conflict, Database, NotFound
 
 LEDGER_PREFIX = "msg:"
 HOSTNAME = socket.gethostname()
@@ -108,16 +108,24 @@ class Ledger:
     async def release(self, entry: dict[str, Any], reason: str) -> dict[str, Any]:
         return await self._update(entry, state=RELEASED, error=reason)
 
-    async def record_task_state(self, entry: dict[str, Any], state: str,
-                                details: str | None) -> dict[str, Any]:
-        """Status tracking's latest state, so a re-projection never moves a task backwards."""
-        return await self._update(entry, task_state=state, task_state_details=details)
+    async def get_many(self, uuids: list[str], batch: int = 200) -> dict[str, dict[str, Any]]:
+        """The entries of `uuids` that exist, by uuid ({} when the worker's db does not exist yet)."""
+        entries: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(uuids), batch):
+            keys = [LEDGER_PREFIX + uuid for uuid in uuids[start:start + batch]]
+            try:
+                result = await self._db.all_docs(keys=keys, include_docs=True)
+            except NotFound:
+                return entries
+            for row in result.get("rows", []):
+                doc = row.get("doc")
+                if isinstance(doc, dict) and isinstance(doc.get("uuid"), str):
+                    entries[doc["uuid"]] = doc
+        return entries
 
-    async def count_by_state(self) -> dict[str, int]:
-        result = await self._db.all_docs(start_key=LEDGER_PREFIX, end_key=LEDGER_PREFIX + "\ufff0",
-                                         include_docs=True)
-        counts: dict[str, int] = {}
-        for row in result.get("rows", []):
-            state = (row.get("doc") or {}).get("state", "unknown")
-            counts[state] = counts.get(state, 0) + 1
-        return counts
+    async def put_many(self, entries: list[dict[str, Any]]) -> list[str]:
+        """Write updated entries (with their `_rev`) in one `_bulk_docs`; returns the uuids that
+        conflicted, for the caller to re-read and decide again."""
+        results = await self._db.bulk(entries)
+        return [item["id"].removeprefix(LEDGER_PREFIX) for item in results
+                if item.get("error") == "conflict"]

@@ -58,8 +58,8 @@ from transitions.status import (
     visible_yet,
 )
 from transitions.timestamps import parse_time, rapidpro_time
-from worker.couch import CouchError, Database, NotFound
-from worker.ledger import LEDGER_PREFIX
+from worker.couch import CouchError, Database
+from worker.ledger import Ledger
 from worker.logs import get_logger
 from worker.rapidpro import RapidProClient, RapidProError, RateLimited
 from worker.ratelimit import Priority
@@ -159,7 +159,7 @@ class StatusTracker:
         """`clock`: epoch seconds (the schedule compares it with CHT's and RapidPro's dates).
         `max_wait`: how long one status call may wait for the shared budget (sends go first)."""
         self._medic = medic
-        self._own_db = own_db
+        self._ledger = Ledger(own_db) if own_db is not None else None
         self._client = client
         self._token = token
         self._settings = settings
@@ -572,23 +572,13 @@ class StatusTracker:
                 self._drop(uuid)
 
     async def _ledger_entries(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
-        entries: dict[str, dict[str, Any]] = {}
-        if self._own_db is None or not uuids:
-            return entries
-        for batch in _chunks(uuids, _DOC_BATCH):
-            try:
-                result = await self._own_db.all_docs(keys=[LEDGER_PREFIX + u for u in batch],
-                                                     include_docs=True)
-            except NotFound:  # no worker db yet: nothing is the worker's own
-                return entries
-            for row in result.get("rows", []):
-                doc = row.get("doc")
-                if isinstance(doc, dict) and isinstance(doc.get("uuid"), str):
-                    entries[doc["uuid"]] = doc
-        return entries
+        if self._ledger is None or not uuids:
+            return {}
+        return await self._ledger.get_many(uuids, _DOC_BATCH)
 
     async def _record_in_ledger(self, pending: dict[str, tuple[str, TaskUpdate]]) -> None:
-        """The same fields as `Ledger.record_task_state`, written in bulk."""
+        """Status tracking's latest state on the worker's own entries, so a re-projection by the
+        dispatcher never moves a task backwards; in bulk."""
         todo = list(pending)
         for _ in range(MAX_CONFLICT_RETRIES):
             entries = await self._ledger_entries(todo)
@@ -607,10 +597,8 @@ class StatusTracker:
                                 "task_state_at": _iso(self._clock())})
             if not changed:
                 return
-            assert self._own_db is not None
-            results = await self._own_db.bulk(changed)
-            todo = [item["id"].removeprefix(LEDGER_PREFIX) for item in results
-                    if item.get("error") == "conflict"]
+            assert self._ledger is not None
+            todo = await self._ledger.put_many(changed)
             if not todo:
                 return
         log.warning("status_ledger_conflicts", uuids=todo)
