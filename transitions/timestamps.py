@@ -22,6 +22,11 @@ def parse_time(value: Any) -> float | None:
     return parsed.timestamp()
 
 
+def cht_time(ts: float) -> str:
+    """Epoch seconds as CHT writes timestamps (UTC, milliseconds, Z — JavaScript's toISOString)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def rapidpro_time(ts: float) -> str:
     """Epoch seconds as RapidPro writes dates (UTC, µs, Z) for `after=`."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -7,7 +7,6 @@ import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from config.env import Config
@@ -16,6 +15,7 @@ from transitions.base import Transition
 from transitions.dispatch import double_sender_risk
 from transitions.settings_watcher import SettingsWatcher
 from transitions.status import Policy
+from transitions.timestamps import cht_time
 from worker.app_settings import SettingsStore
 from worker.backoff import Backoff
 from worker.changes import Change
@@ -48,12 +48,6 @@ EXIT_CONFIG = 2
 
 class StartupError(Exception):
     """A problem only the operator can fix (permissions); the daemon exits with status 2."""
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Worker:
@@ -334,7 +328,7 @@ class Worker:
         paused = gate.remaining_pause() > 0
         return {
             "status": "ok",
-            "started_at": _iso(self.started_at),
+            "started_at": cht_time(self.started_at),
             "feed": {
                 "connected": feed.connected if feed else False,
                 "since": feed.since if feed else None,
@@ -343,7 +337,7 @@ class Worker:
             },
             "checkpoint": checkpoint,
             "backlog": backlog,
-            "last_progress": _iso(stats.last_progress) if stats else None,
+            "last_progress": cht_time(stats.last_progress) if stats and stats.last_progress else None,
             "in_flight": self.dispatcher.in_flight if self.dispatcher else 0,
             "changes": {
                 "processed": stats.processed if stats else 0,

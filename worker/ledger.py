@@ -11,10 +11,10 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
+from transitions.timestamps import cht_time
 from worker.couch import Conflict, Database, NotFound
 
 LEDGER_PREFIX = "msg:"
@@ -45,10 +45,6 @@ def owner_is_dead(owner: object) -> bool:
     return False
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class Ledger:
     def __init__(self, db: Database, clock: Callable[[], float] = time.time, owner: str = OWNER) -> None:
         self._db = db
@@ -64,7 +60,7 @@ class Ledger:
         now = self._clock()
         entry: dict[str, Any] = {
             "_id": LEDGER_PREFIX + uuid, "type": "dispatch", "uuid": uuid, "doc_id": doc_id, "urn": urn,
-            "state": CLAIMED, "claimed_at": _iso(now), "claimed_at_epoch": now, "owner": self._owner,
+            "state": CLAIMED, "claimed_at": cht_time(now), "claimed_at_epoch": now, "owner": self._owner,
             "attempts": 1,
         }
         if released is not None:
@@ -79,7 +75,7 @@ class Ledger:
 
     async def _update(self, entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
         """Record an outcome on our own claim; a conflict means someone else touched it: re-read."""
-        fields["outcome_at"] = _iso(self._clock())
+        fields["outcome_at"] = cht_time(self._clock())
         for _ in range(5):
             updated = {**entry, **fields}
             try:

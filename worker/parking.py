@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 from typing import Any
 
+from transitions.timestamps import cht_time
 from worker.changes import Change
 from worker.couch import Conflict, Database
 
@@ -28,7 +29,7 @@ class ParkedChanges:
                 "seq": change.seq,
                 "error": f"{type(error).__name__}: {error}"[:2000],
                 "attempts": attempts,
-                "parked_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "parked_at": cht_time(time.time()),
                 "times_parked": (existing or {}).get("times_parked", 0) + 1,
             }
             if existing is not None:

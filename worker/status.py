@@ -57,7 +57,7 @@ from transitions.status import (
     trackable_messages,
     visible_yet,
 )
-from transitions.timestamps import parse_time, rapidpro_time
+from transitions.timestamps import cht_time, parse_time, rapidpro_time
 from worker.couch import CouchError, Database
 from worker.ledger import Ledger
 from worker.logs import get_logger
@@ -130,10 +130,6 @@ class _Round:
     looked_up: set[int] = field(default_factory=set)
     after: str | None = None
     after_ts: float = 0.0
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
@@ -241,7 +237,7 @@ class StatusTracker:
         self._url = base_url
 
         self.stats.rounds += 1
-        self.stats.last_round_at = _iso(self._clock())
+        self.stats.last_round_at = cht_time(self._clock())
         await self._flush()  # leftovers of a failed write first
         if self._rescan or not self._loaded:
             # Taken before the rebuild awaits anything: a rescan asked for meanwhile is not lost.
@@ -318,7 +314,7 @@ class StatusTracker:
             self._expired.add(item.uuid)
             self.stats.expired += 1
             log.info("status_tracking_horizon", message_uuid=item.uuid, broadcast_id=item.broadcast,
-                     state=item.state, details=item.details, sent_at=_iso(item.sent_at))
+                     state=item.state, details=item.details, sent_at=cht_time(item.sent_at))
 
     async def _tracked_rows(self) -> dict[str, tuple[str, str, Any]]:
         """uuid → (doc_id, state, gateway_ref) for every message the view shows as tracked."""
@@ -594,7 +590,7 @@ class StatusTracker:
                     if not is_forward(current, current_details, update.state, update.details):
                         continue
                 changed.append({**entry, "task_state": update.state, "task_state_details": update.details,
-                                "task_state_at": _iso(self._clock())})
+                                "task_state_at": cht_time(self._clock())})
             if not changed:
                 return
             assert self._ledger is not None

@@ -432,3 +432,13 @@ def test_apply_errored_then_sent_again_records_both():
     apply_status_updates(doc, [TaskUpdate("m1", "sent", "Sent", 123)], NOW)
     assert [(h["state"], h["state_details"]) for h in doc["tasks"][0]["state_history"]] == [
         ("sent", "Sent"), ("received-by-gateway", "Errored"), ("sent", "Sent")]
+
+
+def test_cht_time_writes_like_javascript_to_iso_string():
+    from datetime import UTC, datetime
+
+    from transitions.states import format_timestamp
+    from transitions.timestamps import cht_time
+
+    assert cht_time(1764000000.1239) == "2025-11-24T16:00:00.123Z"
+    assert cht_time(1764000000.1239) == format_timestamp(datetime.fromtimestamp(1764000000.1239, UTC))
