@@ -380,7 +380,7 @@ class Playground:
     async def _print_guide(self) -> None:
         assert self.standin is not None
         metrics, status_command = await self._optional()
-        auth = f"{ADMIN_USER}:{ADMIN_PASS}"
+        post = f"curl -s -u {ADMIN_USER}:{ADMIN_PASS} -H 'Content-Type: application/json' -X POST"
         doc = json.dumps({"type": "data_record", "tasks": [{"state": "pending", "messages": [
             {"uuid": "my-first-message", "to": "+254712345679", "message": "Hello from my playground"}]}]})
         lines = [
@@ -390,14 +390,18 @@ class Playground:
             f"  RapidPro stand-in          {self.standin.url}   API token {API_TOKEN}",
             f"  the worker                 {self.worker_url}   webhook key {INCOMING_KEY}",
             "",
+            "  The seeded message reaches `delivered` when status tracking next asks RapidPro about it",
+            "  (README: Status tracking); look for playground_seeded_message_delivered.",
+            "",
             "  Send an SMS: add a CHT doc with a pending message (the same uuid is never sent twice):",
-            f"    curl -s -u {auth} -H 'Content-Type: application/json' -X POST {self.couch_base}/{DB} \\",
+            f"    {post} {self.couch_base}/{DB} \\",
             f"         -d '{doc}'",
             "  Receive an SMS: it reaches the stand-in, whose flow calls the worker's webhook:",
             f"    curl -s -X POST {self.standin.receive_url} \\",
-            "         -d from=+254722000111 --data-urlencode 'text=N 12345 F 20 Jane Cho'",
-            "  See the messages and reports:",
-            f"    curl -s -u {auth} '{self.couch_base}/{DB}/_all_docs?include_docs=true&start_key=\"a\"'",
+            "         --data-urlencode from=+254722000111 --data-urlencode 'text=N 12345 F 20 Jane Cho'",
+            "  See the messages and reports (CHT data_records):",
+            f"    {post} {self.couch_base}/{DB}/_find \\",
+            """         -d '{"selector": {"type": "data_record"}}'""",
             "  Ask the worker:",
             f"    curl -s {self.worker_url}/healthz",
         ]
