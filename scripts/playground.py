@@ -28,6 +28,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -121,8 +122,6 @@ class Playground:
 
     @staticmethod
     def _free_port() -> int:
-        import socket
-
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
@@ -153,8 +152,14 @@ class Playground:
             await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if work.done():
                 code = work.result()
+            else:
+                code = 0  # stopped as asked, before or after the daemon started
         except PlaygroundError as exc:
             log.error("playground_cannot_start", error=str(exc))
+            code = 2  # like the daemon's configuration problems: the person must change something
+        except Exception as exc:  # a bug of ours or an unforeseen answer: stop everything, say why
+            log.error("playground_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            code = 1
         finally:
             stopper.cancel()
             if not work.done():
@@ -165,6 +170,7 @@ class Playground:
         return worker_code if worker_code is not None else code
 
     async def _main(self) -> int:
+        self._check_worker_port()
         self.session = aiohttp.ClientSession(timeout=HTTP_TIMEOUT)
         await self._start_couch()
         self.standin = RapidProStandIn(
@@ -195,6 +201,16 @@ class Playground:
         return worker_exit.result()
 
     # ------------------------------------------------------------------ the parts
+
+    def _check_worker_port(self) -> None:
+        """Say so plainly rather than let the daemon fail to bind after everything else started."""
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemon's server does
+            try:
+                sock.bind((self.worker_host, self.worker_port))
+            except OSError as exc:
+                raise PlaygroundError(f"the worker cannot listen on {self.worker_host}:{self.worker_port} "
+                                      f"({exc.strerror}); set LISTEN_PORT to a free port") from None
 
     async def _start_couch(self) -> None:
         server_log = self._couch_log()
