@@ -295,6 +295,9 @@ def test_playground_shows_a_message_delivered_and_an_sms_stored_then_ctrl_c_leav
         assert not _listening(port), f"port {port} still open"
     stopped = [event["event"] for event in run.events()]
     assert "worker_stopped" in stopped and "playground_stopped" in stopped
+    # A first run raises no alarm, shutdown included.
+    alarms = [event for event in run.events() if event.get("level") not in ("debug", "info")]
+    assert alarms == []
 
     if not delivered:
         tracked = ("received-by-gateway", "forwarded-by-gateway", "sent")
