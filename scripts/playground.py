@@ -179,7 +179,8 @@ class Playground:
         try:
             await self.standin.start()
         except OSError as exc:
-            self.standin = None
+            standin, self.standin = self.standin, None
+            await standin.stop()
             raise PlaygroundError(f"the RapidPro stand-in cannot listen on port {self.rapidpro_port} "
                                   f"({exc}); set DEV_RAPIDPRO_PORT to a free port") from None
         since = await self._seed()
