@@ -173,7 +173,9 @@ def _choice(values: Mapping[str, str], name: str, default: str, choices: tuple[s
     return _get(values, name, default, str.lower, lambda v: v in choices, expectation)
 
 
-def load_config(values: Mapping[str, str]) -> Config:
+def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) -> Config:
+    """`stdout_is_terminal`: where the logs go; a person at a terminal reads `console` lines by
+    default, anything else (journald, docker, a pipe) gets JSON."""
     raw_url = values.get("COUCH_URL", "").strip()
     if not raw_url:
         raise ConfigError("COUCH_URL", "is required (e.g. http://admin:pass@127.0.0.1:5984/medic)")
@@ -192,7 +194,7 @@ def load_config(values: Mapping[str, str]) -> Config:
                          "must be a port number from 0 to 65535"),
         status_poll_interval=_positive_seconds(values, "STATUS_POLL_INTERVAL", 60.0),
         log_level=_choice(values, "LOG_LEVEL", "info", LOG_LEVELS),
-        log_format=_choice(values, "LOG_FORMAT", "json", LOG_FORMATS),
+        log_format=_choice(values, "LOG_FORMAT", "console" if stdout_is_terminal else "json", LOG_FORMATS),
         couch_secret=values.get("COUCH_SECRET") or None,
         couch_timeout=_positive_seconds(values, "COUCH_TIMEOUT", 10.0),
         couch_threads=_positive_int(values, "COUCH_THREADS", 8),

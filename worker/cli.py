@@ -38,7 +38,7 @@ def _config_error(exc: ConfigError) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(read_environment(args.env_file))
+        config = load_config(read_environment(args.env_file), stdout_is_terminal=sys.stdout.isatty())
     except ConfigError as exc:
         return _config_error(exc)
     configure_logging(config.log_level, config.log_format)

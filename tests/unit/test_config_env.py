@@ -18,6 +18,14 @@ def test_defaults_from_a_minimal_environment():
     assert config.couch_secret is None
 
 
+def test_log_format_defaults_to_console_only_for_a_person_at_a_terminal():
+    assert load_config({"COUCH_URL": URL}, stdout_is_terminal=True).log_format == "console"
+    assert load_config({"COUCH_URL": URL}, stdout_is_terminal=False).log_format == "json"
+    # An explicit choice wins either way (e.g. JSON piped through a terminal multiplexer).
+    assert load_config({"COUCH_URL": URL, "LOG_FORMAT": "json"}, stdout_is_terminal=True).log_format == "json"
+    assert load_config({"COUCH_URL": URL, "LOG_FORMAT": "console"}).log_format == "console"
+
+
 def test_redacted_url_and_repr_hide_the_password():
     config = load_config({"COUCH_URL": URL})
     assert config.couch.redacted_url == "http://admin:***@127.0.0.1:5984/medic"
