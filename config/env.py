@@ -133,7 +133,9 @@ def systemd_credentials(directory: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for name, (variable, as_path) in CREDENTIAL_FILES.items():
         path = Path(directory) / name
-        if not path.is_file():
+        # An empty file stands for "not given" (the install script creates every file the unit
+        # loads, since systemd refuses to start when one is missing): the vault may then supply it.
+        if not path.is_file() or path.stat().st_size == 0:
             continue
         if as_path:
             found[variable] = str(path)
