@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid as uuidlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.env import load_config
@@ -24,6 +27,7 @@ from worker.rapidpro import RapidProClient
 from worker.ratelimit import RateBudget
 
 KEY = "incoming-test-key"
+RULES_FILE = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
 
 
 def settings_for(url: str) -> dict[str, Any]:
@@ -204,3 +208,27 @@ async def _ok(get: Any) -> bool:
 
 async def _equals(value: Any, expected: float) -> bool:
     return await value == expected
+
+
+async def test_alert_rules_parse_and_name_only_metrics_the_worker_exports(medic_db, http):
+    groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) >= 8
+    names = set()
+    for rule in rules:
+        assert rule["alert"] and rule["expr"] and rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"]
+        names.update(re.findall(r"\bcht_rapidpro_\w+", rule["expr"]))
+    # Every metric an alert names is one the worker really exports (a typo would never fire).
+    worker, task = await start(medic_db.url)
+    try:
+        assert worker.http is not None
+        async with http.get(f"http://127.0.0.1:{worker.http.port}/metrics") as response:
+            text = await response.text()
+    finally:
+        await stop(worker, task)
+    # Families are listed (HELP, TYPE) even before their first sample.
+    exported = {family.name for family in text_string_to_metric_families(text)}
+    assert names, "no metric named"
+    for name in names:
+        assert re.sub(r"_(total|bucket|count|sum)$", "", name) in exported, name
