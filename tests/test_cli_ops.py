@@ -251,3 +251,40 @@ def test_version_and_help_of_every_command(tmp_path):
     for command in ("run", "check", "status", "parked", "rescan"):
         result = cli(command, "--help", env={}, cwd=tmp_path)
         assert result.returncode == 0 and "usage:" in result.stdout, command
+
+
+# ---------------------------------------------------------------------------- a non-admin CouchDB user
+async def test_check_reports_the_rights_a_non_admin_user_lacks(base_env, medic_db, tmp_path):
+    """A CHT-style user with member rights on medic only: the worker db cannot be created, and the
+    vault is closed to it. Needs CouchDB's `_users` database (Apache CouchDB; the test server
+    accepts only its admin)."""
+    name = f"worker-{medic_db.name}"
+    users = f"{medic_db.server_url}/_users"
+    user_url = f"{users}/org.couchdb.user:{name}"
+    status, body = await asyncio.to_thread(couch_request, "PUT", user_url, {
+        "_id": f"org.couchdb.user:{name}", "name": name, "password": "worker-pass", "roles": [],
+        "type": "user"})
+    if status not in (201, 202):
+        pytest.skip(f"this server has no usable _users database ({status})")
+    try:
+        await asyncio.to_thread(create_db, medic_db.vault_url)  # admin-only, as CHT sets it up
+        security = {"admins": {"names": [], "roles": []}, "members": {"names": [name], "roles": []}}
+        status, body = await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/_security", security)
+        assert status == 200, body
+        parts = medic_db.server_url.split("://", 1)
+        host = parts[1].split("@", 1)[-1]
+        user_couch_url = f"{parts[0]}://{name}:worker-pass@{host}/{medic_db.name}"
+
+        result = await acli("check", env={**base_env, "COUCH_URL": user_couch_url}, cwd=tmp_path)
+        assert result.returncode == 1, result.stdout
+        checks = lines_of(result)
+        assert checks["couchdb"][0] == "ok" and "server admin" not in checks["couchdb"][1]
+        assert checks["medic"][0] == "ok"
+        level, detail = checks["worker_db"]
+        assert level == "problem" and "may not create it" in detail and name in detail
+        assert checks["vault"][0] == "warning"
+        assert "worker-pass" not in result.stdout + result.stderr
+    finally:
+        status, current = await asyncio.to_thread(couch_request, "GET", user_url)
+        if status == 200:
+            await asyncio.to_thread(couch_request, "DELETE", f"{user_url}?rev={current['_rev']}")

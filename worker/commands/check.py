@@ -40,7 +40,8 @@ class Report:
         self.findings: list[Finding] = []
 
     def add(self, level: str, check: str, detail: str) -> None:
-        self.findings.append(Finding(level, check, detail))
+        # One line per check, whatever a server put in its error message.
+        self.findings.append(Finding(level, check, " ".join(detail.split())))
 
     @property
     def ok(self) -> bool:
