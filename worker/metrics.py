@@ -101,6 +101,8 @@ class _HealthCollector(Collector):
         messages = CounterMetricFamily(PREFIX + "messages", "Outgoing messages by outcome.",
                                        labels=["outcome"])
         stats = worker.sender.stats
+        # getattr: `resent` is for in-doubt messages an operator has resent; the sender does not
+        # count them (yet), so it reads 0 rather than failing the scrape.
         for outcome in MESSAGE_OUTCOMES:
             messages.add_metric([outcome], float(getattr(stats, outcome, 0)))
         yield messages

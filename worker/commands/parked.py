@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from config.env import Config
 from worker.admin import PARKED_RETRY_PATH
@@ -22,12 +23,19 @@ from worker.parking import ParkedChanges
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=False, metavar="{list,retry,drop}")
-    actions.add_parser("list", help="one JSON object a line (the default)")
-    retry = actions.add_parser("retry", help="have the running daemon process parked docs again")
+    # --env-file after the action too (`parked retry --env-file F X`); SUPPRESS keeps the value
+    # given before it when this one is absent.
+    env_file = argparse.ArgumentParser(add_help=False)
+    env_file.add_argument("--env-file", type=Path, default=argparse.SUPPRESS,
+                          help="as for the other commands")
+    actions.add_parser("list", parents=[env_file], help="one JSON object a line (the default)")
+    retry = actions.add_parser("retry", parents=[env_file],
+                               help="have the running daemon process parked docs again")
     retry.add_argument("doc_ids", nargs="*", metavar="DOC_ID")
     retry.add_argument("--all", action="store_true", help="every parked change")
     add_url_argument(retry)
-    drop = actions.add_parser("drop", help="forget parked changes (the docs are not touched)")
+    drop = actions.add_parser("drop", parents=[env_file],
+                              help="forget parked changes (the docs are not touched)")
     drop.add_argument("doc_ids", nargs="+", metavar="DOC_ID")
 
 
