@@ -111,7 +111,42 @@ def read_environment(env_file: Path | None, environ: Mapping[str, str] | None = 
     if path is not None:
         values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     values.update(environ)
+    values.update(systemd_credentials(values.get("CREDENTIALS_DIRECTORY", "")))
     return values
+
+
+# systemd credentials (LoadCredential=, systemd.exec(5)): file name in $CREDENTIALS_DIRECTORY →
+# (variable, whether the variable takes the file's path rather than its content). They win over
+# the environment, so a secret never has to sit in the unit or the environment file.
+CREDENTIAL_FILES = {
+    "couch-url": ("COUCH_URL", False),
+    "couch-secret": ("COUCH_SECRET", False),
+    "rapidpro-token": ("RAPIDPRO_API_TOKEN_FILE", True),
+    "rapidpro-incoming-key": ("RAPIDPRO_INCOMING_KEY_FILE", True),
+}
+
+
+def systemd_credentials(directory: str) -> dict[str, str]:
+    """Variables from the credential files present in `directory` (empty: none)."""
+    if not directory.strip():
+        return {}
+    found: dict[str, str] = {}
+    for name, (variable, as_path) in CREDENTIAL_FILES.items():
+        path = Path(directory) / name
+        # An empty file stands for "not given" (the install script creates every file the unit
+        # loads, since systemd refuses to start when one is missing): the vault may then supply it.
+        if not path.is_file() or path.stat().st_size == 0:
+            continue
+        if as_path:
+            found[variable] = str(path)
+            found[variable.removesuffix("_FILE")] = ""  # the file wins over a value set elsewhere
+        else:
+            try:
+                found[variable] = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(variable, f"cannot read the credential {name}: "
+                                            f"{type(exc).__name__}") from None
+    return found
 
 
 def parse_couch_url(raw: str) -> CouchConnection:

@@ -50,7 +50,7 @@ class TaskUpdate:
 
 
 def not_sending_reason(settings: Settings | None, service_name: str, token_available: bool) -> str | None:
-    """Why the worker must not send now, or None when it is in charge (CHT.md: one sender only)."""
+    """Why the worker must not send now, or None when it is in charge (one sender only: see the README)."""
     if settings is None:
         return "the app settings are not loaded"
     if settings.outgoing_service != service_name:

@@ -4,7 +4,7 @@
 No I/O and no clock of its own: every time is an argument (epoch seconds), so the schedule can be
 tested hour by hour without waiting.
 
-Cost is the point (RAPIDPRO.md: one workspace budget of 3,600 calls an hour for everything):
+Cost is the point (RapidPro's API docs: one workspace budget of 3,600 calls an hour for everything):
 
 - a message is asked about less often the longer it sits in one state (the next check comes after
   `backoff_factor` × the time already spent in the state, between `min_interval` and
@@ -117,7 +117,7 @@ def is_forward(current_state: Any, current_details: Any, new_state: str, new_det
 
 
 def folder_of(state: str, details: str | None) -> str:
-    """The messages.json folder a message in this CHT state sits in (RAPIDPRO.md)."""
+    """The messages.json folder a message in this CHT state sits in (RapidPro's messages.json docs)."""
     if state == RECEIVED_BY_GATEWAY:
         return OUTBOX
     if state == FAILED:

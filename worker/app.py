@@ -16,6 +16,7 @@ from transitions.dispatch import double_sender_risk
 from transitions.settings_watcher import SettingsWatcher
 from transitions.status import Policy
 from transitions.timestamps import cht_time
+from worker.admin import Admin
 from worker.app_settings import SettingsStore
 from worker.backoff import Backoff
 from worker.changes import Change
@@ -23,14 +24,17 @@ from worker.checkpoint import CheckpointStore, Watermark
 from worker.couch import CouchError, CouchServer, CouchUnavailable, Unauthorized
 from worker.dispatch import Dispatcher
 from worker.feed import ChangesFollower
+from worker.health_text import status_line
 from worker.incoming_reconcile import IncomingReconciler
 from worker.ledger import Ledger
 from worker.logs import get_logger
+from worker.metrics import Metrics
 from worker.outgoing import OutgoingSender
 from worker.own_writes import OwnWrites
 from worker.parking import ParkedChanges
 from worker.rapidpro import RapidProClient
 from worker.ratelimit import RateBudget
+from worker.sdnotify import Notifier
 from worker.server import HttpServer, build_app
 from worker.status import StatusTracker
 from worker.sweep import PendingSweep
@@ -104,11 +108,17 @@ class Worker:
         self._since_checkpoint = 0
         self.started_at = time.time()
         self.ready = asyncio.Event()  # set once the feed runs (tests wait on it)
+        self.notifier = Notifier()  # systemd readiness, status and watchdog; no-op outside systemd
+        self.metrics = Metrics(self)
+        self.admin = Admin(self)  # operator requests: rescan, retry parked changes
+        self.status.on_state_learned = self.metrics.observe_status_freshness
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask for an orderly shutdown (what SIGTERM/SIGINT do)."""
+        if not self._stop.is_set():
+            self.notifier.stopping()
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -122,6 +132,7 @@ class Worker:
 
     async def run(self) -> int:
         log.info("worker_starting", couch=self.config.couch.redacted_url, worker_db=self.config.worker_db)
+        watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
         try:
             started = await self._until_stopped(self._start())
             if not started:
@@ -132,6 +143,8 @@ class Worker:
             log.error("worker_cannot_start", error=str(exc))
             return EXIT_CONFIG
         finally:
+            watchdog.cancel()
+            self.notifier.close()
             await self.couch.close()
 
     async def _until_stopped(self, coro: Awaitable[T]) -> bool:
@@ -157,6 +170,7 @@ class Worker:
             except CouchUnavailable as exc:
                 delay = backoff.next_delay(exc.retry_after)
                 log.warning("couch_unavailable", during=what, error=str(exc), retry_in_s=round(delay, 2))
+                self.notifier.status(f"starting: waiting for CouchDB ({what})")
                 await asyncio.sleep(delay)
 
     async def _start(self) -> None:
@@ -173,7 +187,7 @@ class Worker:
 
         watermark = Watermark(since)
         self.dispatcher = Dispatcher(
-            self._process, self.parked.park, watermark,
+            self.admin.wrap(self._process), self.parked.park, watermark,
             concurrency=self.config.concurrency, max_pending=self.config.max_pending_changes,
             max_attempts=self.config.change_max_attempts, own_writes=self.own_writes,
             on_progress=self._progress,
@@ -182,6 +196,8 @@ class Worker:
                                         batch_size=self.config.changes_batch_size)
         app = build_app(self.health)
         self.incoming.register(app)
+        self.metrics.register(app)
+        self.admin.register(app)
         self.http = HttpServer(app, self.config.listen_host, self.config.listen_port)
         self.sweep = PendingSweep(self.medic, self.dispatcher.submit, self.sender.refresh_gate)
         await self._check_double_sender()
@@ -216,7 +232,9 @@ class Worker:
                     reconciler = group.create_task(
                         self.incoming_reconciler.run(self.config.incoming_reconcile_interval),
                         name="incoming-reconcile")
+                sd_status = group.create_task(self.notifier.status_loop(self._status_line), name="sd-status")
                 self.ready.set()
+                self.notifier.ready(status=await self._status_line())
                 log.info("worker_started")
                 await self._stop.wait()
                 # 1. stop taking changes
@@ -229,6 +247,7 @@ class Worker:
                 finished = await self.dispatcher.drain(self.config.shutdown_timeout)
                 abandoned = 0 if finished else await self.dispatcher.abandon()
                 checkpointer.cancel()
+                sd_status.cancel()
         except* Exception as group_error:  # a part crashed: a bug; exit non-zero so systemd restarts us
             for exc in group_error.exceptions:
                 log.error("worker_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
@@ -308,6 +327,9 @@ class Worker:
             log.warning("checkpoint_save_failed", seq=seq, error=str(exc))
 
     # ---- health ----------------------------------------------------------------------------
+
+    async def _status_line(self) -> str:
+        return status_line(await self.health())
 
     async def health(self) -> dict[str, Any]:
         feed = self.follower.status if self.follower else None

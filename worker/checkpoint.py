@@ -8,6 +8,7 @@ nothing is skipped when the worker stops, however it stops.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any
 
@@ -60,6 +61,7 @@ class CheckpointStore:
         self._doc_id = doc_id
         self._rev: str | None = None
         self.saved_seq: Any = None
+        self.saved_at: float | None = None  # time.time() of the last load or save (for metrics)
 
     async def load(self) -> Any:
         doc = await self._db.get_local(self._doc_id)
@@ -67,6 +69,7 @@ class CheckpointStore:
             return None
         self._rev = doc.get("_rev")
         self.saved_seq = doc.get("seq")
+        self.saved_at = time.time()
         return self.saved_seq
 
     async def save(self, seq: Any) -> None:
@@ -79,6 +82,7 @@ class CheckpointStore:
             self._rev = current.get("_rev") if current else None
             self._rev = await self._db.put_local(self._doc_id, self._doc(seq))
         self.saved_seq = seq
+        self.saved_at = time.time()
 
     def _doc(self, seq: Any) -> dict[str, Any]:
         doc: dict[str, Any] = {"seq": seq}

@@ -1,4 +1,4 @@
-"""Command line: parses arguments, loads the configuration, and calls the daemon."""
+"""Command line: parses arguments, loads the configuration, and calls the daemon or a subcommand."""
 
 from __future__ import annotations
 
@@ -6,25 +6,36 @@ import argparse
 import asyncio
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 
-from config.env import Config, ConfigError, load_config, read_environment
+from config.env import ConfigError, load_config, read_environment
 from worker.app import EXIT_CONFIG, run_worker
+from worker.commands import commands
 from worker.logs import configure_logging, get_logger
+
+
+def version() -> str:
+    try:
+        return metadata.version("cht-rapidpro-worker")
+    except metadata.PackageNotFoundError:  # run from a checkout without installing
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cht-rapidpro-worker",
         description="Sends CHT's outgoing SMS through RapidPro and stores incoming SMS in CHT.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--env-file", type=Path, default=None,
                         help="read variables from this file (the real environment wins); "
                              "default: ./.env when present")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="run the daemon")
-    sub.add_parser("parked", parents=[common],
-                   help="list changes parked after repeated failures (one JSON object a line)")
+    for command in commands():
+        command.add_arguments(sub.add_parser(command.name, parents=[common], help=command.help,
+                                             description=command.description or command.help))
     return parser
 
 
@@ -37,32 +48,23 @@ def _config_error(exc: ConfigError) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    command = next((c for c in commands() if c.name == args.command), None)
+    if command is not None and not command.loads_config:
+        return command.main(args, None)
     try:
         config = load_config(read_environment(args.env_file), stdout_is_terminal=sys.stdout.isatty())
     except ConfigError as exc:
         return _config_error(exc)
+    if command is not None:
+        # Subcommands print their results on stdout; only real trouble is logged, on stderr.
+        configure_logging("error", config.log_format, stream=sys.stderr)
+        return command.main(args, config)
     configure_logging(config.log_level, config.log_format)
-    if args.command == "parked":
-        return asyncio.run(_list_parked(config))
     try:
         return asyncio.run(run_worker(config))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         get_logger(__name__).warning("shutdown_interrupted")
         return 130
-
-
-async def _list_parked(config: Config) -> int:
-    from worker.couch import CouchServer
-    from worker.parking import ParkedChanges
-
-    couch = CouchServer(config.couch, timeout=config.couch_timeout, threads=1)
-    try:
-        for doc in await ParkedChanges(couch.db(config.worker_db)).list():
-            doc.pop("_rev", None)
-            print(json.dumps(doc, sort_keys=True))
-    finally:
-        await couch.close()
-    return 0
 
 
 if __name__ == "__main__":

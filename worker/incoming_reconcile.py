@@ -95,6 +95,7 @@ class IncomingReconciler:
         self._overlap = overlap
         self._min_age = min_age
         self.last_round: RoundResult | None = None
+        self.reconciled_total = 0  # messages stored since start (the webhook had missed them)
         self.last_error: str | None = None
 
     async def _watermark(self) -> tuple[float | None, dict[str, Any] | None]:
@@ -164,6 +165,7 @@ class IncomingReconciler:
             for (message, _), outcome in zip(chunk, outcomes, strict=True):
                 if outcome is Outcome.SAVED:
                     result.saved += 1
+                    self.reconciled_total += 1
                     # The webhook missed this one (or the flow does not send @input.uuid).
                     log.info("incoming_reconciled", id=message.id)
                 else:

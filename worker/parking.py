@@ -46,6 +46,22 @@ class ParkedChanges:
                                          include_docs=True, limit=limit)
         return [row["doc"] for row in result.get("rows", []) if row.get("doc")]
 
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        return await self._db.get_or_none(PARKED_PREFIX + doc_id)
+
+    async def drop(self, doc_id: str) -> bool:
+        """Delete the parked entry of a doc; False when there was none."""
+        for _ in range(5):
+            existing = await self._db.get_or_none(PARKED_PREFIX + doc_id)
+            if existing is None:
+                return False
+            try:
+                await self._db.delete(existing["_id"], existing["_rev"])
+                return True
+            except Conflict:
+                continue
+        raise Conflict(f"could not drop the parked entry of {doc_id}: repeated conflicts")
+
     async def count(self) -> int:
         result = await self._db.all_docs(start_key=PARKED_PREFIX, end_key=PARKED_PREFIX + "\ufff0")
         return len(result.get("rows", []))

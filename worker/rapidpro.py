@@ -1,4 +1,5 @@
-"""The RapidPro API v2 client (see /work/shared/RAPIDPRO.md).
+"""The RapidPro API v2 client (API reference: https://app.rapidpro.io/api/v2/, and RapidPro's
+source, https://github.com/nyaruka/rapidpro, `temba/api/v2/`).
 
 One aiohttp session for the process; the base URL and the token are arguments of every call,
 because both come from CHT (settings doc, vault) and can change while we run. Every call first
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,7 @@ log = get_logger(__name__)
 
 BROADCASTS_PATH = "/api/v2/broadcasts.json"
 MESSAGES_PATH = "/api/v2/messages.json"
+WORKSPACE_PATH = "/api/v2/workspace.json"
 
 # 400 keys that are parts of the message we send: an error on one of them judges the message.
 # Anything else (`non_field_errors` — flagged/suspended workspace —, `detail`, unknown keys) does
@@ -178,6 +181,8 @@ class RapidProClient:
         self.keepalive_timeout = keepalive_timeout
         self._headers = {"Accept": "application/json", "User-Agent": user_agent}
         self._session: aiohttp.ClientSession | None = None
+        # Calls by (endpoint, HTTP status or "error"), for the metrics.
+        self.requests: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -289,6 +294,12 @@ class RapidProClient:
                 return item
         return None
 
+    async def get_workspace(self, base_url: str, token: str, *,
+                            max_wait: float | None = None) -> dict[str, Any]:
+        """`GET workspace.json`: the workspace the token belongs to (reads only; for `check`)."""
+        return _json_object(await self._call("GET", _api_url(base_url, WORKSPACE_PATH), token,
+                                             Priority.STATUS, max_wait))
+
     # ------------------------------------------------------------------ plumbing
 
     async def _call(
@@ -376,6 +387,7 @@ class RapidProClient:
                 raise SendInDoubt(f"no answer after the request was sent: {reason}") from None
             raise RapidProNoAnswer(f"no answer: {reason}") from None
         finally:
+            self.requests[(url.path.rsplit("/", 1)[-1].removesuffix(".json"), str(status or "error"))] += 1
             # Path only: the query may hold cursors, and the token lives in a header we never log.
             log.debug("rapidpro_call", method=method, host=url.host, path=url.path, status=status,
                       error=error, duration_ms=round((time.perf_counter() - started) * 1000, 1))

@@ -176,6 +176,8 @@ class StatusTracker:
         self._url: str | None = None
         self._wake = asyncio.Event()
         self.stats = StatusStats()
+        # Called with how long after RapidPro's change a new state was learned (metrics).
+        self.on_state_learned: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -537,6 +539,8 @@ class StatusTracker:
     def _apply(self, item: Tracked, observation: Observation) -> None:
         if observation.update is not None:
             self._unwritten[item.uuid] = (item.doc_id, observation.update)
+            if self.on_state_learned is not None:
+                self.on_state_learned(self._clock() - item.state_since)
         if observation.ended is Ending.FINAL:
             self._drop(item.uuid)
             self.stats.final += 1

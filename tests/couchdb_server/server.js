@@ -8,7 +8,8 @@
  *
  * Document storage, _all_docs, views, _bulk_docs, _local docs and _find come from express-pouchdb
  * on PouchDB 9. Everything express-pouchdb gets wrong for a CouchDB 3 client is handled here,
- * before a request reaches it (see shared/COUCHDB_TESTING.md for the list of its bugs):
+ * before a request reaches it (compared with the CouchDB 3 API reference,
+ * https://docs.couchdb.org/en/stable/api/, and express-pouchdb's issue tracker):
  *  - _changes is served by this file: timeouts, heartbeats, longpoll, continuous, opaque string
  *    seqs, `pending`, _doc_ids/_selector filters, and no compression (so streams are not buffered);
  *  - admin credentials are required everywhere (CouchDB 3 with require_valid_user), 401 otherwise;

@@ -1,4 +1,5 @@
-"""A fake RapidPro API v2 server for tests, written from /work/shared/RAPIDPRO.md.
+"""A fake RapidPro API v2 server for tests, written from RapidPro's API documentation
+(https://app.rapidpro.io/api/v2/, and `temba/api/v2/` in https://github.com/nyaruka/rapidpro).
 
 RapidPro is an outside service; the worker's tests talk to this real HTTP server (aiohttp on
 127.0.0.1, port 0) instead, so the client's HTTP code, timeouts and retries are exercised for real.
@@ -36,8 +37,9 @@ DEFAULT_WORKSPACE = "default"
 
 BROADCASTS_PATH = "/api/v2/broadcasts.json"
 MESSAGES_PATH = "/api/v2/messages.json"
+WORKSPACE_PATH = "/api/v2/workspace.json"
 
-# Message folders as RAPIDPRO.md defines them (outgoing ones by status).
+# Message folders as RapidPro's messages endpoint defines them (outgoing ones by status).
 OUTBOX_STATUSES = frozenset({"queued", "errored", "initializing", "pending"})
 SENT_STATUSES = frozenset({"wired", "sent", "delivered", "read", "resent"})
 FAILED_STATUSES = frozenset({"failed"})
@@ -556,6 +558,7 @@ class FakeRapidPro:
         routes: dict[str, dict[str, Callable[..., Awaitable[web.StreamResponse]]]] = {
             BROADCASTS_PATH: {"GET": self._get_broadcasts, "POST": self._post_broadcast},
             MESSAGES_PATH: {"GET": self._get_messages},
+            WORKSPACE_PATH: {"GET": self._get_workspace},
         }
         methods = routes.get(request.path)
         if methods is None:
@@ -791,6 +794,14 @@ class FakeRapidPro:
         items = _filter_dates(items, q, lambda b: b.created_on)
         items.sort(key=lambda b: (b.created_on, b.id), reverse=True)
         return self._page(request, items, lambda b: (b.created_on, b.id), self._broadcast_json)
+
+    async def _get_workspace(self, request: web.Request) -> web.StreamResponse:
+        workspace = self._authenticate(request)
+        return web.json_response({
+            "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"fake-rapidpro:{workspace}")),
+            "name": f"Fake workspace {workspace}", "country": "KE", "languages": ["eng"],
+            "timezone": "Africa/Nairobi", "date_style": "day_first", "anon": False,
+        })
 
     async def _get_messages(self, request: web.Request) -> web.StreamResponse:
         q = request.query

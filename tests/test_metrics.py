@@ -1,0 +1,234 @@
+"""/metrics (parsed with prometheus_client's own parser) and /readyz, on the worker in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid as uuidlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from config.env import load_config
+from tests.support.couch_fixtures import couch_request, put_settings
+from tests.support.fake_rapidpro import DEFAULT_TOKEN
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
+from worker.app import Worker
+from worker.metrics import PAUSE_REASONS, pause_reason_label
+from worker.rapidpro import RapidProClient
+from worker.ratelimit import RateBudget
+
+KEY = "incoming-test-key"
+RULES_FILE = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
+
+
+def settings_for(url: str) -> dict[str, Any]:
+    return {"sms": {"outgoing_service": "rapidpro", "rapidpro": {"url": url}}, "default_country_code": 254}
+
+
+def pending_doc(doc_id: str, text: str) -> dict[str, Any]:
+    return {"_id": doc_id, "type": "data_record",
+            "tasks": [{"state": "pending", "messages": [{"uuid": str(uuidlib.uuid4()), "to": "+254700000001",
+                                                         "message": text}],
+                       "state_history": [{"state": "pending", "timestamp": "2026-11-24T10:00:00.000Z"}]}]}
+
+
+class Scraper:
+    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+        self.http = http
+        self.base = base
+
+    async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        async with self.http.get(self.base + "/metrics") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = await response.text()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            assert family.name.startswith("cht_rapidpro_"), family.name
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+    async def value(self, name: str, **labels: str) -> float | None:
+        return (await self.scrape()).get((name, tuple(sorted(labels.items()))))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        yield session
+
+
+async def start(couch_url: str, **env: str) -> tuple[Worker, asyncio.Task[int]]:
+    values = {"COUCH_URL": couch_url, "LISTEN_PORT": "0", "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN,
+              "RAPIDPRO_INCOMING_KEY": KEY, "CHECKPOINT_INTERVAL": "0.2", "RAPIDPRO_TIMEOUT": "2",
+              "STATUS_POLL_INTERVAL": "0.3", **env}
+    worker = Worker(load_config(values))
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), 20)
+    return worker, task
+
+
+async def stop(worker: Worker, task: asyncio.Task[int]) -> None:
+    worker.stop()
+    assert await asyncio.wait_for(task, 15) == 0
+
+
+async def test_metrics_move_as_messages_are_sent_tracked_and_received(medic_db, fake_rapidpro, http):
+    await asyncio.to_thread(put_settings, medic_db.url, settings_for(fake_rapidpro.url))
+    # A message sent an hour ago by someone, now delivered: status tracking will learn it.
+    async with RapidProClient(RateBudget(3600)) as client:
+        earlier = await client.send_broadcast(fake_rapidpro.url, DEFAULT_TOKEN, "tel:+254700000009",
+                                              "earlier")
+    fake_rapidpro.set_status(earlier.id, "delivered")
+    tracked = {"_id": "tracked", "type": "data_record", "tasks": [{
+        "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": earlier.id,
+        "messages": [{"uuid": str(uuidlib.uuid4()), "to": "+254700000009", "message": "earlier"}],
+        "state_history": [{"state": "received-by-gateway", "timestamp": "2026-11-24T10:00:00.000Z"}]}]}
+    status, body = await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/tracked", tracked)
+    assert status in (201, 202), body
+
+    worker, task = await start(medic_db.url)
+    try:
+        assert worker.http is not None
+        metrics = Scraper(http, f"http://127.0.0.1:{worker.http.port}")
+        first = await metrics.scrape()
+        assert first[("cht_rapidpro_messages_total", (("outcome", "sent"),))] == 0
+        assert first[("cht_rapidpro_ready", ())] == 1
+        assert first[("cht_rapidpro_sending_paused", (("reason", "other_gateway"),))] == 0
+        assert sum(v for (name, _), v in first.items() if name == "cht_rapidpro_sending_paused") == 0
+        for name in ("cht_rapidpro_feed_backlog", "cht_rapidpro_checkpoint_age_seconds",
+                     "cht_rapidpro_rate_budget_remaining", "cht_rapidpro_status_tracked",
+                     "cht_rapidpro_incoming_reconciled_total", "cht_rapidpro_webhook_duration_seconds_count",
+                     "cht_rapidpro_status_freshness_seconds_count"):
+            assert (name, ()) in first, name
+
+        # Status tracking learns "delivered" (a rescan asks at once, whatever the schedule says):
+        # the freshness histogram gets an observation.
+        worker.status.trigger_rescan()
+        assert await eventually(
+            lambda: metrics.value("cht_rapidpro_status_freshness_seconds_count"), timeout=15) == 1
+        samples = await metrics.scrape()
+        assert samples[("cht_rapidpro_status_freshness_seconds_bucket", (("le", "+Inf"),))] == 1
+        assert samples[("cht_rapidpro_status_freshness_seconds_sum", ())] >= 0
+        # Delivered is final: no longer tracked (the count is refreshed by the next round).
+        assert await eventually(lambda: _equals(metrics.value("cht_rapidpro_status_tracked"), 0), timeout=15)
+        assert samples[("cht_rapidpro_rapidpro_requests_total",
+                        (("endpoint", "messages"), ("status", "200")))] >= 1
+
+        # A message sent: the outcome, the RapidPro call and the feed's changes all count it.
+        await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/out1", pending_doc("out1", "hello"))
+        assert await eventually(
+            lambda: metrics.value("cht_rapidpro_messages_total", outcome="sent"), timeout=15) == 1
+        samples = await metrics.scrape()
+        assert samples[("cht_rapidpro_rapidpro_requests_total",
+                        (("endpoint", "broadcasts"), ("status", "201")))] == 1
+        assert samples[("cht_rapidpro_changes_total", (("result", "processed"),))] >= 1
+        assert samples[("cht_rapidpro_rate_budget_remaining", ())] < 3600
+
+        # Webhook requests: counted by outcome, and timed.
+        url = f"http://127.0.0.1:{worker.http.port}/api/v2/sms/rapidpro/incoming-messages"
+        body = {"id": str(uuidlib.uuid4()), "from": "+254700000002", "content": "hi"}
+        for authorization in (f"Token {KEY}", "Token wrong"):
+            async with http.post(url, data=json.dumps(body), headers={"Authorization": authorization}):
+                pass
+        samples = await metrics.scrape()
+        assert samples[("cht_rapidpro_webhook_requests_total", (("outcome", "saved"),))] == 1
+        assert samples[("cht_rapidpro_webhook_requests_total", (("outcome", "wrong_token"),))] == 1
+        assert samples[("cht_rapidpro_webhook_duration_seconds_count", ())] == 2
+    finally:
+        await stop(worker, task)
+
+
+async def test_sending_paused_names_the_reason(medic_db, fake_rapidpro, http):
+    await asyncio.to_thread(put_settings, medic_db.url,
+                            {"sms": {"outgoing_service": "medic-gateway"}, "default_country_code": 254})
+    worker, task = await start(medic_db.url)
+    try:
+        assert worker.http is not None
+        metrics = Scraper(http, f"http://127.0.0.1:{worker.http.port}")
+        assert await metrics.value("cht_rapidpro_sending_paused", reason="other_gateway") == 1
+        assert await metrics.value("cht_rapidpro_sending_paused", reason="no_token") == 0
+    finally:
+        await stop(worker, task)
+
+
+def test_pause_reasons_are_a_bounded_set() -> None:
+    assert pause_reason_label({"sending": True}) is None
+    assert pause_reason_label({"paused_reason": "RapidProUnauthorized: 403: Invalid token"}) == "unauthorized"
+    assert pause_reason_label({"paused_reason": "Something new: x"}) == "other"
+    assert pause_reason_label({"not_sending_reason": "sms.rapidpro.url is not set"}) == "no_rapidpro_url"
+    assert pause_reason_label({"not_sending_reason": "no RapidPro API token: set ..."}) == "no_token"
+    assert {pause_reason_label({"not_sending_reason": r}) for r in ("x", "y")} <= set(PAUSE_REASONS)
+
+
+async def test_readyz_is_503_while_couchdb_is_down_then_200(medic_db, http):
+    target = urlsplit(medic_db.server_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5984)
+    await proxy.start()
+    credentials = f"{target.username}:{target.password}@" if target.username else ""
+    worker, task = await start(f"http://{credentials}127.0.0.1:{proxy.port}/{medic_db.name}",
+                               COUCH_TIMEOUT="2")
+    try:
+        assert worker.http is not None
+        readyz = f"http://127.0.0.1:{worker.http.port}/readyz"
+
+        async def get() -> tuple[int, dict[str, Any]]:
+            async with http.get(readyz) as response:
+                return response.status, await response.json()
+
+        assert await get() == (200, {"ready": True, "problems": []})
+        proxy.set_mode("down")
+        status, body = await get()
+        assert status == 503 and body["ready"] is False
+        assert any("CouchDB does not answer" in p for p in body["problems"]), body
+        async with http.get(f"http://127.0.0.1:{worker.http.port}/healthz") as response:
+            assert response.status == 200  # liveness stays: the process is fine, CouchDB is not
+        proxy.set_mode("up")
+        assert await eventually(lambda: _ok(get), timeout=10)
+    finally:
+        proxy.set_mode("up")
+        await stop(worker, task)
+        await proxy.stop()
+
+
+async def _ok(get: Any) -> bool:
+    status, _ = await get()
+    return status == 200
+
+
+async def _equals(value: Any, expected: float) -> bool:
+    return await value == expected
+
+
+async def test_alert_rules_parse_and_name_only_metrics_the_worker_exports(medic_db, http):
+    groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) >= 8
+    names = set()
+    for rule in rules:
+        assert rule["alert"] and rule["expr"] and rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"]
+        names.update(re.findall(r"\bcht_rapidpro_\w+", rule["expr"]))
+    # Every metric an alert names is one the worker really exports (a typo would never fire).
+    worker, task = await start(medic_db.url)
+    try:
+        assert worker.http is not None
+        async with http.get(f"http://127.0.0.1:{worker.http.port}/metrics") as response:
+            text = await response.text()
+    finally:
+        await stop(worker, task)
+    # Families are listed (HELP, TYPE) even before their first sample.
+    exported = {family.name for family in text_string_to_metric_families(text)}
+    assert names, "no metric named"
+    for name in names:
+        assert re.sub(r"_(total|bucket|count|sum)$", "", name) in exported, name

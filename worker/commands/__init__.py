@@ -1,0 +1,28 @@
+"""Operator subcommands besides `run`: one module each, listed in `COMMANDS` (worker/cli.py adds
+their parsers and calls them), so a new subcommand is a new module and one line here."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from config.env import Config
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    # main(args, config): the exit status. `check` gets config None and loads it itself, since
+    # reporting a broken configuration is part of its job.
+    main: Callable[[argparse.Namespace, Config | None], int]
+    loads_config: bool = True
+    description: str | None = None
+
+
+def commands() -> list[Command]:
+    from worker.commands import check, parked, rescan, status
+
+    return [check.COMMAND, status.COMMAND, parked.COMMAND, rescan.COMMAND]

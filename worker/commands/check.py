@@ -1,0 +1,261 @@
+"""`check`: is this configuration ready to run? Read-only: nothing is sent or written anywhere.
+
+Prints one line per check, `ok|warning|problem <check>: <detail>` (or one JSON object with
+`--json`), and exits 1 when any check found a problem. Run it before `systemctl start`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import quote
+
+from config.env import Config, ConfigError, load_config, read_environment
+from config.settings import SETTINGS_DOC_ID, Settings, SettingsError, parse_settings
+from transitions.dispatch import double_sender_risk, not_sending_reason
+from worker.commands import Command
+from worker.couch import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
+from worker.logs import configure_logging
+from worker.rapidpro import RapidProClient, RapidProError, RapidProUnauthorized, WrongUrl
+from worker.ratelimit import RateBudget
+from worker.vault import Credential, Vault
+
+OK, WARNING, PROBLEM = "ok", "warning", "problem"
+
+
+@dataclass
+class Finding:
+    level: str
+    check: str
+    detail: str
+
+
+class Report:
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+
+    def add(self, level: str, check: str, detail: str) -> None:
+        # One line per check, whatever a server put in its error message.
+        self.findings.append(Finding(level, check, " ".join(detail.split())))
+
+    @property
+    def ok(self) -> bool:
+        return all(f.level != PROBLEM for f in self.findings)
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+
+
+def main(args: argparse.Namespace, _config: Config | None) -> int:
+    report = Report()
+    try:
+        config: Config | None = load_config(read_environment(args.env_file))
+    except ConfigError as exc:
+        report.add(PROBLEM, "config", str(exc))
+        config = None
+    if config is not None:
+        report.add(OK, "config", f"valid; CouchDB {config.couch.redacted_url}, worker db {config.worker_db}")
+        configure_logging("error", config.log_format, stream=sys.stderr)
+        asyncio.run(run_checks(config, report))
+    if args.json:
+        print(json.dumps({"ok": report.ok, "checks": [asdict(f) for f in report.findings]}, sort_keys=True))
+    else:
+        for finding in report.findings:
+            print(f"{finding.level} {finding.check}: {finding.detail}")
+    return 0 if report.ok else 1
+
+
+async def run_checks(config: Config, report: Report) -> None:
+    couch = CouchServer(config.couch, timeout=min(config.couch_timeout, 10.0), threads=2)
+    try:
+        await _check_all(config, couch, report)
+    finally:
+        await couch.close()
+
+
+async def _get(couch: CouchServer, path: str) -> Any:
+    return await couch.request_json("GET", path)
+
+
+async def _check_all(config: Config, couch: CouchServer, report: Report) -> None:
+    # 1. CouchDB answers, and who we are there.
+    try:
+        welcome = await _get(couch, "")
+        session = await _get(couch, "_session")
+    except Unauthorized:
+        report.add(PROBLEM, "couchdb", f"{config.couch.redacted_url}: the credentials are refused")
+        return
+    except CouchError as exc:
+        report.add(PROBLEM, "couchdb", f"cannot reach {config.couch.redacted_url}: {exc}")
+        return
+    ctx = (session or {}).get("userCtx") or {}
+    name, roles = ctx.get("name"), list(ctx.get("roles") or [])
+    server_admin = "_admin" in roles
+    version = welcome.get("version") if isinstance(welcome, dict) else None
+    who = f"user {name!r}" + (" (server admin)" if server_admin else f" (roles {roles})")
+    report.add(OK, "couchdb", f"CouchDB {version} answers; {who}")
+
+    # 2. Rights on the three databases.
+    medic_ok = await _check_db(couch, config.couch.db_name, "medic", report, name, required=True,
+                               purpose="reads the feed, writes task states and incoming reports")
+    vault_state = await _db_state(couch, config.couch.vault_db_name)
+    if vault_state == "ok":
+        report.add(OK, "vault", f"{config.couch.vault_db_name} readable")
+    elif vault_state == "missing":
+        report.add(OK, "vault", f"{config.couch.vault_db_name} does not exist (CHT's credentials API unused)")
+    else:
+        report.add(WARNING, "vault", f"{name!r} may not read {config.couch.vault_db_name} ({vault_state}): "
+                   "the token and key must be configured here, and CHT's own sender cannot be detected")
+    worker_state = await _db_state(couch, config.worker_db)
+    if worker_state == "ok":
+        report.add(OK, "worker_db", f"{config.worker_db} exists and {name!r} may use it")
+    elif worker_state == "missing" and server_admin:
+        report.add(OK, "worker_db", f"{config.worker_db} does not exist yet; it is created at start")
+    elif worker_state == "missing":
+        report.add(PROBLEM, "worker_db",
+                   f"{config.worker_db} does not exist and {name!r} may not create it (only a server admin "
+                   f"may): create it as an admin and give {name!r} member rights in its _security")
+    else:
+        report.add(PROBLEM, "worker_db", f"{name!r} may not use {config.worker_db} ({worker_state}): "
+                   f"give {name!r} member rights in its _security")
+    if not medic_ok:
+        return
+
+    # 3. The settings CHT holds.
+    settings = await _check_settings(couch, config, report)
+
+    # 4. Credentials.
+    vault = Vault(couch, config.couch.vault_db_name, config.couch_secret)
+    token_cred = Credential(vault, "rapidpro:outgoing", value=config.rapidpro_api_token,
+                            file=config.rapidpro_api_token_file, ttl=0)
+    key_cred = Credential(vault, "rapidpro:incoming", value=config.rapidpro_incoming_key,
+                          file=config.rapidpro_incoming_key_file, ttl=0)
+    token = await _credential(token_cred)
+    key = await _credential(key_cred)
+    reason = not_sending_reason(settings, config.outgoing_service_name, bool(token))
+    if token:
+        report.add(OK, "token", f"RapidPro API token from {token_cred.source}")
+    else:
+        level = PROBLEM if settings and settings.outgoing_service == config.outgoing_service_name else WARNING
+        report.add(level, "token", "no RapidPro API token: set RAPIDPRO_API_TOKEN(_FILE), a rapidpro-token "
+                   "credential, or rapidpro:outgoing in CHT's vault (with COUCH_SECRET if the user may not "
+                   "read the server config)")
+    if key:
+        report.add(OK, "incoming_key", f"webhook key from {key_cred.source}")
+    else:
+        report.add(WARNING, "incoming_key", "no incoming key: the webhook would refuse every call "
+                   "(RAPIDPRO_INCOMING_KEY(_FILE), a rapidpro-incoming-key credential, or rapidpro:incoming)")
+    if reason is None:
+        report.add(OK, "outgoing",
+                   f"the worker is in charge of sending (service {config.outgoing_service_name!r})")
+    else:
+        report.add(WARNING, "outgoing", f"the worker will not send: {reason}")
+
+    # 5. RapidPro: one authenticated read.
+    if settings is not None and settings.rapidpro_url and token:
+        await _check_rapidpro(config, settings.rapidpro_url, token, report)
+    else:
+        missing = "no token" if not token else "sms.rapidpro.url is not set"
+        report.add(WARNING, "rapidpro", f"not asked: {missing}")
+
+    # 6. Two senders for one CHT.
+    try:
+        in_vault = await vault.has("rapidpro:outgoing")
+    except CouchError as exc:
+        report.add(WARNING, "double_sender", f"cannot tell whether CHT's own sender runs: {exc}")
+        return
+    if double_sender_risk(settings, in_vault) and config.outgoing_service_name == "rapidpro":
+        report.add(PROBLEM, "double_sender",
+                   "CHT's built-in RapidPro sender also runs (sms.outgoing_service is 'rapidpro' and "
+                   "rapidpro:outgoing is in CHT's vault): messages can be sent twice. Delete "
+                   "rapidpro:outgoing from the vault and give the worker its token, or use "
+                   "OUTGOING_SERVICE_NAME=rapidpro-worker (README, 'Exactly one sender')")
+    else:
+        report.add(OK, "double_sender", "CHT's built-in RapidPro sender stays off")
+
+
+async def _db_state(couch: CouchServer, db: str) -> str:
+    """"ok" (readable), "missing", or why not."""
+    try:
+        await _get(couch, quote(db, safe=""))
+        return "ok"
+    except NotFound:
+        return "missing"
+    except Unauthorized as exc:
+        return f"not a member: {exc}"
+    except CouchError as exc:
+        return str(exc)
+
+
+async def _check_db(couch: CouchServer, db: str, label: str, report: Report, user: Any, *,
+                    required: bool, purpose: str) -> bool:
+    state = await _db_state(couch, db)
+    if state == "ok":
+        report.add(OK, label, f"{db} readable by {user!r}; the worker {purpose}")
+        return True
+    report.add(PROBLEM if required else WARNING, label,
+               f"{db}: {'does not exist' if state == 'missing' else state}; the worker {purpose}")
+    return False
+
+
+async def _check_settings(couch: CouchServer, config: Config, report: Report) -> Settings | None:
+    try:
+        doc = await couch.db(config.couch.db_name).get_or_none(SETTINGS_DOC_ID)
+    except CouchError as exc:
+        report.add(PROBLEM, "settings", f"cannot read the settings doc: {exc}")
+        return None
+    if doc is None:
+        report.add(WARNING, "settings", "no settings doc in medic: CHT's defaults, which never send")
+        return Settings()
+    try:
+        settings = parse_settings(doc)
+    except SettingsError as exc:
+        report.add(PROBLEM, "settings", f"the settings doc is invalid: {exc}")
+        return None
+    report.add(OK, "settings", f"outgoing_service {settings.outgoing_service!r}, rapidpro url "
+               f"{settings.rapidpro_url or '(not set)'}")
+    bad = sorted(str(code) for code, form in settings.forms.items() if not _form_ok(form))
+    if bad:
+        report.add(WARNING, "forms", f"{len(bad)} of {len(settings.forms)} SMS forms cannot be parsed "
+                   f"(no fields object): {', '.join(bad[:10])}")
+    else:
+        report.add(OK, "forms", f"{len(settings.forms)} SMS forms")
+    return settings
+
+
+def _form_ok(form: Any) -> bool:
+    return isinstance(form, Mapping) and isinstance(form.get("fields"), Mapping)
+
+
+async def _credential(credential: Credential) -> str | None:
+    try:
+        return await credential.get()
+    except CouchUnavailable:
+        return None
+
+
+async def _check_rapidpro(config: Config, url: str, token: str, report: Report) -> None:
+    client = RapidProClient(RateBudget(config.rapidpro_calls_per_hour),
+                            timeout=min(config.rapidpro_timeout, 15), max_wait=5)
+    try:
+        workspace = await client.get_workspace(url, token)
+        report.add(OK, "rapidpro", f"{url}: the token belongs to workspace {workspace.get('name')!r}")
+    except RapidProUnauthorized as exc:
+        report.add(PROBLEM, "rapidpro", f"{url} refused the token: {exc.reason}")
+    except WrongUrl as exc:
+        report.add(PROBLEM, "rapidpro", f"{url} does not look like RapidPro's API: {exc.reason}")
+    except RapidProError as exc:
+        report.add(PROBLEM, "rapidpro", f"{url} cannot be reached: {exc.reason}")
+    finally:
+        await client.close()
+
+
+COMMAND = Command("check", "validate the configuration and, read-only, reach CouchDB and RapidPro; exits "
+                  "1 on any problem (run it before starting the service)", _arguments, main,
+                  loads_config=False)
