@@ -229,3 +229,20 @@ async def test_the_operator_command_lists_and_resolves_each_kind_while_the_daemo
     listed = await asyncio.to_thread(cli, medic_db, "in-doubt", "--all")
     assert listed.returncode == 0 and listed.stdout == ""
     assert len(fake_rapidpro.broadcasts) == 1
+
+
+async def test_a_late_outcome_never_overwrites_a_decision_taken_meanwhile(
+        run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    worker = await run_worker(OUTGOING_SERVICE_NAME="not-me")  # nothing sends or resolves by itself
+    message_uuid = await doc_with_stale_claim(medic_db, "late", "late")
+    stale = await worker.ledger.get(message_uuid)
+    resolved = await worker.ledger.resolve_sent(stale, 42, None, None, worker.ledger.resolution("found"))
+    assert resolved is not None
+    # A dispatcher that read the claim before the resolution marks it in doubt: it gets the
+    # resolution back, unchanged, instead of turning `sent` into `in-doubt`.
+    current = await worker.ledger.record_in_doubt(stale, "stale claim")
+    assert current["state"] == "sent" and current["broadcast_id"] == 42
+    # And a decision based on what was read before is refused.
+    assert await worker.ledger.release_for_resend(stale, "x", worker.ledger.resolution("resent")) is None
+    assert (await worker.ledger.get(message_uuid))["_rev"] == resolved["_rev"]

@@ -146,7 +146,7 @@ class InDoubtResolver:
 
     async def run_once(self) -> RoundResult:
         result = RoundResult()
-        entries = await self._ledger.unresolved()
+        entries = [e for e in await self._ledger.unresolved() if isinstance(e.get("uuid"), str)]
         now = self._clock()
         dead = {e["uuid"]: owner_is_dead(e.get("owner")) for e in entries}
         open_entries = [e for e in entries if is_unresolved(e, now, self._claim_timeout, dead[e["uuid"]])]
