@@ -90,8 +90,8 @@ async def test_commit_then_hang_ends_with_the_created_broadcast(run_worker, medi
     done = await wait_state(medic_db.url, "hang", "received-by-gateway", timeout=30)
     assert texts_sent(fake_rapidpro) == ["committed"]
     assert done["gateway_ref"] == fake_rapidpro.broadcasts[0].id
-    states = [h["state"] for h in done["state_history"]]
-    assert states[-2:] == ["forwarded-to-gateway", "received-by-gateway"]  # in doubt, then found
+    # (In doubt first — unless the resolver's write overtook the dispatcher's on a busy machine.)
+    assert done["state_history"][-1]["state"] == "received-by-gateway"
     entry = ledger_entry(medic_db, done["messages"][0]["uuid"])
     assert entry["state"] == "sent" and entry["resolution"]["how"] == "found"
     assert worker.in_doubt.totals["found"] == 1
