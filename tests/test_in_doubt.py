@@ -127,10 +127,15 @@ async def test_a_post_that_never_reached_rapidpro_is_sent_once_after_the_check(
 
 
 async def test_two_workers_resolving_the_same_claim_send_it_once(run_worker, medic_db, fake_rapidpro):
-    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    # Another service sends while the claims are set up; then both workers take over at once.
+    other = rapidpro_settings(fake_rapidpro.url)
+    other["sms"]["outgoing_service"] = "medic-gateway"
+    await asyncio.to_thread(put_settings, medic_db.url, other)
     first = await run_worker()
     second = await run_worker()
     uuids = [await doc_with_stale_claim(medic_db, f"race-{i}", f"race {i}") for i in range(5)]
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    await eventually(lambda: all(w.sender.gate.not_in_charge is None for w in (first, second)))
     # Both look them up at the same moment, besides their own periodic rounds.
     await asyncio.gather(first.in_doubt.run_once(), second.in_doubt.run_once())
     for i in range(5):
