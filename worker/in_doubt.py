@@ -191,7 +191,8 @@ class InDoubtResolver:
                 log.warning("in_doubt_lookup_failed", error=str(exc), claims=len(uuids))
                 if listing_failed_too_long(self._failing_since, now):
                     for uuid in uuids:
-                        reason = f"RapidPro's broadcast listing has failed for over a day ({exc})"
+                        # A stable reason: the entry is marked (and logged) once, not every round.
+                        reason = "RapidPro's broadcast listing has failed for over a day"
                         await self._act(by_uuid[uuid], Decision(Kind.OPERATOR, reason=reason), docs, result,
                                         retry=True)
                 continue
