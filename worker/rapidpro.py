@@ -1,4 +1,4 @@
-"""The RapidPro API v2 client (see /work/shared/RAPIDPRO.md).
+"""The RapidPro API v2 client (RapidPro's API docs: https://app.rapidpro.io/api/v2/).
 
 One aiohttp session for the process; the base URL and the token are arguments of every call,
 because both come from CHT (settings doc, vault) and can change while we run. Every call first

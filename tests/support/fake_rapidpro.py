@@ -1,4 +1,4 @@
-"""A fake RapidPro API v2 server for tests, written from /work/shared/RAPIDPRO.md.
+"""A fake RapidPro API v2 server for tests, written from RapidPro's API v2 docs and source.
 
 RapidPro is an outside service; the worker's tests talk to this real HTTP server (aiohttp on
 127.0.0.1, port 0) instead, so the client's HTTP code, timeouts and retries are exercised for real.
