@@ -85,6 +85,14 @@ class Config:
     incoming_reconcile: bool
     incoming_reconcile_interval: float
     status_tracking_horizon: float
+    in_doubt_check_after: float = 120.0
+    in_doubt_clock_margin: float = 60.0
+
+    @property
+    def claim_timeout(self) -> float:
+        """A claim older than this has no sender any more: longer than any send can take
+        (budget wait + request + recording the outcome)."""
+        return 2 * self.rapidpro_timeout + self.couch_timeout + 10
 
     def __repr__(self) -> str:  # keep secrets out of any accidental repr in a log line
         return f"Config(couch={self.couch.redacted_url!r}, worker_db={self.worker_db!r})"
@@ -221,6 +229,17 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
     if worker_db in (couch.db_name, couch.vault_db_name, f"{couch.db_name}-sentinel"):
         raise ConfigError("WORKER_DB", f"must be a database of the worker's own, not {worker_db!r}")
 
+    rapidpro_timeout = _get(values, "RAPIDPRO_TIMEOUT", 30.0, float, lambda v: 0 < v <= 30,
+                            "must be a number of seconds above 0 and at most 30")
+    # A send's POST can be under way until 2 × RAPIDPRO_TIMEOUT after its claim (budget wait, then
+    # the request): looking it up in RapidPro earlier could miss the broadcast it is creating.
+    in_doubt_check_after = _get(values, "IN_DOUBT_CHECK_AFTER", 120.0, float,
+                                lambda v: 2 * rapidpro_timeout <= v < 1e9,
+                                f"must be a number of seconds, at least twice RAPIDPRO_TIMEOUT "
+                                f"({2 * rapidpro_timeout:g})")
+    in_doubt_clock_margin = _get(values, "IN_DOUBT_CLOCK_MARGIN", 60.0, float, lambda v: 60 <= v <= 3600,
+                                 "must be a number of seconds from 60 to 3600")
+
     return Config(
         couch=couch,
         worker_db=worker_db,
@@ -246,8 +265,7 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
         rapidpro_incoming_key=values.get("RAPIDPRO_INCOMING_KEY", "").strip() or None,
         rapidpro_incoming_key_file=_optional_file(values, "RAPIDPRO_INCOMING_KEY_FILE"),
         rapidpro_calls_per_hour=_positive_int(values, "RAPIDPRO_CALLS_PER_HOUR", 3600),
-        rapidpro_timeout=_get(values, "RAPIDPRO_TIMEOUT", 30.0, float, lambda v: 0 < v <= 30,
-                              "must be a number of seconds above 0 and at most 30"),
+        rapidpro_timeout=rapidpro_timeout,
         credentials_ttl=_get(values, "CREDENTIALS_TTL", 60.0, float, lambda v: 0 <= v <= 60,
                              "must be a number of seconds from 0 to 60"),
         sweep_interval=_positive_seconds(values, "SWEEP_INTERVAL", 600.0),
@@ -256,6 +274,8 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
                                 "must be true or false"),
         incoming_reconcile_interval=_positive_seconds(values, "INCOMING_RECONCILE_INTERVAL", 300.0),
         status_tracking_horizon=_positive_seconds(values, "STATUS_TRACKING_HORIZON", 7 * 24 * 3600.0),
+        in_doubt_check_after=in_doubt_check_after,
+        in_doubt_clock_margin=in_doubt_clock_margin,
     )
 
 

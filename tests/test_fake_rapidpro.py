@@ -306,6 +306,31 @@ async def test_cursor_pagination_over_several_pages(
     assert "folder=inbox" in pages[-1]["previous"]
 
 
+async def test_broadcast_listing_by_created_on_newest_first_with_cursors(
+    fake: FakeRapidPro, clock: FakeClock, http: aiohttp.ClientSession
+) -> None:
+    fake.page_size = 2
+    created = []
+    for i in range(5):
+        _, body = await send(http, fake, [URN], f"b{i}")
+        created.append(body["created_on"])
+        clock.advance(10)
+    # `after` / `before` are inclusive on created_on, as RapidPro's filter_before_after.
+    _, page, _ = await get(http, fake.url + BROADCASTS_PATH, after=created[1], before=created[3])
+    texts = [b["text"]["eng"] for b in page["results"]]
+    while page["next"]:
+        send_more = await send(http, fake, [URN], "newer")  # must not shift the pages
+        assert send_more[0] == 201
+        _, page, _ = await get(http, page["next"])
+        texts += [b["text"]["eng"] for b in page["results"]]
+    assert texts == ["b3", "b2", "b1"]
+    assert all(b["urns"] == [URN] for b in page["results"])
+
+    fake.anonymous = True  # RapidPro hides URNs of an anonymous workspace
+    _, page, _ = await get(http, fake.url + BROADCASTS_PATH, after=created[4])
+    assert page["results"][-1]["urns"] is None
+
+
 # ---------------------------------------------------------------- rate limiting
 
 

@@ -3,8 +3,9 @@ ledger entry means, and what a recorded outcome looks like on the CHT task.
 
 Exactly-once rests on the dispatch ledger (one doc per message uuid in the worker's own db):
 a message is sent only by whoever created its claim; a claim with no outcome is *in doubt* and
-never re-sent automatically; a recorded outcome is re-projected onto the task whenever the task
-shows the message as sendable again (an old revision from a phone, a re-pended schedule).
+never re-sent blindly (transitions/in_doubt.py asks RapidPro first); a recorded outcome is
+re-projected onto the task whenever the task shows the message as sendable again (an old
+revision from a phone, a re-pended schedule).
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ from transitions.states import (
 CLAIMED = "claimed"  # someone is sending (or crashed while sending)
 SENT = "sent"  # RapidPro answered 201: the broadcast exists
 REJECTED = "rejected"  # RapidPro refused this message (400 about it): final, never retried
-IN_DOUBT = "in-doubt"  # the request may have reached RapidPro; never re-sent automatically
-RELEASED = "released"  # an error answer proved nothing was created: may be claimed again
+IN_DOUBT = "in-doubt"  # the request may have reached RapidPro; looked up there before anything else
+RELEASED = "released"  # nothing was created (an error answer, or RapidPro's listing): may be claimed again
 
 IN_DOUBT_DETAILS = ("In doubt: the request to RapidPro may have been sent but no answer came; "
-                    "not resent automatically")
+                    "checking with RapidPro before sending again")
+OPERATOR_HINT = "waiting for an operator (cht-rapidpro-worker in-doubt)"
+
+
+def in_doubt_details(entry: Mapping[str, Any]) -> str:
+    waiting = entry.get("needs_operator")
+    if isinstance(waiting, Mapping) and waiting.get("reason"):
+        return f"In doubt: {waiting['reason']}; {OPERATOR_HINT}"
+    return IN_DOUBT_DETAILS
 
 
 class Action(enum.Enum):
@@ -105,7 +114,7 @@ def projection(entry: Mapping[str, Any]) -> TaskUpdate | None:
     if state == REJECTED:
         return TaskUpdate(uuid, FAILED, str(entry.get("error") or "Rejected by RapidPro"))
     if state == IN_DOUBT:
-        return TaskUpdate(uuid, FORWARDED_TO_GATEWAY, IN_DOUBT_DETAILS)
+        return TaskUpdate(uuid, FORWARDED_TO_GATEWAY, in_doubt_details(entry))
     return None
 
 

@@ -25,6 +25,7 @@ from worker.couch import CouchError, CouchServer, CouchUnavailable, Unauthorized
 from worker.dispatch import Dispatcher
 from worker.feed import ChangesFollower
 from worker.health_text import status_line
+from worker.in_doubt import InDoubtResolver
 from worker.incoming_reconcile import IncomingReconciler
 from worker.ledger import Ledger
 from worker.logs import get_logger
@@ -80,7 +81,7 @@ class Worker:
             token=self.outgoing_token,
             settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
             # Longer than any send can take (budget wait + request + recording the outcome).
-            claim_timeout=2 * config.rapidpro_timeout + config.couch_timeout + 10,
+            claim_timeout=config.claim_timeout,
         )
         self.status = StatusTracker(
             medic=self.medic, own_db=self.own_db, client=self.rapidpro, token=self.outgoing_token,
@@ -99,6 +100,7 @@ class Worker:
             self.sender,
             *extra_transitions,
         ]
+        self.in_doubt: InDoubtResolver | None = None
         self.sweep: PendingSweep | None = None
         self.dispatcher: Dispatcher | None = None
         self.follower: ChangesFollower | None = None
@@ -200,9 +202,19 @@ class Worker:
         self.admin.register(app)
         self.http = HttpServer(app, self.config.listen_host, self.config.listen_port)
         self.sweep = PendingSweep(self.medic, self.dispatcher.submit, self.sender.refresh_gate)
+        self.in_doubt = InDoubtResolver(
+            ledger=self.ledger, medic=self.medic, client=self.rapidpro, token=self.outgoing_token,
+            settings=lambda: self.settings.current, writer=TaskWriter(self.medic),
+            submit=self.dispatcher.submit, in_charge=self.sender.refresh_gate,
+            rapidpro_timeout=self.config.rapidpro_timeout, check_after=self.config.in_doubt_check_after,
+            margin=self.config.in_doubt_clock_margin, claim_timeout=self.config.claim_timeout)
         await self._check_double_sender()
 
     async def _ensure_own_db(self) -> None:
+        await self._create_own_db()
+        await self.ledger.ensure_views()
+
+    async def _create_own_db(self) -> None:
         try:
             created = await self.own_db.create()
         except Unauthorized as exc:
@@ -227,6 +239,8 @@ class Worker:
                 assert self.sweep is not None
                 sweeper = group.create_task(self.sweep.run(self.config.sweep_interval), name="sweep")
                 status = group.create_task(self.status.run(self.config.status_poll_interval), name="status")
+                assert self.in_doubt is not None
+                in_doubt = group.create_task(self.in_doubt.run(), name="in-doubt")
                 reconciler = None
                 if self.incoming_reconciler is not None:
                     reconciler = group.create_task(
@@ -241,6 +255,7 @@ class Worker:
                 feed.cancel()
                 sweeper.cancel()
                 status.cancel()
+                in_doubt.cancel()
                 if reconciler is not None:
                     reconciler.cancel()
                 # 2. finish in-flight work within the deadline, abandon the rest (redone after restart)
@@ -347,6 +362,7 @@ class Worker:
                 parked_total = await self.parked.count()
         settings = self.settings.current
         gate = self.sender.gate
+        last_in_doubt = self.in_doubt.last if self.in_doubt else None
         paused = gate.remaining_pause() > 0
         return {
             "status": "ok",
@@ -380,6 +396,10 @@ class Worker:
                 "rejected": self.sender.stats.rejected,
                 "denied": self.sender.stats.denied,
                 "in_doubt": self.sender.stats.in_doubt,
+                "in_doubt_unresolved": last_in_doubt.unresolved if last_in_doubt else None,
+                "in_doubt_waiting_operator": last_in_doubt.waiting_operator if last_in_doubt else None,
+                "in_doubt_found": self.in_doubt.totals["found"] if self.in_doubt else 0,
+                "in_doubt_resent": self.in_doubt.totals["resent"] if self.in_doubt else 0,
                 "reprojected": self.sender.stats.reprojected,
                 "send_errors": self.sender.stats.send_errors,
                 "last_sweep_docs": self.sweep.last_count if self.sweep else None,

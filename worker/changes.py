@@ -12,6 +12,9 @@ class Change:
     doc_id: str
     doc: dict[str, Any] | None
     deleted: bool = False
+    # Set by the worker's own passes that must process the doc even when its latest revision is
+    # the worker's own write (an in-doubt message freed for a resend).
+    recheck: bool = False
 
     @property
     def rev(self) -> str | None:
@@ -38,6 +41,6 @@ def skip_reason(change: Change, own_writes: Any = ()) -> str | None:
         return "deleted"
     if change.doc is None:
         return "no_doc"
-    if change.rev is not None and (change.doc_id, change.rev) in own_writes:
+    if change.rev is not None and not change.recheck and (change.doc_id, change.rev) in own_writes:
         return "own_write"
     return None

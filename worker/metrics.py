@@ -101,11 +101,16 @@ class _HealthCollector(Collector):
         messages = CounterMetricFamily(PREFIX + "messages", "Outgoing messages by outcome.",
                                        labels=["outcome"])
         stats = worker.sender.stats
-        # getattr: `resent` is for in-doubt messages an operator has resent; the sender does not
-        # count them (yet), so it reads 0 rather than failing the scrape.
+        # `resent`: in-doubt claims the resolver proved never reached RapidPro and sent again.
+        resolved = worker.in_doubt.totals if worker.in_doubt is not None else {}
         for outcome in MESSAGE_OUTCOMES:
-            messages.add_metric([outcome], float(getattr(stats, outcome, 0)))
+            value = resolved.get("resent", 0) if outcome == "resent" else getattr(stats, outcome, 0)
+            messages.add_metric([outcome], float(value))
         yield messages
+        waiting = outgoing.get("in_doubt_waiting_operator")
+        yield _gauge("in_doubt_waiting_operator", "In-doubt sends RapidPro cannot settle: an operator "
+                     "decides with `cht-rapidpro-worker in-doubt` (-1: not counted yet).",
+                     -1 if waiting is None else waiting)
         paused = GaugeMetricFamily(PREFIX + "sending_paused", "1 for the reason the worker is not "
                                    "sending now; 0 for every other reason.", labels=["reason"])
         current = pause_reason_label(outgoing)

@@ -274,6 +274,33 @@ class RapidProClient:
         return MessagesPage(results=[r for r in results if isinstance(r, dict)],
                             next=next_url if isinstance(next_url, str) and next_url else None)
 
+    async def list_broadcasts(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        cursor_url: str | None = None,
+        priority: Priority = Priority.STATUS,
+        max_wait: float | None = None,
+    ) -> MessagesPage:
+        """One page of `broadcasts.json` (newest first; `after`/`before` inclusive on `created_on`).
+        With `cursor_url` (a previous page's `next`) the filters are ignored."""
+        if cursor_url is not None:
+            url = _same_origin(base_url, cursor_url)
+        else:
+            params = {name: value for name, value in (("after", after), ("before", before))
+                      if value is not None}
+            url = _api_url(base_url, BROADCASTS_PATH).update_query(params)
+        page = _json_object(await self._call("GET", url, token, priority, max_wait))
+        results = page.get("results")
+        next_url = page.get("next")
+        if not isinstance(results, list):
+            raise WrongUrl("broadcasts.json answered without a results list", status=200)
+        return MessagesPage(results=[r for r in results if isinstance(r, dict)],
+                            next=next_url if isinstance(next_url, str) and next_url else None)
+
     async def get_broadcast(
         self,
         base_url: str,

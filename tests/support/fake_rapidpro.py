@@ -251,6 +251,8 @@ class FakeRapidPro:
         self.urn_validator: Callable[[str], bool] = default_urn_is_valid
         self.workspace_state: str | None = None  # None | "flagged" | "suspended"
         self.legacy_broadcasts = False  # 201 with "queued", statuses queued|sent|failed
+        # An anonymous workspace: RapidPro's BroadcastReadSerializer answers `"urns": null`.
+        self.anonymous = False
         self.message_delay = 0.0  # seconds (on self.clock) before a broadcast's messages appear
         self.initial_message_status: str | None = "queued"
         self.default_status_script: list[str | None] = []  # copied onto every new message
@@ -769,7 +771,7 @@ class FakeRapidPro:
             "id": broadcast.id,
             "status": self._broadcast_status(broadcast, fresh=fresh),
             "progress": self._progress(broadcast, fresh=fresh),
-            "urns": broadcast.urns,
+            "urns": None if self.anonymous else broadcast.urns,
             "contacts": [],  # only contacts given by uuid in the request; we take urns only
             "groups": [],
             "text": broadcast.text,

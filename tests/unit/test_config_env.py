@@ -16,6 +16,9 @@ def test_defaults_from_a_minimal_environment():
     assert config.status_poll_interval == 60.0
     assert (config.log_level, config.log_format) == ("info", "json")
     assert config.couch_secret is None
+    assert (config.in_doubt_check_after, config.in_doubt_clock_margin) == (120.0, 60.0)
+    assert load_config({"COUCH_URL": URL, "RAPIDPRO_TIMEOUT": "2", "IN_DOUBT_CHECK_AFTER": "4"}
+                       ).in_doubt_check_after == 4.0
 
 
 def test_log_format_defaults_to_console_only_for_a_person_at_a_terminal():
@@ -53,6 +56,11 @@ def test_path_prefix_and_encoded_credentials():
         ({"COUCH_URL": URL, "LOG_FORMAT": "xml"}, "LOG_FORMAT", "json, console"),
         ({"COUCH_URL": URL, "WORKER_DB": "medic"}, "WORKER_DB", "own"),
         ({"COUCH_URL": URL, "CONCURRENCY": "-1"}, "CONCURRENCY", "positive whole number"),
+        ({"COUCH_URL": URL, "IN_DOUBT_CHECK_AFTER": "59"}, "IN_DOUBT_CHECK_AFTER",
+         "twice RAPIDPRO_TIMEOUT (60)"),
+        ({"COUCH_URL": URL, "RAPIDPRO_TIMEOUT": "2", "IN_DOUBT_CHECK_AFTER": "3.9"}, "IN_DOUBT_CHECK_AFTER",
+         "twice RAPIDPRO_TIMEOUT (4)"),
+        ({"COUCH_URL": URL, "IN_DOUBT_CLOCK_MARGIN": "30"}, "IN_DOUBT_CLOCK_MARGIN", "from 60"),
     ],
 )
 def test_invalid_values_name_the_variable(values, variable, fragment):

@@ -23,6 +23,6 @@ class Command:
 
 
 def commands() -> list[Command]:
-    from worker.commands import check, parked, rescan, status
+    from worker.commands import check, in_doubt, parked, rescan, status
 
-    return [check.COMMAND, status.COMMAND, parked.COMMAND, rescan.COMMAND]
+    return [check.COMMAND, status.COMMAND, parked.COMMAND, in_doubt.COMMAND, rescan.COMMAND]

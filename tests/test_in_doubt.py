@@ -1,0 +1,253 @@
+"""In-doubt sends resolved through RapidPro's broadcast listing, and by the operator's command:
+the real test server, the fake RapidPro, workers in-process, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from config.env import load_config
+from tests.support.couch_fixtures import couch_request, put_settings
+from tests.support.daemon import ROOT
+from tests.support.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN
+from tests.support.waiting import eventually
+from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, task, wait_state
+from transitions.phone import mask_phone
+from worker.app import Worker
+from worker.ledger import HOSTNAME
+
+URN = "tel:+254700000001"
+FAST = {"RAPIDPRO_TIMEOUT": "2", "COUCH_TIMEOUT": "3", "IN_DOUBT_CHECK_AFTER": "4"}
+
+
+def worker_env(medic_db, **env: str) -> dict[str, str]:
+    return {"COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN,
+            "CHECKPOINT_INTERVAL": "0.2", "CREDENTIALS_TTL": "0", **FAST, **env}
+
+
+@pytest.fixture
+async def run_worker(medic_db) -> AsyncIterator[Any]:
+    started: list[tuple[Worker, asyncio.Task[int]]] = []
+
+    async def start(**env: str) -> Worker:
+        worker = Worker(load_config(worker_env(medic_db, **env)))
+        task_ = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.ready.wait(), 20)
+        started.append((worker, task_))
+        return worker
+
+    yield start
+    for worker, task_ in started:
+        worker.stop()
+        assert await asyncio.wait_for(task_, 15) == 0
+
+
+def ledger_url(medic_db, message_uuid: str = "") -> str:
+    return f"{medic_db.url}-rapidpro" + (f"/msg:{message_uuid}" if message_uuid else "")
+
+
+def ledger_entry(medic_db, message_uuid: str) -> dict[str, Any] | None:
+    status, body = couch_request("GET", ledger_url(medic_db, message_uuid))
+    return body if status == 200 else None
+
+
+async def doc_with_stale_claim(medic_db, doc_id: str, text: str, *, owner: str = "elsewhere:1",
+                               age: float = 100.0, **claim: Any) -> str:
+    """A forwarded task whose claim has no outcome: as left by a worker killed between the claim
+    and the POST (or during it)."""
+    message = task("forwarded-to-gateway", text=text)
+    message_uuid = message["messages"][0]["uuid"]
+    status, _ = await asyncio.to_thread(couch_request, "PUT", ledger_url(medic_db))
+    assert status in (201, 202, 412)  # 412: it exists
+    claimed = time.time() - age
+    entry = {"type": "dispatch", "uuid": message_uuid, "doc_id": doc_id, "urn": URN, "state": "claimed",
+             "claimed_at": "2026-01-01T00:00:00.000Z", "claimed_at_epoch": claimed, "owner": owner,
+             "attempts": 1, **claim}
+    status, body = await asyncio.to_thread(couch_request, "PUT", ledger_url(medic_db, message_uuid), entry)
+    assert status == 201, body
+    # The claim first, as a worker writes it before the POST; then the task.
+    await put_doc(medic_db.url, {"_id": doc_id, "type": "data_record", "tasks": [message]})
+    return message_uuid
+
+
+def texts_sent(fake) -> list[Any]:
+    return [b.raw_text for b in fake.broadcasts]
+
+
+async def test_commit_then_hang_ends_with_the_created_broadcast(run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    fake_rapidpro.lose_next_response(1, how="hang")  # RapidPro commits, then never answers
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "hang", "tasks": [task("pending", text="committed")]})
+    done = await wait_state(medic_db.url, "hang", "received-by-gateway", timeout=30)
+    assert texts_sent(fake_rapidpro) == ["committed"]
+    assert done["gateway_ref"] == fake_rapidpro.broadcasts[0].id
+    # (In doubt first — unless the resolver's write overtook the dispatcher's on a busy machine.)
+    assert done["state_history"][-1]["state"] == "received-by-gateway"
+    entry = ledger_entry(medic_db, done["messages"][0]["uuid"])
+    assert entry["state"] == "sent" and entry["resolution"]["how"] == "found"
+    assert worker.in_doubt.totals["found"] == 1
+    # Looked up by listing, not sent again.
+    assert fake_rapidpro.call_count("GET", BROADCASTS_PATH) >= 1
+    assert fake_rapidpro.call_count("POST", BROADCASTS_PATH) == 1
+
+
+@pytest.mark.parametrize("who", ["stale claim of another host", "process on this host that died"])
+async def test_a_post_that_never_reached_rapidpro_is_sent_once_after_the_check(
+        run_worker, medic_db, fake_rapidpro, who):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    if who.startswith("stale"):
+        message_uuid = await doc_with_stale_claim(medic_db, "never", "never posted")
+    else:
+        dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+        await dead.wait()
+        message_uuid = await doc_with_stale_claim(medic_db, "never", "never posted",
+                                                  owner=f"{HOSTNAME}:{dead.pid}", age=5)
+    worker = await run_worker()
+    done = await wait_state(medic_db.url, "never", "received-by-gateway", timeout=30)
+    assert texts_sent(fake_rapidpro) == ["never posted"]
+    assert done["gateway_ref"] == fake_rapidpro.broadcasts[0].id
+    entry = ledger_entry(medic_db, message_uuid)
+    assert entry["state"] == "sent" and entry["attempts"] == 2
+    assert entry["resolution"]["how"] == "resent"
+    assert entry["history"][0]["owner"].endswith(":1") or entry["history"][0]["owner"].startswith(HOSTNAME)
+    assert worker.in_doubt.totals["resent"] == 1
+    # The sweep and later rounds see it again: still one broadcast.
+    await worker.sweep.run_once()
+    await worker.in_doubt.run_once()
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
+async def test_two_workers_resolving_the_same_claim_send_it_once(run_worker, medic_db, fake_rapidpro):
+    # Another service sends while the claims are set up; then both workers take over at once.
+    other = rapidpro_settings(fake_rapidpro.url)
+    other["sms"]["outgoing_service"] = "medic-gateway"
+    await asyncio.to_thread(put_settings, medic_db.url, other)
+    first = await run_worker()
+    second = await run_worker()
+    uuids = [await doc_with_stale_claim(medic_db, f"race-{i}", f"race {i}") for i in range(5)]
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    await eventually(lambda: all(w.sender.gate.not_in_charge is None for w in (first, second)))
+    # Both look them up at the same moment, besides their own periodic rounds.
+    await asyncio.gather(first.in_doubt.run_once(), second.in_doubt.run_once())
+    for i in range(5):
+        await wait_state(medic_db.url, f"race-{i}", "received-by-gateway", timeout=30)
+    assert sorted(texts_sent(fake_rapidpro)) == [f"race {i}" for i in range(5)]
+    for message_uuid in uuids:
+        assert ledger_entry(medic_db, message_uuid)["attempts"] == 2
+
+
+@pytest.mark.parametrize("case", ["two candidates", "anonymous workspace"])
+async def test_ambiguous_cases_stay_in_doubt_for_an_operator(run_worker, medic_db, fake_rapidpro, case):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    import aiohttp
+    async with aiohttp.ClientSession(headers={"Authorization": f"Token {DEFAULT_TOKEN}"}) as http:
+        for _ in range(2 if case == "two candidates" else 1):
+            async with http.post(fake_rapidpro.url + BROADCASTS_PATH,
+                                 json={"urns": [URN], "text": "ambiguous"}) as response:
+                assert response.status == 201
+    fake_rapidpro.anonymous = case == "anonymous workspace"
+    message_uuid = await doc_with_stale_claim(medic_db, "amb", "ambiguous", age=30)
+    worker = await run_worker()
+
+    async def waiting() -> dict[str, Any] | None:
+        entry = await asyncio.to_thread(ledger_entry, medic_db, message_uuid)
+        return entry if entry and entry.get("needs_operator") else None
+    entry = await eventually(waiting, timeout=30)
+    expected = "2 broadcasts" if case == "two candidates" else "anonymous"
+    assert expected in entry["needs_operator"]["reason"]
+    assert entry["state"] == "in-doubt"
+    current = await wait_state(medic_db.url, "amb", "forwarded-to-gateway")
+    await eventually(lambda: asyncio.to_thread(
+        lambda: "cht-rapidpro-worker in-doubt" in get_doc(medic_db.url, "amb")["tasks"][0]["state_details"]))
+    assert current["state"] == "forwarded-to-gateway"
+    await eventually(lambda: worker.in_doubt.last and worker.in_doubt.last.waiting_operator == 1)
+    health = await worker.health()
+    assert health["outgoing"]["in_doubt_waiting_operator"] == 1
+    # Later rounds leave it to the operator: nothing sent, no second mark.
+    await worker.in_doubt.run_once()
+    assert len(fake_rapidpro.broadcasts) == (2 if case == "two candidates" else 1)
+    assert (await asyncio.to_thread(ledger_entry, medic_db, message_uuid))["_rev"] == entry["_rev"]
+
+
+def cli(medic_db, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "COUCH_URL": medic_db.url, "LOG_LEVEL": "info"}
+    return subprocess.run([sys.executable, "-m", "worker", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+async def test_the_operator_command_lists_and_resolves_each_kind_while_the_daemon_runs(
+        run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    reason = {"reason": "2 broadcasts to this number", "since": "2026-01-01T00:00:00.000Z"}
+    waiting = {"state": "in-doubt", "needs_operator": reason}
+    sent = await doc_with_stale_claim(medic_db, "op-sent", "went out", **waiting)
+    resend = await doc_with_stale_claim(medic_db, "op-resend", "never went", **waiting)
+    failed = await doc_with_stale_claim(medic_db, "op-failed", "give up", **waiting)
+    await run_worker()
+
+    listed = await asyncio.to_thread(cli, medic_db, "in-doubt")
+    assert listed.returncode == 0, listed.stderr
+    lines = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(line["message_uuid"] for line in lines) == sorted([sent, resend, failed])
+    assert {line["to"] for line in lines} == {mask_phone("+254700000001")}  # as in the logs
+    assert "700000001" not in listed.stdout
+    assert all(line["reason"] == "2 broadcasts to this number" and line["claimed_at"] for line in lines)
+
+    # --sent: the operator found the broadcast in RapidPro.
+    broadcast_id = 991234
+    result = await asyncio.to_thread(cli, medic_db, "in-doubt", "resolve", sent, "--sent", str(broadcast_id))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["decision"] == "sent"
+    done = await wait_state(medic_db.url, "op-sent", "received-by-gateway")
+    assert done["gateway_ref"] == broadcast_id
+    entry = ledger_entry(medic_db, sent)
+    assert entry["resolution"]["how"] == "operator" and entry["resolution"]["by"]
+
+    # --resend: the running daemon sends it, once.
+    result = await asyncio.to_thread(cli, medic_db, "in-doubt", "resolve", resend, "--resend")
+    assert result.returncode == 0, result.stderr
+    await wait_state(medic_db.url, "op-resend", "received-by-gateway", timeout=30)
+    assert texts_sent(fake_rapidpro) == ["never went"]
+
+    # --failed
+    result = await asyncio.to_thread(cli, medic_db, "in-doubt", "resolve", failed, "--failed", "wrong number")
+    assert result.returncode == 0, result.stderr
+    assert (await wait_state(medic_db.url, "op-failed", "failed"))["state_details"] == "wrong number"
+
+    # A second resolve of the same message is refused, clearly.
+    again = await asyncio.to_thread(cli, medic_db, "in-doubt", "resolve", sent, "--failed", "oops")
+    assert again.returncode != 0
+    assert "not in doubt" in again.stderr and "already resolved" in again.stderr
+    assert ledger_entry(medic_db, sent)["state"] == "sent"
+    unknown = await asyncio.to_thread(cli, medic_db, "in-doubt", "resolve", str(uuidlib.uuid4()), "--resend")
+    assert unknown.returncode != 0 and "never claimed" in unknown.stderr
+
+    listed = await asyncio.to_thread(cli, medic_db, "in-doubt", "--all")
+    assert listed.returncode == 0 and listed.stdout == ""
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
+async def test_a_late_outcome_never_overwrites_a_decision_taken_meanwhile(
+        run_worker, medic_db, fake_rapidpro):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    worker = await run_worker(OUTGOING_SERVICE_NAME="not-me")  # nothing sends or resolves by itself
+    message_uuid = await doc_with_stale_claim(medic_db, "late", "late")
+    stale = await worker.ledger.get(message_uuid)
+    resolved = await worker.ledger.resolve_sent(stale, 42, None, None, worker.ledger.resolution("found"))
+    assert resolved is not None
+    # A dispatcher that read the claim before the resolution marks it in doubt: it gets the
+    # resolution back, unchanged, instead of turning `sent` into `in-doubt`.
+    current = await worker.ledger.record_in_doubt(stale, "stale claim")
+    assert current["state"] == "sent" and current["broadcast_id"] == 42
+    # And a decision based on what was read before is refused.
+    assert await worker.ledger.release_for_resend(stale, "x", worker.ledger.resolution("resent")) is None
+    assert (await worker.ledger.get(message_uuid))["_rev"] == resolved["_rev"]
