@@ -2,70 +2,34 @@
 
 CHT reads a `date` field with moment.js: ISO 8601 text without an offset is *local time* of
 the CHT api server (UTC in CHT 4.x containers, hence our default), anything moment does not
-recognise goes to JS's `Date` parser. Full-textforms values that look like `YYYY-MM-DD`
-are converted earlier by the textforms parser with `new Date(...)`, which reads the strict
-ISO date form as *UTC* midnight and other forms (`2012/3/12`, `2012-3-12`) as local time.
+recognise goes to JS's `Date` parser (jsdate.py: V8's rules, which read `1` as 1 January
+2001). Full-textforms values that look like `YYYY-MM-DD` are converted earlier by the textforms
+parser with `new Date(...)`, which reads the strict ISO date form as *UTC* midnight and other
+forms (`2012/3/12`, `2012-3-12`) as local time.
 """
 
 from __future__ import annotations
 
 import calendar
 import re
-from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Final
 
 from .jscompat import WS
+from .jsdate import js_date_parse
+
+__all__ = ["js_date_parse", "moment_parse"]
 
 _MOMENT_ISO: Final = re.compile(
     rf"{WS}*"
     r"(?P<y>[0-9]{4})(?:-(?P<m>[0-9]{2})(?:-(?P<d>[0-9]{2}))?|(?P<bm>[0-9]{2})(?P<bd>[0-9]{2}))"
     r"(?:[T ](?P<H>[0-9]{2})(?::?(?P<M>[0-9]{2})(?::?(?P<S>[0-9]{2})(?:[.,](?P<f>[0-9]+))?)?)?"
-    r"(?P<tz>Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+    rf"(?P<tz>{WS}*Z|[+-][0-9]{{2}}(?::?[0-9]{{2}})?)?)?"
 )
-_V8_ISO_DATE: Final = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
-_V8_YMD: Final = re.compile(rf"{WS}*([0-9]{{4}})[-/]([0-9]{{1,2}})[-/]([0-9]{{1,2}}){WS}*")
-_V8_MDY: Final = re.compile(rf"{WS}*([0-9]{{1,2}})/([0-9]{{1,2}})/([0-9]{{4}}){WS}*")
 
 
 def _epoch_ms(moment: datetime) -> int:
     return round(moment.timestamp() * 1000)
-
-
-def _local_midnight(day: date, tz: tzinfo) -> int:
-    return _epoch_ms(datetime(day.year, day.month, day.day, tzinfo=tz))
-
-
-def _rolled_date(year: int, month: int, day: int) -> date | None:
-    """JS `Date`: month 1-12 and day 1-31 are accepted, an overflowing day rolls over."""
-    if not (1 <= month <= 12 and 1 <= day <= 31):
-        return None
-    try:
-        return date(year, month, 1) + timedelta(days=day - 1)
-    except (ValueError, OverflowError):
-        return None
-
-
-def js_date_parse(text: str, tz: tzinfo = UTC) -> int | None:
-    """`new Date(text).valueOf()` for the date-only texts SMS forms carry; None for NaN.
-
-    Only the shapes that reach it from the parsers are supported: `YYYY-MM-DD` (UTC),
-    `YYYY-M-D` / `YYYY/M/D` and `M/D/YYYY` (local). Other free text gives None.
-    """
-    match = _V8_ISO_DATE.fullmatch(text)
-    if match:
-        day = _rolled_date(*(int(g) for g in match.groups()))
-        return None if day is None else _local_midnight(day, UTC)
-    match = _V8_YMD.fullmatch(text)
-    if match:
-        y, m, d = (int(g) for g in match.groups())
-        day = _rolled_date(y, m, d)
-        return None if day is None else _local_midnight(day, tz)
-    match = _V8_MDY.fullmatch(text)
-    if match:
-        m, d, y = (int(g) for g in match.groups())
-        day = _rolled_date(y, m, d)
-        return None if day is None else _local_midnight(day, tz)
-    return None
 
 
 def moment_parse(text: str, tz: tzinfo = UTC) -> int | None:
@@ -86,7 +50,7 @@ def moment_parse(text: str, tz: tzinfo = UTC) -> int | None:
         return None
     zone: tzinfo = tz
     offset = match["tz"]
-    if offset == "Z":
+    if offset and offset[-1] == "Z":
         zone = UTC
     elif offset:
         sign = -1 if offset[0] == "-" else 1
