@@ -16,7 +16,9 @@ from transitions.dispatch import double_sender_risk
 from transitions.settings_watcher import SettingsWatcher
 from transitions.status import Policy
 from transitions.timestamps import cht_time
+from transitions.translations_watcher import TranslationsWatcher
 from worker.app_settings import SettingsStore
+from worker.app_translations import TranslationsStore
 from worker.backoff import Backoff
 from worker.changes import Change
 from worker.checkpoint import CheckpointStore, Watermark
@@ -59,6 +61,7 @@ class Worker:
         self.own_writes = OwnWrites()
         self.medic.on_write = self.own_writes.remember
         self.settings = SettingsStore()
+        self.translations = TranslationsStore()
         self.checkpoints = CheckpointStore(self.own_db)
         self.parked = ParkedChanges(self.own_db)
         self.vault = Vault(self.couch, config.couch.vault_db_name, config.couch_secret)
@@ -83,15 +86,18 @@ class Worker:
             settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
             policy=Policy(horizon=config.status_tracking_horizon))
         self.incoming = IncomingWebhook(self.medic, self.incoming_key, lambda: self.settings.current,
+                                        translations=lambda: self.translations.current,
                                         max_body=config.webhook_max_body,
                                         couch_timeout=min(config.couch_timeout, 5.0))
         self.incoming_reconciler = IncomingReconciler(
             client=self.rapidpro, token=self.outgoing_token, settings=lambda: self.settings.current,
+            translations=lambda: self.translations.current,
             store=self.incoming.store, own_db=self.own_db) if config.incoming_reconcile else None
         self.double_sender_risk = False
         self.settings.subscribe(self._settings_changed)
         self.transitions: list[Transition] = [
             SettingsWatcher(lambda: self.settings.current, self.settings.put_in_force, self.settings.refuse),
+            TranslationsWatcher(self.translations.put_in_force),
             self.sender,
             *extra_transitions,
         ]
@@ -162,6 +168,7 @@ class Worker:
     async def _start(self) -> None:
         await self._retry_transient("worker_db", self._ensure_own_db)
         await self._retry_transient("settings", lambda: self.settings.load(self.medic))
+        await self._retry_transient("translations", lambda: self.translations.load(self.medic))
         since = await self._retry_transient("checkpoint", self.checkpoints.load)
         if since is None:
             # First start: a big CHT holds millions of old changes; begin at the end of the feed.
@@ -273,6 +280,8 @@ class Worker:
 
     async def _process(self, change: Change) -> None:
         doc = change.doc
+        if doc is None and change.deleted:  # a deleted doc the transitions follow (translations)
+            doc = {"_id": change.doc_id, "_deleted": True}
         assert doc is not None
         for transition in self.transitions:
             if transition.matches(doc):
