@@ -78,10 +78,13 @@ class Translations:
     def with_doc(self, doc: Mapping[str, Any]) -> Translations:
         """These translations after `doc` (a `messages-*` doc, new, changed or deleted) changed."""
         doc_id = doc.get("_id")
-        if not isinstance(doc_id, str):
-            return self
+        if not is_translations_doc_id(doc_id):
+            return self  # CHT reads only the `messages-` id range
+        valid = valid_translations_doc(doc)
+        if (not valid and doc_id not in self.docs) or (valid and self.docs.get(doc_id) == doc):
+            return self  # nothing changes (an ignored doc, or a revision already in force)
         docs = {k: v for k, v in self.docs.items() if k != doc_id}
-        if valid_translations_doc(doc):
+        if valid:
             docs[doc_id] = doc
         return translations_from_docs(docs.values())
 
@@ -105,7 +108,7 @@ class Translations:
 
 def translations_from_docs(docs: Iterable[Mapping[str, Any]]) -> Translations:
     """Translation docs (e.g. `_all_docs` rows' docs) → Translations; invalid docs are ignored."""
-    valid = {d["_id"] if isinstance(d.get("_id"), str) else f"{MESSAGES_PREFIX}{d.get('code')}": d
+    valid = {d["_id"] if is_translations_doc_id(d.get("_id")) else f"{MESSAGES_PREFIX}{d['code']}": d
              for d in docs if valid_translations_doc(d)}
     by_locale: dict[str, Mapping[str, str]] = {}
     for doc_id in sorted(valid):
