@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from transitions.smsforms.dates import moment_parse
 from transitions.smsforms.jsdate import js_date_parse
 
 NODE_UTC = [
@@ -88,3 +89,48 @@ def test_forms_without_an_offset_are_local_time_except_the_iso_date() -> None:
     assert js_date_parse("2012/03/12", kathmandu) == js_date_parse("2012/03/12") - shift
     assert js_date_parse("1", kathmandu) == js_date_parse("1") - shift
     assert js_date_parse("2012-03-12T10:20Z", kathmandu) == js_date_parse("2012-03-12T10:20Z")
+
+
+# `moment(text).valueOf()` (moment 2.30, Node.js 20, TZ=UTC): its ISO shapes, and the texts it
+# hands to `Date` (including ISO shapes whose format it refuses, such as a time after YYYY-MM).
+MOMENT_UTC = [
+    ("2012", 1325376000000),
+    ("2012-03", 1330560000000),
+    ("201203", 1330560000000),
+    ("20120312", 1331510400000),
+    ("2012-03-12", 1331510400000),
+    ("2012-03-12 10:20", 1331547600000),
+    ("2012-03-12T10:20:30.123456", 1331547630123),
+    ("2012-03-12 1020", None),
+    ("20120312T1020", 1331547600000),
+    ("20120312 102030,5", 1331547630500),
+    ("2012-100", 1333929600000),
+    ("2012100", 1333929600000),
+    ("2012-366", 1356912000000),
+    ("2013-366", None),
+    ("2012-W10", 1330905600000),
+    ("2012-W10-3", 1331078400000),
+    ("2012W103", 1331078400000),
+    ("2015-W53-1", 1451260800000),
+    ("2014-W53-1", None),
+    ("2012-03T10:20", 1330597200000),
+    ("2012T10", None),
+    ("2012-02-30", None),
+    ("2012-13-01", None),
+    ("2012-03-12T24:00", 1331596800000),
+    ("2012-03-12T24:01", None),
+    ("2012-03-12T10:20+0545", 1331526900000),
+    ("2012-03-12T10:20-03", 1331558400000),
+    ("2012-03-12T10:20 Z", 1331547600000),
+    ("  2012-03-12", 1331510400000),
+    ("+002012-03-12", 1331510400000),
+    ("0050-01-01", -60589296000000),
+    ("2012-03-12Z", 1331510400000),
+    ("1", 978307200000),
+    ("1992-9-7", 715824000000),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), MOMENT_UTC)
+def test_as_moment_reads_it(text: str, expected: int | None) -> None:
+    assert moment_parse(text) == expected

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Final
 
 from .jscompat import WS
@@ -20,12 +20,62 @@ from .jsdate import js_date_parse
 
 __all__ = ["js_date_parse", "moment_parse"]
 
-_MOMENT_ISO: Final = re.compile(
-    rf"{WS}*"
-    r"(?P<y>[0-9]{4})(?:-(?P<m>[0-9]{2})(?:-(?P<d>[0-9]{2}))?|(?P<bm>[0-9]{2})(?P<bd>[0-9]{2}))"
-    r"(?:[T ](?P<H>[0-9]{2})(?::?(?P<M>[0-9]{2})(?::?(?P<S>[0-9]{2})(?:[.,](?P<f>[0-9]+))?)?)?"
-    rf"(?P<tz>{WS}*Z|[+-][0-9]{{2}}(?::?[0-9]{{2}})?)?)?"
+# moment's two ISO 8601 shapes (extended, with separators, and basic, without); `\s` is JS's.
+_YEAR: Final = r"(?:[+-][0-9]{6}|[0-9]{4})"
+_ZONE: Final = rf"([+-][0-9]{{2}}(?::?[0-9]{{2}})?|{WS}*Z)"
+_MOMENT_EXTENDED: Final = re.compile(
+    rf"{WS}*({_YEAR}-(?:[0-9]{{2}}-[0-9]{{2}}|W[0-9]{{2}}-[0-9]|W[0-9]{{2}}|[0-9]{{3}}|[0-9]{{2}}))"
+    rf"(?:(T| )([0-9]{{2}}(?::[0-9]{{2}}(?::[0-9]{{2}}(?:[.,][0-9]+)?)?)?){_ZONE}?)?")
+_MOMENT_BASIC: Final = re.compile(
+    rf"{WS}*({_YEAR}(?:[0-9]{{4}}|W[0-9]{{3}}|W[0-9]{{2}}|[0-9]{{3}}|[0-9]{{2}}|))"
+    rf"(?:(T| )([0-9]{{2}}(?:[0-9]{{2}}(?:[0-9]{{2}}(?:[.,][0-9]+)?)?)?){_ZONE}?)?")
+# moment's date formats, tried in its order on the date part (unanchored, as moment does);
+# the flag says whether a time may follow.
+_ISO_DATES: Final = (
+    ("Y-M-D", re.compile(r"[+-][0-9]{6}-[0-9]{2}-[0-9]{2}"), True),
+    ("Y-M-D", re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"), True),
+    ("G-W-E", re.compile(r"[0-9]{4}-W[0-9]{2}-[0-9]"), True),
+    ("G-W", re.compile(r"[0-9]{4}-W[0-9]{2}"), False),
+    ("Y-DDD", re.compile(r"[0-9]{4}-[0-9]{3}"), True),
+    ("Y-M", re.compile(r"[0-9]{4}-[0-9]{2}"), False),
+    ("YMD6", re.compile(r"[+-][0-9]{10}"), True),
+    ("YMD", re.compile(r"[0-9]{8}"), True),
+    ("GWE", re.compile(r"[0-9]{4}W[0-9]{3}"), True),
+    ("GW", re.compile(r"[0-9]{4}W[0-9]{2}"), False),
+    ("YDDD", re.compile(r"[0-9]{7}"), True),
+    ("YM", re.compile(r"[0-9]{6}"), False),
+    ("Y", re.compile(r"[0-9]{4}"), False),
 )
+_DIGITS: Final = re.compile(r"[0-9]+")
+
+
+def _iso_day(kind: str, text: str) -> date | None:
+    """The calendar day of moment's ISO date part; None where moment flags it invalid."""
+    numbers = [int(n) for n in _DIGITS.findall(text)]
+    if kind.startswith("YMD"):  # basic forms: split the digits by position
+        digits = text.lstrip("+-")
+        numbers = [int(digits[:-4]), int(digits[-4:-2]), int(digits[-2:])]
+    elif kind in ("YDDD", "YM"):
+        numbers = [int(text[:4]), int(text[4:])]
+    elif kind in ("GWE", "GW"):
+        numbers = [int(text[:4]), int(text[5:7])] + ([int(text[7:])] if kind == "GWE" else [])
+    if text.startswith("-"):
+        numbers[0] = -numbers[0]
+    try:
+        if kind.startswith(("Y-M", "YMD", "YM", "Y")) and "DDD" not in kind:
+            year, month, day = ([*numbers, 1, 1])[:3]
+            if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+                return None  # moment flags overflowing dates invalid (unlike JS Date)
+            return date(year, month, day)
+        if "DDD" in kind:
+            year, ordinal = numbers
+            if not 1 <= ordinal <= (366 if calendar.isleap(year) else 365):
+                return None
+            return date(year, 1, 1) + timedelta(days=ordinal - 1)
+        year, week, weekday = ([*numbers, 1])[:3]
+        return date.fromisocalendar(year, week, weekday)  # ISO weeks, as moment's GGGG/WW/E
+    except (ValueError, OverflowError):
+        return None  # outside Python's years 1-9999, or an impossible week
 
 
 def _epoch_ms(moment: datetime) -> int:
@@ -33,33 +83,38 @@ def _epoch_ms(moment: datetime) -> int:
 
 
 def moment_parse(text: str, tz: tzinfo = UTC) -> int | None:
-    """`moment(text).valueOf()`; None where moment gives an invalid date (NaN, stored null)."""
-    match = _MOMENT_ISO.fullmatch(text)
+    """`moment(text).valueOf()`; None where moment gives an invalid date (NaN, stored null).
+
+    moment reads its ISO 8601 shapes itself (date-only and without an offset: local time of
+    `tz`) and hands any other text to JavaScript's `Date` (V8's rules, see jsdate.py).
+    """
+    match = _MOMENT_EXTENDED.fullmatch(text) or _MOMENT_BASIC.fullmatch(text)
     if match is None:
-        return js_date_parse(text, tz)  # moment's own fallback is `new Date(text)`
-    year = int(match["y"])
-    month = int(match["m"] or match["bm"] or 1)
-    day = int(match["d"] or match["bd"] or 1)
-    hour = int(match["H"] or 0)
-    minute = int(match["M"] or 0)
-    second = int(match["S"] or 0)
-    fraction = (match["f"] or "0")[:3].ljust(3, "0")
-    if not (1 <= month <= 12) or not (1 <= day <= calendar.monthrange(year, month)[1]):
-        return None  # moment flags overflowing dates invalid (unlike JS Date)
-    if hour > 24 or minute > 59 or second > 59 or (hour == 24 and (minute or second)):
+        return js_date_parse(text, tz)  # moment's "input fallback": `new Date(text)`
+    date_text, _separator, time_text, offset = match.groups()
+    found = next(((kind, allow_time) for kind, pattern, allow_time in _ISO_DATES
+                  if pattern.search(date_text)), None)
+    if found is None or (time_text and not found[1]):
+        # moment marks the ISO reading failed (a time after `YYYY-MM`…) and falls back too.
+        return js_date_parse(text, tz)
+    day = _iso_day(found[0], date_text)
+    if day is None:
+        return None
+    clock = [int(n) for n in _DIGITS.findall(re.split(r"[.,]", time_text or "")[0])]
+    if time_text and ":" not in time_text:  # basic: HH, HHmm, HHmmss
+        digits = re.split(r"[.,]", time_text)[0]
+        clock = [int(digits[i:i + 2]) for i in range(0, len(digits), 2)]
+    hour, minute, second = ([*clock, 0, 0, 0])[:3]
+    fraction = re.split(r"[.,]", time_text)[1] if time_text and re.search(r"[.,]", time_text) else "0"
+    millis = int(fraction[:3].ljust(3, "0"))
+    if hour > 24 or minute > 59 or second > 59 or (hour == 24 and (minute or second or millis)):
         return None
     zone: tzinfo = tz
-    offset = match["tz"]
     if offset and offset[-1] == "Z":
         zone = UTC
     elif offset:
         sign = -1 if offset[0] == "-" else 1
         digits = offset[1:].replace(":", "")
-        minutes = int(digits[:2]) * 60 + int(digits[2:4] or 0)
-        zone = timezone(sign * timedelta(minutes=minutes))
-    extra_day = hour == 24
-    moment = datetime(year, month, day, 0 if extra_day else hour, minute, second,
-                      int(fraction) * 1000, tzinfo=zone)
-    if extra_day:
-        moment += timedelta(days=1)
-    return _epoch_ms(moment)
+        zone = timezone(sign * timedelta(minutes=int(digits[:2]) * 60 + int(digits[2:4] or 0)))
+    moment = datetime(day.year, day.month, day.day, 0, minute, second, millis * 1000, tzinfo=zone)
+    return _epoch_ms(moment + timedelta(hours=hour))
