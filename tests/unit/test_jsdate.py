@@ -91,7 +91,7 @@ def test_forms_without_an_offset_are_local_time_except_the_iso_date() -> None:
     assert js_date_parse("2012-03-12T10:20Z", kathmandu) == js_date_parse("2012-03-12T10:20Z")
 
 
-# `moment(text).valueOf()` (moment 2.30, Node.js 20, TZ=UTC): its ISO shapes, and the texts it
+# `moment(text).valueOf()` (moment 2.31, Node.js 20, TZ=UTC): its ISO shapes, and the texts it
 # hands to `Date` (including ISO shapes whose format it refuses, such as a time after YYYY-MM).
 MOMENT_UTC = [
     ("2012", 1325376000000),
@@ -122,6 +122,7 @@ MOMENT_UTC = [
     ("2012-03-12T10:20+0545", 1331526900000),
     ("2012-03-12T10:20-03", 1331558400000),
     ("2012-03-12T10:20 Z", 1331547600000),
+    ("-000001-01-01", -62198755200000),
     ("  2012-03-12", 1331510400000),
     ("+002012-03-12", 1331510400000),
     ("0050-01-01", -60589296000000),
@@ -133,4 +134,14 @@ MOMENT_UTC = [
 
 @pytest.mark.parametrize(("text", "expected"), MOMENT_UTC)
 def test_as_moment_reads_it(text: str, expected: int | None) -> None:
+    assert moment_parse(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("199708-06", 6240021667200000),        # V8 takes a six-digit year; Python's date cannot
+    ("20052-07-13", 570629577600000),
+    ("+275760-09-13", 8640000000000000),    # the last day JS dates reach
+    ("+275760-09-14", None),
+])
+def test_years_beyond_pythons_date(text: str, expected: int | None) -> None:
     assert moment_parse(text) == expected

@@ -10,13 +10,12 @@ forms (`2012/3/12`, `2012-3-12`) as local time.
 
 from __future__ import annotations
 
-import calendar
 import re
-from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, timedelta, timezone, tzinfo
 from typing import Final
 
 from .jscompat import WS
-from .jsdate import js_date_parse
+from .jsdate import js_date_parse, local_ms
 
 __all__ = ["js_date_parse", "moment_parse"]
 
@@ -49,8 +48,16 @@ _ISO_DATES: Final = (
 _DIGITS: Final = re.compile(r"[0-9]+")
 
 
-def _iso_day(kind: str, text: str) -> date | None:
-    """The calendar day of moment's ISO date part; None where moment flags it invalid."""
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def _month_days(year: int, month: int) -> int:
+    return 29 if month == 2 and _leap(year) else (28 if month == 2 else 30 + ((month + month // 8) % 2))
+
+
+def _iso_day(kind: str, text: str) -> tuple[int, int, int] | None:
+    """(year, month, day) of moment's ISO date part; None where moment flags it invalid."""
     numbers = [int(n) for n in _DIGITS.findall(text)]
     if kind.startswith("YMD"):  # basic forms: split the digits by position
         digits = text.lstrip("+-")
@@ -61,25 +68,22 @@ def _iso_day(kind: str, text: str) -> date | None:
         numbers = [int(text[:4]), int(text[5:7])] + ([int(text[7:])] if kind == "GWE" else [])
     if text.startswith("-"):
         numbers[0] = -numbers[0]
-    try:
-        if kind.startswith(("Y-M", "YMD", "YM", "Y")) and "DDD" not in kind:
-            year, month, day = ([*numbers, 1, 1])[:3]
-            if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
-                return None  # moment flags overflowing dates invalid (unlike JS Date)
-            return date(year, month, day)
-        if "DDD" in kind:
-            year, ordinal = numbers
-            if not 1 <= ordinal <= (366 if calendar.isleap(year) else 365):
-                return None
-            return date(year, 1, 1) + timedelta(days=ordinal - 1)
-        year, week, weekday = ([*numbers, 1])[:3]
-        return date.fromisocalendar(year, week, weekday)  # ISO weeks, as moment's GGGG/WW/E
-    except (ValueError, OverflowError):
-        return None  # outside Python's years 1-9999, or an impossible week
-
-
-def _epoch_ms(moment: datetime) -> int:
-    return round(moment.timestamp() * 1000)
+    if "DDD" in kind:
+        year, ordinal = numbers
+        if not 1 <= ordinal <= (366 if _leap(year) else 365):
+            return None
+        return year, 1, ordinal  # the day runs on past January, as JS's MakeDay lets it
+    if kind.startswith(("G-W", "GW")):
+        year, week, weekday = [*numbers, 1][:3]
+        try:
+            found = date.fromisocalendar(year, week, weekday)  # ISO weeks, as moment's GGGG/WW/E
+        except ValueError:
+            return None  # an impossible week or weekday, or a year Python cannot hold
+        return found.year, found.month, found.day
+    year, month, day = [*numbers, 1, 1][:3]
+    if not 1 <= month <= 12 or not 1 <= day <= _month_days(year, month):
+        return None  # moment flags overflowing dates invalid (unlike JS Date)
+    return year, month, day
 
 
 def moment_parse(text: str, tz: tzinfo = UTC) -> int | None:
@@ -116,5 +120,5 @@ def moment_parse(text: str, tz: tzinfo = UTC) -> int | None:
         sign = -1 if offset[0] == "-" else 1
         digits = offset[1:].replace(":", "")
         zone = timezone(sign * timedelta(minutes=int(digits[:2]) * 60 + int(digits[2:4] or 0)))
-    moment = datetime(day.year, day.month, day.day, 0, minute, second, millis * 1000, tzinfo=zone)
-    return _epoch_ms(moment + timedelta(hours=hour))
+    offset_s = None if zone is tz else int(zone.utcoffset(None).total_seconds())  # type: ignore[union-attr]
+    return local_ms(*day, hour, minute, second, millis, offset_s, tz)

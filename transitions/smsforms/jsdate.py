@@ -17,7 +17,7 @@ a time, parentheses and other punctuation skipped, a word after a number refused
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Final
 
 from .jscompat import JS_WS_CHARS
@@ -400,21 +400,40 @@ def _parse(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int, int], 
     return ymd, hms, offset  # type: ignore[return-value]
 
 
+def days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date, any year (JS dates reach ±275,760;
+    Python's `date` stops at 9999). The day may run past the month's end, as in JS `MakeDay`."""
+    y = year - (month <= 2)
+    era = y // 400  # floor division: correct for negative years too
+    yoe = y - era * 400
+    mp = (month + 9) % 12
+    doy = (153 * mp + 2) // 5
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468 + day - 1
+
+
+def local_ms(year: int, month: int, day: int, hour: int, minute: int, second: int, ms: int,
+             offset_s: int | None, tz: tzinfo) -> int | None:
+    """Epoch ms of a wall-clock time at a UTC offset (seconds), or in `tz` when None; None
+    beyond JS's range (±8.64e15 ms)."""
+    wall = ((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + ms
+    if offset_s is None:
+        # The zone's offset at that wall time (for years Python cannot hold, at the nearest it can).
+        probe_year = min(max(year, 1), 9999)
+        try:
+            probe = datetime(probe_year, month, 1) + timedelta(days=day - 1, hours=hour, minutes=minute)
+        except (ValueError, OverflowError):
+            probe = datetime(probe_year, 1, 1)
+        offset = tz.utcoffset(probe.replace(tzinfo=None)) if tz is not UTC else None
+        offset_s = int(offset.total_seconds()) if offset is not None else 0
+    value = wall - offset_s * 1000
+    return None if abs(value) > _JS_MAX_MS else value
+
+
 def js_date_parse(text: str, tz: tzinfo = UTC) -> int | None:
     """`new Date(text).valueOf()` (V8); None where it is NaN. `tz` is the process's local zone."""
     parsed = _parse(text)
     if parsed is None:
         return None
     (year, month, day), (hour, minute, second, ms), offset = parsed
-    try:
-        # JS MakeDay: the day may run past the month's end (30 February is 1 or 2 March).
-        moment = datetime.combine(date(year, month, 1), datetime.min.time())
-        moment += timedelta(days=day - 1, hours=hour, minutes=minute, seconds=second, milliseconds=ms)
-    except (ValueError, OverflowError):
-        return None  # beyond Python's years 1-9999 (CHT would store such a date; none is sane)
-    if offset is None:
-        local = moment.replace(tzinfo=tz)
-    else:
-        local = moment.replace(tzinfo=timezone(timedelta(seconds=offset)))
-    value = round(local.timestamp() * 1000)
-    return None if abs(value) > _JS_MAX_MS else value
+    return local_ms(year, month, day, hour, minute, second, ms, offset, tz)
