@@ -105,6 +105,7 @@ async def test_a_french_deployment_gets_its_errors_in_french_from_its_translatio
     await asyncio.wait_for(worker.ready.wait(), 20)
     try:
         url = f"http://127.0.0.1:{worker.http.port}/api/v2/sms/rapidpro/incoming-messages"
+        assert {"en", "fr", "ne"} <= set((await worker.health())["translations"]["locales"])
         await _post(url, {"id": "fr-1", "from": "0712345678", "content": "N 12345 F 20"})
         assert await _stored_errors(medic_db.url, "fr-1") == [
             {"code": "sys.missing_fields", "message": "Champs invalides ou manquants: patient_name."}]

@@ -357,6 +357,7 @@ class Worker:
             "parked_total": parked_total,
             "settings": settings.summary() if settings else None,
             "settings_error": self.settings.last_error,
+            "translations": self.translations.current.summary(),
             "outgoing": {
                 "sending": gate.not_in_charge is None and not paused,
                 "not_sending_reason": gate.not_in_charge,
