@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from transitions.translations import EMPTY, MESSAGES_PREFIX, Translations, translations_from_docs
-from worker.couch import Database
+from worker.couch import CouchError, CouchUnavailable, Database
 from worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -18,9 +18,20 @@ class TranslationsStore:
         self.current: Translations = EMPTY
 
     async def load(self, medic: Database) -> None:
-        """Read every `messages-*` doc at once, as CHT's api does at start (`_all_docs` range)."""
-        result = await medic.all_docs(start_key=MESSAGES_PREFIX, end_key=MESSAGES_PREFIX + "\ufff0",
-                                      include_docs=True)
+        """Read every `messages-*` doc at once, as CHT's api does at start (`_all_docs` range).
+
+        CouchDB unreachable: raised, so start-up waits for it. Any other refusal (no read
+        permission, say) is logged and the worker starts anyway, as CHT's api does: error texts
+        are then their keys until a translations doc comes through the feed.
+        """
+        try:
+            result = await medic.all_docs(start_key=MESSAGES_PREFIX, end_key=MESSAGES_PREFIX + "\ufff0",
+                                          include_docs=True)
+        except CouchUnavailable:
+            raise
+        except CouchError as exc:
+            log.error("translations_load_failed", error=str(exc))
+            return
         rows = result.get("rows") if isinstance(result, Mapping) else None
         docs = [row["doc"] for row in rows or []
                 if isinstance(row, Mapping) and isinstance(row.get("doc"), dict)]

@@ -109,3 +109,30 @@ def test_docs_that_change_nothing_give_the_same_translations() -> None:
     assert t.with_doc(doc("fr", {"a": "un"})) is t
     assert t.with_doc({"_id": "messages-xx", "type": "nope"}) is t
     assert Translations().with_doc(doc("fr")) is not EMPTY
+
+
+async def test_the_store_reads_the_messages_range_and_starts_anyway_when_refused() -> None:
+    from worker.app_translations import TranslationsStore
+    from worker.couch import CouchError
+
+    class Medic:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+            self.params: dict[str, Any] = {}
+
+        async def all_docs(self, **params: Any) -> dict[str, Any]:
+            self.params = params
+            if self.fail:
+                raise CouchError("forbidden", 403)
+            return {"rows": [{"id": "messages-fr", "doc": doc("fr", {"a": "un"})}, {"id": "messages-x"}]}
+
+    store = TranslationsStore()
+    medic = Medic(fail=False)
+    await store.load(medic)  # type: ignore[arg-type]
+    assert medic.params == {"start_key": "messages-", "end_key": "messages-\ufff0", "include_docs": True}
+    assert store.current.lookup("a", "fr") == "un"
+    await store.put_in_force({"_id": "messages-fr", "_rev": "2-x", "_deleted": True})
+    assert store.current.by_locale == {}
+    refused = TranslationsStore()
+    await refused.load(Medic(fail=True))  # type: ignore[arg-type]
+    assert refused.current is EMPTY
