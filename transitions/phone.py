@@ -68,6 +68,9 @@ def normalise_phone(
         ok = phonenumbers.is_valid_number(parsed)
     if not ok:
         return None
+    if phonenumbers.is_valid_short_number(parsed):
+        # CHT (shared-libs/phone-number) formats a valid short number nationally, not in E.164.
+        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 

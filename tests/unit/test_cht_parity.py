@@ -222,3 +222,14 @@ def test_9_reconciliation_keeps_blank_texts_as_the_webhook_does() -> None:
     item = {"uuid": "u-1", "direction": "in", "urn": "tel:+9779841234567", "text": " "}
     assert message_from_api(item) == IncomingMessage(id="u-1", sender="+9779841234567", content=" ")
     assert message_from_api({**item, "text": ""}) is None
+
+
+@pytest.mark.parametrize(("raw", "country", "validation", "stored"), [
+    ("87937", 254, "none", "87937"),      # a valid Kenyan short code: national format, as CHT
+    (" 131463", 44, "partial", "131463"),
+    ("0712345678", 254, "none", "+254712345678"),
+])
+def test_a_valid_short_number_is_formatted_nationally_as_cht_does(
+        raw: str, country: int, validation: str, stored: str) -> None:
+    from transitions.phone import normalise_phone
+    assert normalise_phone(raw, country, validation) == stored
