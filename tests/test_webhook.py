@@ -189,7 +189,7 @@ async def test_a_message_is_stored_as_a_cht_data_record(
         "errors": [],
         "tasks": [],
         "fields": {},
-        "sms_message": {"type": "sms_message", "message": "Hello there", "form": "HELLO", "locale": "en",
+        "sms_message": {"type": "sms_message", "message": "Hello there", "form": "HELLO",
                         "from": "0712345678", "gateway_ref": payload["id"]},
     }
 
@@ -293,7 +293,7 @@ async def test_an_id_stored_earlier_by_cht_is_a_repeat(
     cht_doc = {"_id": str(uuid.uuid4()), "type": "data_record", "from": "+254712345678", "errors": [],
                "tasks": [], "fields": {}, "reported_date": 1_700_000_000_000,
                "sms_message": {"type": "sms_message", "message": "Hi", "from": "+254712345678",
-                               "gateway_ref": "cht-stored-1", "locale": "en"}}
+                               "gateway_ref": "cht-stored-1"}}
     # An outgoing task whose gateway_ref (a broadcast id) equals an incoming id is not that message.
     outgoing = {"_id": str(uuid.uuid4()), "type": "data_record", "tasks": [
         {"state": "sent", "gateway_ref": "cht-broadcast-7",

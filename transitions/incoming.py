@@ -22,6 +22,8 @@ from typing import Any
 
 from config.settings import Settings
 from transitions.phone import normalise_phone
+from transitions.translations import EMPTY as NO_TRANSLATIONS
+from transitions.translations import Translations
 
 # A fixed namespace: the doc id of a RapidPro id must never change between releases, or a repeat
 # after an upgrade would be stored twice.
@@ -68,7 +70,9 @@ def parse_webhook_body(body: bytes) -> IncomingMessage | Invalid:
             return Invalid(f"missing_{name}")
         if not isinstance(value, str):
             return Invalid(f"invalid_{name}")
-        if not value.strip():
+        if not value:
+            # CHT refuses only an empty value (messaging.js `validateRequiredFields`); a
+            # whitespace-only one is stored (a blank text gets CHT's `sys.empty` error).
             return Invalid(f"empty_{name}")
         if not _encodable(value):  # lone surrogates ("\ud800"): CouchDB would refuse the doc
             return Invalid(f"invalid_{name}")
@@ -111,21 +115,20 @@ class ParsedSms:
     """The parts of the record the SMS-forms parser decides (see transitions/smsforms)."""
 
     doc: dict[str, Any]  # top-level keys: fields, errors, reported_date, form (a report), refid
-    sms_message: dict[str, Any]  # sms_message keys: form, locale
+    sms_message: dict[str, Any]  # sms_message keys: form
 
 
-# (text, settings, locale, reported_date_ms) -> the parser's part of the record
-SmsParser = Callable[[str, Settings, str | None, int], ParsedSms]
+# (text, settings, translation docs in force, reported_date_ms) -> the parser's part of the record
+SmsParser = Callable[[str, Settings, Translations, int], ParsedSms]
 
 
-def plain_message(text: str, _settings: Settings, locale: str | None, reported_date_ms: int) -> ParsedSms:
+def plain_message(text: str, _settings: Settings, _translations: Translations,
+                  reported_date_ms: int) -> ParsedSms:
     """A record without form parsing: what is stored when no SMS-forms parser is installed."""
     sms_message: dict[str, Any] = {}
     code = get_form_code(text)
     if code is not None:  # CHT leaves it undefined (absent once JSON-encoded) when there is none
         sms_message["form"] = code
-    if locale is not None:
-        sms_message["locale"] = locale
     return ParsedSms(doc={"fields": {}, "errors": [], "reported_date": reported_date_ms},
                      sms_message=sms_message)
 
@@ -137,8 +140,10 @@ def _smsforms_parser() -> SmsParser | None:
     except ImportError:
         return None
 
-    def parse(text: str, settings: Settings, locale: str | None, reported_date_ms: int) -> ParsedSms:
-        result = parse_sms(text, settings.raw, locale=locale, reported_date_ms=reported_date_ms)
+    def parse(text: str, settings: Settings, translations: Translations, reported_date_ms: int) -> ParsedSms:
+        # No gateway locale: CHT's RapidPro endpoint passes none (api/src/services/messaging.js).
+        result = parse_sms(text, settings.raw, reported_date_ms=reported_date_ms,
+                           translations=translations.by_locale)
         return ParsedSms(doc=result.doc_updates(), sms_message=result.sms_message_updates())
 
     return parse
@@ -153,21 +158,23 @@ def build_record(
     reported_date_ms: int,
     parser: SmsParser = DEFAULT_PARSER,
     on_parser_error: Callable[[Exception], None] | None = None,
+    translations: Translations = NO_TRANSLATIONS,
 ) -> dict[str, Any]:
     """The CHT `data_record` for `message`, `_id` included (no `_rev`: it is a create).
 
     A text whose code is a configured form becomes a report of that form (with `form`, parsed
     `fields` and CHT's `errors`); anything else is a plain message. Should the parser fail on
     some text, the message is still stored, as a plain one: losing an SMS is worse than not
-    parsing it (`on_parser_error` hears about it).
+    parsing it (`on_parser_error` hears about it). Error texts come from `translations` (CHT's
+    `messages-*` docs) in the settings' locale. No `sms_message.locale` is stored: CHT's RapidPro
+    endpoint has none, and CHT sentinel would otherwise prefer it for its automatic replies.
     """
-    locale = settings.locale or "en"
     try:
-        parsed = parser(message.content, settings, locale, reported_date_ms)
+        parsed = parser(message.content, settings, translations, reported_date_ms)
     except Exception as exc:  # a parser bug must not lose the message
         if on_parser_error is not None:
             on_parser_error(exc)
-        parsed = plain_message(message.content, settings, locale, reported_date_ms)
+        parsed = plain_message(message.content, settings, translations, reported_date_ms)
     normalised = normalise_phone(message.sender, settings.default_country_code, settings.phone_validation)
     record: dict[str, Any] = {
         "_id": doc_id_for(message.id),

@@ -13,6 +13,12 @@ import phonenumbers
 # as vanity numbers (1-800-MICROSOFT) or strip (`tel:` prefixes).
 _LETTERS = re.compile(r"[A-Za-z]")
 _COUNTRY_CODE = re.compile(r"\+?([0-9]{1,3})")
+# CHT's google-libphonenumber (JS) reads as digits only ASCII, fullwidth and the two Arabic-Indic
+# sets; Python's phonenumbers reads any Unicode digit, so `९८४१२३४५६७` (Devanagari) would be a
+# valid Nepali number here but is kept raw by CHT. Other digits become a symbol that neither
+# library reads as part of a number, so both reach the same verdict.
+_JS_DIGITS = re.compile(r"[0-9\uff10-\uff19\u0660-\u0669\u06f0-\u06f9]")
+_NOT_A_DIGIT_FOR_CHT = "\u00a4"
 
 PHONE_VALIDATION_MODES = ("full", "partial", "none")
 
@@ -50,7 +56,7 @@ def normalise_phone(
     if not isinstance(raw, str) or not raw.strip() or _LETTERS.search(raw):
         return None
     try:
-        parsed = phonenumbers.parse(raw, region_for_country_code(default_country_code))
+        parsed = phonenumbers.parse(_as_cht_reads_digits(raw), region_for_country_code(default_country_code))
     except phonenumbers.NumberParseException:
         return None
     mode = phone_validation.lower() if isinstance(phone_validation, str) else "full"
@@ -62,7 +68,17 @@ def normalise_phone(
         ok = phonenumbers.is_valid_number(parsed)
     if not ok:
         return None
+    if phonenumbers.is_valid_short_number(parsed):
+        # CHT (shared-libs/phone-number) formats a valid short number nationally, not in E.164.
+        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _as_cht_reads_digits(raw: str) -> str:
+    if raw.isascii():
+        return raw
+    return "".join(
+        _NOT_A_DIGIT_FOR_CHT if ch.isdecimal() and not _JS_DIGITS.match(ch) else ch for ch in raw)
 
 
 def mask_phone(number: str) -> str:

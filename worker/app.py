@@ -16,8 +16,10 @@ from transitions.dispatch import double_sender_risk
 from transitions.settings_watcher import SettingsWatcher
 from transitions.status import Policy
 from transitions.timestamps import cht_time
+from transitions.translations_watcher import TranslationsWatcher
 from worker.admin import Admin
 from worker.app_settings import SettingsStore
+from worker.app_translations import TranslationsStore
 from worker.backoff import Backoff
 from worker.changes import Change
 from worker.checkpoint import CheckpointStore, Watermark
@@ -64,6 +66,7 @@ class Worker:
         self.own_writes = OwnWrites()
         self.medic.on_write = self.own_writes.remember
         self.settings = SettingsStore()
+        self.translations = TranslationsStore()
         self.checkpoints = CheckpointStore(self.own_db)
         self.parked = ParkedChanges(self.own_db)
         self.vault = Vault(self.couch, config.couch.vault_db_name, config.couch_secret)
@@ -88,15 +91,18 @@ class Worker:
             settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
             policy=Policy(horizon=config.status_tracking_horizon))
         self.incoming = IncomingWebhook(self.medic, self.incoming_key, lambda: self.settings.current,
+                                        translations=lambda: self.translations.current,
                                         max_body=config.webhook_max_body,
                                         couch_timeout=min(config.couch_timeout, 5.0))
         self.incoming_reconciler = IncomingReconciler(
             client=self.rapidpro, token=self.outgoing_token, settings=lambda: self.settings.current,
+            translations=lambda: self.translations.current,
             store=self.incoming.store, own_db=self.own_db) if config.incoming_reconcile else None
         self.double_sender_risk = False
         self.settings.subscribe(self._settings_changed)
         self.transitions: list[Transition] = [
             SettingsWatcher(lambda: self.settings.current, self.settings.put_in_force, self.settings.refuse),
+            TranslationsWatcher(self.translations.put_in_force),
             self.sender,
             *extra_transitions,
         ]
@@ -178,6 +184,7 @@ class Worker:
     async def _start(self) -> None:
         await self._retry_transient("worker_db", self._ensure_own_db)
         await self._retry_transient("settings", lambda: self.settings.load(self.medic))
+        await self._retry_transient("translations", lambda: self.translations.load(self.medic))
         since = await self._retry_transient("checkpoint", self.checkpoints.load)
         if since is None:
             # First start: a big CHT holds millions of old changes; begin at the end of the feed.
@@ -307,6 +314,8 @@ class Worker:
 
     async def _process(self, change: Change) -> None:
         doc = change.doc
+        if doc is None and change.deleted:  # a deleted doc the transitions follow (translations)
+            doc = {"_id": change.doc_id, "_deleted": True}
         assert doc is not None
         for transition in self.transitions:
             if transition.matches(doc):
@@ -386,6 +395,7 @@ class Worker:
             "parked_total": parked_total,
             "settings": settings.summary() if settings else None,
             "settings_error": self.settings.last_error,
+            "translations": self.translations.current.summary(),
             "outgoing": {
                 "sending": gate.not_in_charge is None and not paused,
                 "not_sending_reason": gate.not_in_charge,

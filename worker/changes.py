@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from transitions.translations import is_translations_doc_id
+
 
 @dataclass(frozen=True)
 class Change:
@@ -37,9 +39,10 @@ def skip_reason(change: Change, own_writes: Any = ()) -> str | None:
     """Why a change needs no processing, or None when it does (pure)."""
     if change.doc_id.startswith("_design/"):
         return "design_doc"
-    if change.deleted:
+    if change.deleted and not is_translations_doc_id(change.doc_id):
+        # A deleted translations doc takes its texts away (CHT's api reloads them then too).
         return "deleted"
-    if change.doc is None:
+    if change.doc is None and not change.deleted:
         return "no_doc"
     if change.rev is not None and not change.recheck and (change.doc_id, change.rev) in own_writes:
         return "own_write"

@@ -27,6 +27,8 @@ from typing import Any
 from config.settings import Settings
 from transitions.incoming import IncomingMessage, build_record
 from transitions.timestamps import parse_time, rapidpro_time
+from transitions.translations import EMPTY as NO_TRANSLATIONS
+from transitions.translations import Translations
 from worker.couch import Conflict, CouchError, Database
 from worker.logs import get_logger
 from worker.rapidpro import RapidProClient, RapidProError
@@ -58,14 +60,15 @@ def message_from_api(item: dict[str, Any]) -> IncomingMessage | None:
     if item.get("direction", "in") != "in":
         return None
     uuid, text, urn = item.get("uuid"), item.get("text"), item.get("urn")
-    if not isinstance(uuid, str) or not uuid or not isinstance(text, str) or not text.strip():
+    # As the webhook: only an empty text or sender is refused; a blank one is stored (sys.empty).
+    if not isinstance(uuid, str) or not uuid or not isinstance(text, str) or not text:
         return None
     sender = ""
     if isinstance(urn, str):
         # "tel:+254712345678" -> "+254712345678"; other schemes keep their path as the sender.
         sender = urn.split(":", 1)[1] if ":" in urn else urn
         sender = sender.split("?", 1)[0]
-    if not sender.strip():
+    if not sender:
         return None
     return IncomingMessage(id=uuid, sender=sender, content=text)
 
@@ -78,6 +81,7 @@ class IncomingReconciler:
         token: Credential,
         settings: Callable[[], Settings | None],
         store: IncomingStore,
+        translations: Callable[[], Translations] = lambda: NO_TRANSLATIONS,
         own_db: Database,
         clock: Callable[[], float] = time.time,
         lookback: float = 3600.0,
@@ -88,6 +92,7 @@ class IncomingReconciler:
         self._client = client
         self._token = token
         self._settings = settings
+        self._translations = translations
         self._store = store
         self._own_db = own_db
         self._clock = clock
@@ -156,11 +161,12 @@ class IncomingReconciler:
                 cursor = page.next
 
         current = self._settings() or Settings()
+        translations = self._translations()
         items = list(messages.values())
         for start in range(0, len(items), _CHUNK):
             chunk = items[start:start + _CHUNK]
             outcomes = await asyncio.gather(*(
-                self._store.store(message, self._builder(message, current, reported_ms))
+                self._store.store(message, self._builder(message, current, reported_ms, translations))
                 for message, reported_ms in chunk))
             for (message, _), outcome in zip(chunk, outcomes, strict=True):
                 if outcome is Outcome.SAVED:
@@ -174,9 +180,9 @@ class IncomingReconciler:
         return self._done(result)
 
     @staticmethod
-    def _builder(message: IncomingMessage, settings: Settings,
-                 reported_ms: int) -> Callable[[], dict[str, Any]]:
-        return lambda: build_record(message, settings, reported_ms)
+    def _builder(message: IncomingMessage, settings: Settings, reported_ms: int,
+                 translations: Translations) -> Callable[[], dict[str, Any]]:
+        return lambda: build_record(message, settings, reported_ms, translations=translations)
 
     def _done(self, result: RoundResult) -> RoundResult:
         self.last_round = result

@@ -31,6 +31,8 @@ from aiohttp import web
 from config.settings import Settings
 from transitions.incoming import IncomingMessage, Invalid, build_record, doc_id_for, parse_webhook_body
 from transitions.phone import mask_phone
+from transitions.translations import EMPTY as NO_TRANSLATIONS
+from transitions.translations import Translations
 from worker.couch import CouchError, CouchUnavailable, Database
 from worker.logs import get_logger
 from worker.vault import Credential
@@ -260,11 +262,13 @@ class IncomingWebhook:
         settings: Callable[[], Settings | None],
         clock: Callable[[], float] = time.time,
         *,
+        translations: Callable[[], Translations] = lambda: NO_TRANSLATIONS,
         max_body: int = DEFAULT_MAX_BODY,
         couch_timeout: float = DEFAULT_COUCH_TIMEOUT,
     ) -> None:
         self._key = key
         self._settings = settings
+        self._translations = translations
         self._clock = clock
         self.max_body = max_body
         self.store = IncomingStore(medic, timeout=couch_timeout)
@@ -327,6 +331,7 @@ class IncomingWebhook:
 
         # 3. Store it once; 200 only when CouchDB confirmed.
         settings = self._settings() or Settings()
+        translations = self._translations()
         now_ms = int(self._clock() * 1000)
 
         def parser_failed(exc: Exception) -> None:
@@ -334,7 +339,8 @@ class IncomingWebhook:
 
         try:
             outcome = await self.store.store(
-                parsed, lambda: build_record(parsed, settings, now_ms, on_parser_error=parser_failed))
+                parsed, lambda: build_record(parsed, settings, now_ms, on_parser_error=parser_failed,
+                                             translations=translations))
         except CouchUnavailable as exc:
             event["error"] = str(exc)
             return Outcome.UNAVAILABLE, _error(503, "Message was not saved: database unavailable")

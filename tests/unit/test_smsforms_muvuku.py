@@ -1,5 +1,6 @@
 """Muvuku (`1!FORM!a#b`) and JavaRosa (`J1!FORM!label#value`) messages."""
 
+from tests.support.cht_translations import by_locale
 from transitions.smsforms import parse_sms
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
@@ -32,7 +33,7 @@ FULL = {
 
 
 def parse(text, settings=SETTINGS):
-    return parse_sms(text, settings, reported_date_ms=0)
+    return parse_sms(text, settings, reported_date_ms=0, translations=by_locale())
 
 
 def test_valid_muvuku():
@@ -108,17 +109,15 @@ def test_trailing_hash_counts_as_extra_value():
 
 def test_missing_required_fields():
     result = parse("1!YYYY!foo")
-    assert result.errors == [{
-        "code": "sys.missing_fields", "fields": ["year", "month"],
-        "message": "Missing or invalid fields: {{fields}}.",
-    }]
+    assert result.errors == [
+        {"code": "sys.missing_fields", "message": "Missing or invalid fields: year,month."}]
 
 
 def test_unknown_parser_code_stores_no_fields():
     result = parse("2!YYYY!facility#2011")
     assert result.form == "YYYY"
     assert result.fields == {}
-    assert result.errors[0]["fields"] == ["facility_id", "year", "month"]
+    assert result.errors[0]["message"] == "Missing or invalid fields: facility_id,year,month."
 
 
 def test_javarosa():

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.support.cht_translations import by_locale
 from transitions.smsforms import SmsParseResult, parse_sent_timestamp, parse_sms
 
 FORM = {"meta": {"code": "FORM"}, "fields": {"some_data": {"type": "string", "position": 0}}}
@@ -26,6 +27,7 @@ NOW = 1700000000000
 
 def parse(text, settings=SETTINGS, **kwargs):
     kwargs.setdefault("reported_date_ms", NOW)
+    kwargs.setdefault("translations", by_locale())  # CHT's shipped messages-* docs
     return parse_sms(text, settings, **kwargs)
 
 
@@ -87,25 +89,25 @@ def test_empty_message_in_forms_only_mode():
 
 
 def test_missing_fields_error_shape():
+    # CHT >= 3.5: the field list is rendered into the message (comma-separated), no `fields` key.
     result = parse("N 12345 F")
     assert result.fields == {"place_id": "12345", "gender": "F"}
     assert result.errors == [{
-        "code": "sys.missing_fields", "fields": ["age", "patient_name"],
-        "message": "Missing or invalid fields: {{fields}}.",
-    }]
+        "code": "sys.missing_fields", "message": "Missing or invalid fields: age,patient_name."}]
 
 
 def test_non_number_counts_as_missing_required():
     result = parse("N 12345 F old Jane")
     assert result.fields["age"] is None
-    assert result.errors[0]["fields"] == ["age"]
+    assert result.errors == [{"code": "sys.missing_fields", "message": "Missing or invalid fields: age."}]
 
 
 def test_error_messages_translated_in_record_locale():
     translations = {
         "fr": {"sys.form_not_found": "Formulaire '{{form}}' non trouvé",
                "sys.missing_fields": "Champs manquants: {{fields}}."},
-        "en": {"sys.form_not_found": "Form '{{form}}' not found."},
+        "en": {"sys.form_not_found": "Form '{{form}}' not found.",
+               "sys.missing_fields": "Missing or invalid fields: {{fields}}."},
     }
     settings = {**SETTINGS, "forms_only_mode": True, "locale": "fr"}
     result = parse("XYZ 1", settings, translations=translations)
@@ -113,13 +115,19 @@ def test_error_messages_translated_in_record_locale():
     assert result.errors[0]["message"] == "Formulaire 'XYZ' non trouvé"
     result = parse("N 1", settings, translations=translations, locale="en")
     assert (result.locale, result.errors[0]["message"]) == (
-        "en", "Missing or invalid fields: {{fields}}.")
+        "en", "Missing or invalid fields: gender,age,patient_name.")
 
 
-def test_translations_from_settings_shape():
+def test_settings_translations_are_not_read():
+    # CHT 4.x reads texts only from the messages-* docs, never from app settings.
     settings = {**SETTINGS, "forms_only_mode": True,
                 "translations": {"en": {"sys.form_not_found": "No form {{form}}"}}}
-    assert parse("XYZ 1", settings).errors[0]["message"] == "No form XYZ"
+    assert parse("XYZ 1", settings).errors[0]["message"] == "Form 'XYZ' not found."
+
+
+def test_without_translation_docs_the_text_is_the_key():
+    assert parse("XYZ 1", {**SETTINGS, "forms_only_mode": True}, translations=None).errors == [
+        {"code": "sys.form_not_found", "message": "sys.form_not_found"}]
 
 
 def test_locale_field_wins():

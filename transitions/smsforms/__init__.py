@@ -17,12 +17,12 @@ the caller, ``transitions/incoming.py``); ``SmsParseResult.doc_updates()`` and
     empty Muvuku values are ``null``; a Muvuku message shorter than the form still creates
     the parent objects of dotted keys (``{"a": {}}``).
 ``errors``
-    A list of ``{"code", "message"}`` in CHT's order: ``sys.missing_fields`` (with
-    ``"fields": [keys]``; its message keeps CHT's un-rendered ``{{fields}}``),
-    ``extra_fields``, ``sys.empty``, ``sys.form_not_found``. Messages are translated in the
-    record's locale from the ``messages-*`` translations passed in, else CHT's English text.
-    (``sys.facility_not_found`` and ``length``/``list`` checks belong to CHT sentinel's
-    transitions, not to parsing, and are not produced here.)
+    A list of ``{"code", "message"}`` in CHT's order: ``sys.incorrect_type`` (a present value
+    of the wrong JS type), ``sys.missing_fields`` (the field keys rendered into the message,
+    comma-separated), ``extra_fields``, ``sys.empty``, ``sys.form_not_found``. Messages come
+    from the ``messages-*`` translation docs passed in, in the record's locale, falling back to
+    English and then to the key, as CHT does. (``sys.facility_not_found`` and ``length``/``list``
+    checks belong to CHT sentinel's transitions, not to parsing, and are not produced here.)
 ``reported_date``
     ``sent_timestamp`` read as CHT reads it (a number, a 13+ digit string, or a date text)
     when it gives a non-zero number; otherwise the receipt time passed in.
@@ -32,11 +32,13 @@ the caller, ``transitions/incoming.py``); ``SmsParseResult.doc_updates()`` and
 ``sms_message.form``
     The code read from the text even for unknown forms (absent when the text has none).
 ``sms_message.locale``
-    The gateway's locale passed in (absent when None).
+    The gateway's locale passed in (absent when None; CHT's RapidPro endpoint passes none, so
+    the worker never does).
 
 Modules: ``detect`` (form code), ``textforms`` (full and compact TextForms), ``muvuku``
-(Muvuku and JavaRosa), ``fields`` (field types), ``dates`` / ``bsdate`` (Gregorian and
-Bikram Sambat dates), ``validate`` (required fields), ``messages`` (translations),
+(Muvuku and JavaRosa), ``fields`` (field types), ``dates`` / ``jsdate`` / ``bsdate``
+(moment.js, JavaScript ``Date`` and Bikram Sambat dates), ``validate`` (required fields and
+types), ``messages`` (translations),
 ``jscompat`` (the JavaScript semantics CHT's Node parser has), ``report`` (the entry point).
 """
 

@@ -4,8 +4,9 @@ CHT converts with the npm package `bikram-sambat` (1.8.x): BS years 1970-2090 ar
 and anything else (and any invalid month/day) is an error, stored as null. The Python BS
 libraries checked (nepali-datetime, bsdatetime, bikram, bikram-sambat, bsad-converter,
 nepali-date-library, pyBSDate) each disagree with it on some years, including the current
-2081-2083, so the month lengths CHT uses are kept here: one string per BS year, one digit per
-month, holding the month length minus 29.
+2081-2083, so the month lengths CHT uses are kept here, as bikram-sambat 1.8.1 has them (its
+`daysInMonth`; an official calendar may differ, but CHT stores what its library says): one
+string per BS year, one digit per month, holding the month length minus 29.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from .dates import moment_parse
 from .jscompat import UNDEFINED, js_number
 
 FIRST_YEAR: Final = 1970
-# 1 Baisakh 1970 BS == 13 April 1913 AD.
-_FIRST_DAY: Final = date(1913, 4, 13)
 
 _MONTH_LENGTHS: Final = (
     "223222101011",  # 1970
@@ -133,9 +132,9 @@ _MONTH_LENGTHS: Final = (
     "222322101011",  # 2078
     "223222101011",  # 2079
     "232321110011",  # 2080
-    "223321110111",  # 2081
-    "132321110111",  # 2082
-    "223221110111",  # 2083
+    "232321110102",  # 2081
+    "223222101011",  # 2082
+    "223222101011",  # 2083
     "223221110111",  # 2084
     "232312110111",  # 2085
     "132321110111",  # 2086
@@ -169,18 +168,28 @@ def _year_row(year: float) -> str:
 
 
 def days_in_month(year: float, month: float) -> int:
-    """Length of a BS month; a NaN month is read as Baisakh, as the JS bit-shift does."""
+    """Length of a BS month, as the library computes it: the 2-bit slot is picked with JS
+    bit shifts, so a NaN month reads Baisakh and a fractional one some neighbouring slot."""
     if month < 1 or month > 12:
         raise BsDateError(f"Invalid month value {month}")
     row = _year_row(year)
-    return 29 + int(row[(_to_int32(month - 1) & 0xF) % 12])
+    slot = (_to_int32(month - 1) << 1) & 0x1F  # JS masks a shift count to 5 bits
+    return 29 + (int(row[slot // 2]) if slot < 24 else 0)
 
 
-def to_greg(year: Any, month: Any, day: Any) -> date:
-    """Gregorian date of a BS date; arguments are coerced like JS does (strings, NaN).
+_MS_PER_DAY: Final = 86_400_000
+# The library's epoch: 1913-04-13 00:00 in Nepal (+05:30), i.e. 1913-04-12T18:30Z.
+_BS_EPOCH_MS: Final = -1_789_990_200_000
 
-    Quirk (CHT's library): a missing month (undefined) is not an error — the day is then
-    counted in Baisakh; a missing day makes the result NaN (stored null).
+
+def to_greg(year: Any, month: Any, day: Any) -> date | None:
+    """Gregorian date of a BS date, computed as bikram-sambat's `toGreg` does; None where the
+    library's arithmetic gives NaN (no error: CHT then stores null but counts the field as
+    present). Raises BsDateError where the library throws (CHT stores null, field missing).
+
+    Arguments are coerced like JS does (strings, undefined). Quirks kept: a missing month
+    counts the day in Baisakh; a missing day gives NaN; a fractional day is added as a
+    fraction of a day to the library's 18:30 UTC epoch (so `1.5` is the next day).
     """
     y, m, d = js_number(year), js_number(month), js_number(day)
     if m < 1:
@@ -189,29 +198,28 @@ def to_greg(year: Any, month: Any, day: Any) -> date:
         raise BsDateError(f"Invalid year value {year}")
     if d < 1 or d > days_in_month(y, m):
         raise BsDateError(f"Invalid day value {day}")
-    if isinstance(d, float) and (math.isnan(d) or not d.is_integer()):
-        raise BsDateError(f"Invalid day value {day}")  # NaN: CHT stores null too
-    if isinstance(m, float) and not math.isnan(m) and not m.is_integer():
-        # CHT's library walks fractional months into month 0 and throws: null as well.
-        raise BsDateError(f"Invalid month value {month}")
-    offset = int(d) - 1
-    if isinstance(m, float) and math.isnan(m):
-        whole_months = 0
-    else:
-        whole_months = math.ceil(m - 1) if m > 1 else 0
-    row = _year_row(y)
-    offset += sum(29 + int(row[i]) for i in range(whole_months))
-    for previous in range(FIRST_YEAR, int(y)):
-        offset += sum(29 + int(c) for c in _MONTH_LENGTHS[previous - FIRST_YEAR])
-    return _FIRST_DAY + timedelta(days=offset)
+    timestamp = _BS_EPOCH_MS + _MS_PER_DAY * d
+    remaining = m - 1
+    while y >= FIRST_YEAR:
+        while remaining > 0:
+            timestamp += _MS_PER_DAY * days_in_month(y, remaining)
+            remaining -= 1
+        remaining = 12
+        y -= 1
+    if math.isnan(timestamp):
+        return None
+    return date(1970, 1, 1) + timedelta(days=math.floor(timestamp / _MS_PER_DAY))
 
 
-def bs_to_epoch(year: Any, month: Any = 1, day: Any = 1, tz: tzinfo = UTC) -> int | None:
-    """CHT's `bsToEpoch`: local midnight (moment) of the Gregorian date; None on any error."""
+def bs_to_epoch(year: Any, month: Any = 1, day: Any = 1, tz: tzinfo = UTC) -> int | float | None:
+    """CHT's `bsToEpoch`: local midnight (moment) of the Gregorian date; None (null, field
+    missing) where the library throws; NaN (stored null, field present) where it gives NaN."""
     if year is UNDEFINED:
         return None
     try:
         greg = to_greg(year, month, day)
     except BsDateError:
         return None
+    if greg is None:
+        return math.nan
     return moment_parse(greg.isoformat(), tz)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
@@ -74,16 +75,19 @@ def _string(raw: Any, field: Mapping[str, Any], key: str, ctx: FieldContext) -> 
 
 
 def _date(raw: Any, field: Mapping[str, Any], key: str, ctx: FieldContext) -> Any:
+    """`moment(raw).valueOf()`: epoch ms, or NaN for an invalid date — stored as null, but
+    present for CHT's required-field check (so no `sys.missing_fields` for it)."""
     cleaned = strip_invisible(raw)
     if isinstance(cleaned, bool):
-        return None
+        return math.nan
     if isinstance(cleaned, (int, float)):
         # Already epoch ms (the textforms parser converted a YYYY-MM-DD value) or a bare
         # number, which moment reads as epoch ms too.
-        return None if js_is_nan(cleaned) else cleaned
+        return cleaned
     if not isinstance(cleaned, str):
-        return None
-    return moment_parse(cleaned, ctx.tz)
+        return math.nan
+    parsed = moment_parse(cleaned, ctx.tz)
+    return math.nan if parsed is None else parsed
 
 
 def _bs_date(raw: Any, field: Mapping[str, Any], key: str, ctx: FieldContext) -> Any:

@@ -1,8 +1,8 @@
 """Translation lookups the way CHT's api `config.translate` does them.
 
 CHT keeps UI/message translations in `messages-<locale>` docs; the worker's caller passes them
-as `{locale: {key: text}}`. Without them the English texts CHT ships for the few keys this
-package emits are used, so errors still carry a readable `message`.
+as `{locale: {key: text}}` (see transitions/translations.py). A key with no text in the locale
+nor in English is its own text, as in CHT: the worker ships no copy of CHT's translations.
 """
 
 from __future__ import annotations
@@ -14,14 +14,6 @@ from typing import Any, Final
 from .jscompat import UNDEFINED, js_to_string, js_truthy
 
 Translations = Mapping[str, Mapping[str, str]]
-
-# CHT's English texts (messages-en) for the error codes set while parsing.
-DEFAULT_EN: Final[Mapping[str, str]] = {
-    "sys.empty": "Message appears empty.",
-    "sys.form_not_found": "Form '{{form}}' not found.",
-    "sys.missing_fields": "Missing or invalid fields: {{fields}}.",
-    "extra_fields": "Extra fields.",
-}
 
 _PLACEHOLDER: Final = re.compile(r"\{\{(.+?)\}\}")
 _IDENTIFIER: Final = re.compile(r"\s*([A-Za-z_$][\w$]*)\s*")
@@ -54,7 +46,6 @@ class Translator:
         value = (
             _lookup(self._translations.get(locale), key)
             or _lookup(self._translations.get("en"), key)
-            or DEFAULT_EN.get(key)
             or key
         )
         return render_template(value, ctx or {})

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from .jscompat import UNDEFINED, js_trim
+from .jscompat import UNDEFINED, js_trim, js_truthy
 
 # `#` not preceded by a backslash separates JavaRosa parts (`\#` is a literal `#`).
 _UNESCAPED_HASH: Final = re.compile(r"([^\\])#")
@@ -28,8 +28,15 @@ def parse_muvuku(definition: Mapping[str, Any], message: str) -> dict[str, Any]:
     keys = list(fields)
     result: dict[str, Any] = {}
     for index in range(max(len(keys), len(values))):
-        if index >= len(keys):
+        field = fields[keys[index]] if index < len(keys) else UNDEFINED
+        if not js_truthy(field):
+            # Past the last field, or (quirk) a falsy field definition such as `false`.
             result["_extra_fields"] = True
+            continue
+        if not isinstance(field, Mapping):
+            # Quirk (CHT): CHT names each value by tagging its field definition with the key
+            # (`field._key = key`), which a primitive definition (`"facility_reference": "id"`
+            # in a form's fields) silently ignores, so its value is filed under no field.
             continue
         if index < len(values) and values[index] is not UNDEFINED:
             result[keys[index]] = js_trim(values[index])

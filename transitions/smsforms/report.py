@@ -14,7 +14,7 @@ from .fields import FieldContext
 from .jscompat import UNDEFINED, js_is_nan, js_number, js_trim, js_truthy
 from .messages import Translations, Translator
 from .parser import parse_form_data
-from .validate import missing_required
+from .validate import validation_errors
 
 _DATE_NUMBER_STRING: Final = re.compile(r"[0-9]{13,}")
 
@@ -84,6 +84,9 @@ def parse_sent_timestamp(value: Any, tz: tzinfo = UTC) -> int | float | None:
 
 
 def _strip_undefined(value: Any) -> Any:
+    """The value as JSON.stringify stores it: undefined keys left out, NaN as null."""
+    if js_is_nan(value):
+        return None
     if isinstance(value, dict):
         return {k: _strip_undefined(v) for k, v in value.items() if v is not UNDEFINED}
     if isinstance(value, list):
@@ -117,15 +120,13 @@ def parse_sms(
     """Parse an incoming SMS as CHT's api (`records.createByForm`) does.
 
     `app_settings`: the `settings` object of CHT's settings doc. `locale`: the gateway's
-    locale for the message, if any. `reported_date_ms`: the receipt time (used unless a
-    usable `sent_timestamp` is given). `translations`: `{locale: {key: text}}` from CHT's
-    `messages-*` docs (defaults: `app_settings["translations"]` when it has that shape, then
-    CHT's English texts). `tz`: the CHT api server's time zone, in which moment reads dates
-    without an offset (CHT 4.x containers run in UTC).
+    locale for the message, if any (CHT's RapidPro endpoint has none). `reported_date_ms`:
+    the receipt time (used unless a usable `sent_timestamp` is given). `translations`:
+    `{locale: {key: text}}` from CHT's `messages-*` docs (none: every error text is its key,
+    as in CHT without them). `tz`: the CHT api server's time zone, in which moment reads
+    dates without an offset (CHT 4.x containers run in UTC).
     """
     settings: Mapping[str, Any] = app_settings if isinstance(app_settings, Mapping) else {}
-    if translations is None and isinstance(settings.get("translations"), Mapping):
-        translations = settings["translations"]
     translator = Translator(settings, translations)
     ctx = FieldContext(settings=settings, translator=translator, tz=tz)
 
@@ -144,7 +145,7 @@ def parse_sms(
     has_refid = False
     refid: Any = None
     errors: list[dict[str, Any]] = []
-    pending: list[tuple[str, dict[str, Any], Mapping[str, Any] | None]] = []
+    pending: list[tuple[str, Mapping[str, Any] | None]] = []  # error code, template context
 
     if definition is not None:
         reference = definition.get("facility_reference")
@@ -157,28 +158,26 @@ def parse_sms(
         if isinstance(definition_fields, Mapping):
             for key in definition_fields:
                 _merge(key.split("."), fields_out, form_data or {})
-            missing = missing_required(definition, form_data or {})
-            if missing:
-                pending.append(("sys.missing_fields", {"fields": missing}, None))
+            for code, template_ctx in validation_errors(definition, form_data or {}):
+                pending.append((code, template_ctx))
     if form_data and form_data.get("_extra_fields"):
-        pending.append(("extra_fields", {}, None))
+        pending.append(("extra_fields", None))
     if isinstance(text, str) and not js_trim(text):
-        pending.append(("sys.empty", {}, None))
+        pending.append(("sys.empty", None))
 
     form = detection.code
     if definition is None:
         if settings.get("forms_only_mode"):
             form_ctx = {"form": form if form is not None else UNDEFINED}
-            pending.append(("sys.form_not_found", {}, form_ctx))
+            pending.append(("sys.form_not_found", form_ctx))
         else:
             form = None  # a plain message: CHT leaves `form` undefined
 
     fields_out = _strip_undefined(fields_out)
     record_locale = _record_locale(fields_out, locale, translator)
-    for code, extra, template_ctx in pending:
-        error: dict[str, Any] = {"code": code, **extra}
-        error["message"] = translator.translate(code, record_locale, template_ctx)
-        errors.append(error)
+    for code, template_ctx in pending:
+        # CHT renders the context into the message and then drops it (records.js `addError`).
+        errors.append({"code": code, "message": translator.translate(code, record_locale, template_ctx)})
 
     return SmsParseResult(
         form=form,

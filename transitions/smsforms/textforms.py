@@ -8,12 +8,21 @@ from datetime import UTC, tzinfo
 from typing import Any, Final
 
 from .dates import js_date_parse
-from .jscompat import DOT, UNDEFINED, WS, WS_BODY, js_number_to_string, js_trim, lower
+from .jscompat import (
+    DOT,
+    UNDEFINED,
+    WS,
+    WS_BODY,
+    js_number,
+    js_number_to_string,
+    js_to_string,
+    js_trim,
+    lower,
+)
 
 _BOUNDARY: Final = re.compile(rf"{WS}*#{WS}*")
 _DATE: Final = r"[0-9]{4}[-/][0-9]{1,2}[-/][0-9]{1,2}"
 _NUMERIC: Final = r"[1-9][0-9]*(?:\.(?:[0-9]+)?)?"
-_NUMERIC_ONLY: Final = re.compile(rf"^{WS}*{_NUMERIC}{WS}*\Z")
 _SEP: Final = rf"[{WS_BODY}\-!]*"
 # Not anchored at the start, like CHT's: the first place the pattern fits wins, so a value
 # running over a line break leaves the *next* line's first word as the key.
@@ -24,30 +33,13 @@ _COMPACT_VALUES: Final = re.compile(rf'"[^"]+"|[^"{WS_BODY}]+')
 _COMPACT_VALUES_GREEDY: Final = re.compile(rf'"{DOT}+"|[^"{WS_BODY}]+')
 
 
-def _type_of(text: str) -> str:
-    if _NUMERIC_ONLY.search(text):
-        return "numeric" if "." in text else "integer"
-    return "string"
-
-
-def _format_as(kind: str, text: str) -> Any:
-    stripped = js_trim(text)
-    if kind == "integer":
-        return int(re.match(r"[0-9]+", stripped).group(0))  # type: ignore[union-attr]
-    if kind == "numeric":
-        number = float(stripped)
-        return int(number) if number.is_integer() else number
-    return text
-
-
 def _set_result(results: dict[str, Any], key: str, value: Any) -> None:
     """Store a value; a repeated label turns the value into a list (raw pair objects kept)."""
     key = key.lower()
     current = results.get(key, UNDEFINED)
     if current is UNDEFINED:
         if isinstance(value, dict) and isinstance(value.get("values"), list):
-            results[key] = "".join(js_number_to_string(v) if not isinstance(v, str) else v
-                                   for v in value["values"])
+            results[key] = "".join(js_to_string(v) for v in value["values"])
         else:
             results[key] = value
     elif isinstance(current, list):
@@ -57,13 +49,16 @@ def _set_result(results: dict[str, Any], key: str, value: Any) -> None:
 
 
 def parse_full(message: str, tz: tzinfo = UTC) -> dict[str, Any]:
-    """`LABEL value#LABEL value…` to `{label (lower case): value}`.
+    """`LABEL value#LABEL value…` to `{label (lower case): value}`, as CHT's TextForms parser.
 
-    Values are typed as CHT's TextForms parser types them: a number (no leading zero) becomes
-    a number, `YYYY-MM-DD` becomes epoch ms (quirk: UTC midnight for the strict ISO form,
-    local midnight for `2012/3/12`), a number followed by text is glued back together
-    without the space (quirk: `NAME 12 Main St` gives `12Main St`); a value that is not a
-    valid date makes the field absent.
+    Quirk (CHT): its test for an all-numeric value is written as a regular expression that
+    can never match, so every value is text except one matched right after the label by the
+    number pattern (`[1-9][0-9]*(.[0-9]*)?`, read with parseFloat: `NAME 42` gives 42, `ID 3.10`
+    gives 3.1, `ID 042` gives "042"). A number followed by text is glued back together as
+    typed, without the space (`ID 3.10 ml` gives "3.10ml"); the second value of a repeated
+    label is kept as it came (a `{type: "pair", values: [...]}` object for number-then-text).
+    A `YYYY-MM-DD` value becomes epoch ms (UTC midnight for the strict ISO form, local
+    midnight for `2012/3/12`); an invalid one is NaN (stored null).
     """
     results: dict[str, Any] = {}
     if not message:
@@ -76,13 +71,9 @@ def parse_full(message: str, tz: tzinfo = UTC) -> dict[str, Any]:
         if other is not None and js_trim(other) == "":
             other = None
         if other is not None and numeric is not None:
-            pair = [_format_as(_type_of(numeric), numeric), _format_as(_type_of(other), other)]
-            _set_result(results, key, {"type": "pair", "values": pair})
-            continue
-        if other and _type_of(other) != "string":
-            numeric, other = other, None
-        if numeric is not None:
-            _set_result(results, key, _format_as(_type_of(numeric), numeric))
+            _set_result(results, key, {"type": "pair", "values": [numeric, other]})
+        elif numeric is not None:
+            _set_result(results, key, js_number(numeric.rstrip(".")))
         elif date_text is not None:
             parsed = js_date_parse(date_text, tz)
             _set_result(results, key, float("nan") if parsed is None else parsed)
