@@ -56,6 +56,9 @@ API_TOKEN = "playground-api-token"  # what the worker presents to the stand-in
 INCOMING_KEY = "playground-incoming-key"  # what the stand-in's flow presents to the worker
 SERVER_DIR = ROOT / "tests" / "couchdb_server"
 DESIGN_DOCS = ROOT / "tests" / "fixtures" / "cht_design_docs.json"
+# CHT's API writes its translation docs (`messages-<locale>`) into medic at start; the playground
+# stands in for it with the texts SMS parsing uses.
+TRANSLATION_DOCS = ROOT / "tests" / "fixtures" / "cht_sms_vectors" / "translations.json"
 SETTINGS = Path(__file__).resolve().parent / "playground_settings.json"
 DATA_DIR = ROOT / ".devdata"
 
@@ -253,9 +256,11 @@ class Playground:
             return r.status, await r.json(content_type=None)
 
     async def _seed(self) -> str:
-        """CHT's design docs, the settings, one pending message. Returns the seq after them."""
+        """CHT's design docs and translation docs, the settings, one pending message. Returns the
+        seq after them."""
         await self._couch("PUT", DB)
         docs = json.loads(DESIGN_DOCS.read_text())["docs"]
+        translations = json.loads(TRANSLATION_DOCS.read_text())
         settings = json.loads(SETTINGS.read_text())
         settings["settings"]["sms"] = {"outgoing_service": self.service,
                                        "rapidpro": {"url": self.standin.url if self.standin else ""}}
@@ -267,7 +272,8 @@ class Playground:
             "tasks": [{"state": "pending", "state_history": [{"state": "pending", "timestamp": now}],
                        "messages": [{"uuid": self.seeded_uuid, "to": SEEDED_TO, "message": SEEDED_TEXT}]}],
         }
-        status, result = await self._couch("POST", f"{DB}/_bulk_docs", {"docs": [*docs, settings, message]})
+        status, result = await self._couch("POST", f"{DB}/_bulk_docs",
+                                           {"docs": [*docs, *translations, settings, message]})
         if status != 201 or any("error" in item for item in result):
             raise PlaygroundError(f"seeding the medic database failed: {status} {result}")
         log.info("playground_seeded", db=DB, design_docs=len(docs),
