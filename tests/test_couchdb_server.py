@@ -396,7 +396,9 @@ def test_changes_paging_since_and_pending(cloudant: CloudantV1, medic_db: MedicD
             assert (page["pending"] == 0) == done, (page["pending"], len(seen), total)
         if len(page["results"]) < 2 or page.get("pending") == 0:
             break
-    assert seen == [r["id"] for r in everything["results"]]
+    # Every change once; the order across a clustered CouchDB's shards may differ between reads.
+    assert len(seen) == len(set(seen))
+    assert sorted(seen) == sorted(r["id"] for r in everything["results"])
 
     put_doc(medic_db.url, {"_id": "after"})
     page = cloudant.post_changes(db=medic_db.name, since=since).get_result()
