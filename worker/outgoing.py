@@ -241,11 +241,12 @@ class OutgoingSender:
         messages = sendable_messages(doc)
         if not messages or not await self.refresh_gate():
             return
-        admission = self._check_gate(self.gate.admit())
         settings = self._settings()
         assert settings is not None and settings.rapidpro_url is not None
         token = await self._token.get()
         assert token is not None
+        # No await between being admitted and the try below: a probe must always be released.
+        admission = self._check_gate(self.gate.admit())
 
         updates: list[TaskUpdate] = []
         try:
