@@ -558,8 +558,10 @@ async def run(args: argparse.Namespace) -> bool:
         log(f"{args.workers} worker(s) up on {couch.kind}; fake RapidPro at {fake.url}; logs in {log_dir}")
 
         outgoing = OutgoingLoad(couch.db_url, args.out_rate)
-        incoming = IncomingLoad(workers, args.in_rate, rng)
-        faults = FaultInjector(fake, workers, rng)
+        # Separate generators: the sequence of faults depends on the seed only, not on how many
+        # webhook posts happened to be retried in between.
+        incoming = IncomingLoad(workers, args.in_rate, random.Random(rng.random()))
+        faults = FaultInjector(fake, workers, random.Random(rng.random()))
         stop_load, give_up = asyncio.Event(), asyncio.Event()
         tasks = [asyncio.create_task(outgoing.run(stop_load)),
                  asyncio.create_task(incoming.run(stop_load, give_up)),
