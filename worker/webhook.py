@@ -64,7 +64,7 @@ class Outcome(StrEnum):
     NO_KEY = "no_key"
     WRONG_TOKEN = "wrong_token"
     UNAVAILABLE = "unavailable"
-    SHUTTING_DOWN = "shutting_down"  # cut off by the worker's shutdown: 503, nothing stored
+    SHUTTING_DOWN = "shutting_down"  # cut off by the worker's shutdown: 503, not confirmed stored
     CLIENT_GONE = "client_gone"  # the client hung up before its request was complete
     ERROR = "error"
 
@@ -267,9 +267,14 @@ async def _unless_stopping(request: web.Request, awaitable: Awaitable[T]) -> T:
     if stopping.is_set():
         raise _ShuttingDown
     task = asyncio.ensure_future(awaitable)
+    # Its outcome is read below, or deliberately dropped: never "exception was never retrieved".
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
     stopped = asyncio.ensure_future(stopping.wait())
     try:
         await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()  # the handler itself is cancelled: take its work down with it
+        raise
     finally:
         stopped.cancel()
     if not task.done():
