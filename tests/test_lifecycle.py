@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import urllib.request
 
 import pytest
@@ -16,6 +17,8 @@ import pytest
 from tests.support.couch_fixtures import couch_request, create_db, seed_design_docs
 from tests.support.couchserver import CouchTestServer
 from tests.support.daemon import Daemon
+from transitions.incoming import doc_id_for
+from worker.webhook import V2_PATH
 
 
 def insert_docs(db_url: str, prefix: str, count: int) -> list[str]:
@@ -119,3 +122,89 @@ def test_sigint_also_stops_cleanly(medic_db):
         assert daemon.process is not None and daemon.process.wait(15) == 0
         daemon.wait_event("worker_stopped")
 
+
+
+INCOMING_KEY = "lifecycle-incoming-key"
+SHUTDOWN_TIMEOUT = 3
+
+
+def webhook_headers(port: int, body_length: int) -> socket.socket:
+    """A webhook request's headers, sent; its body is the caller's business. Returns once the
+    worker routed the request to its handler (it answered `100 Continue`)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    sock.sendall((f"POST {V2_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Authorization: Token {INCOMING_KEY}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {body_length}\r\nExpect: 100-continue\r\n\r\n").encode())
+    assert read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 100")
+    return sock
+
+
+def read_until(sock: socket.socket, end: bytes) -> bytes:
+    data = b""
+    while end not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def error_lines(daemon: Daemon) -> list[dict]:
+    return [e for e in daemon.events if e.get("level") in ("error", "critical")]
+
+
+def webhook_daemon(medic_db) -> Daemon:
+    return Daemon({"COUCH_URL": medic_db.url, "RAPIDPRO_INCOMING_KEY": INCOMING_KEY,
+                   "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)})
+
+
+def test_sigterm_with_a_webhook_body_that_never_comes_exits_on_time(medic_db):
+    body = json.dumps({"id": "never-sent", "from": "+254700000001", "content": "hello"}).encode()
+    with webhook_daemon(medic_db) as daemon:
+        daemon.wait_event("worker_started")
+        sock = webhook_headers(daemon.port, len(body))  # ... and the body is held back
+        with sock:
+            code, took = daemon.terminate_and_wait(timeout=SHUTDOWN_TIMEOUT + 10)
+            answer = read_response(sock)
+    assert code == 0
+    assert took < SHUTDOWN_TIMEOUT + 2
+    assert answer.startswith(b"HTTP/1.1 503"), answer  # cut off, and told so
+    assert daemon.wait_event("incoming_sms", outcome="shutting_down")["level"] == "warning"
+    assert not error_lines(daemon)
+    assert not daemon.stray_lines
+
+
+def test_a_webhook_body_arriving_after_sigterm_is_still_stored(medic_db):
+    message_id = "arrives-late"
+    body = json.dumps({"id": message_id, "from": "+254700000001", "content": "hello"}).encode()
+    with webhook_daemon(medic_db) as daemon:
+        daemon.wait_event("worker_started")
+        with webhook_headers(daemon.port, len(body)) as sock:
+            daemon.signal(signal.SIGTERM)
+            daemon.wait_event("shutdown_requested")
+            sock.sendall(body)
+            answer = read_response(sock)
+        assert daemon.process is not None and daemon.process.wait(SHUTDOWN_TIMEOUT + 10) == 0
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    status, _ = couch_request("GET", f"{medic_db.url}/{doc_id_for(message_id)}")
+    assert status == 200
+    assert not error_lines(daemon)
+
+
+def test_a_client_hanging_up_mid_request_is_a_warning_not_an_error(medic_db):
+    with webhook_daemon(medic_db) as daemon:
+        daemon.wait_event("worker_started")
+        sock = webhook_headers(daemon.port, 100)
+        sock.sendall(b'{"id": "hung-up"')
+        sock.close()
+        event = daemon.wait_event("incoming_sms", outcome="client_gone")
+        assert event["level"] == "warning"
+        assert daemon.terminate_and_wait()[0] == 0
+    assert not error_lines(daemon)

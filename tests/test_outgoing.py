@@ -18,6 +18,7 @@ from transitions.dispatch import IN_DOUBT_DETAILS
 from worker.app import Worker
 
 SECRET = "test-couch-secret"
+FIRST_BACKOFF_STEP = 1.0  # the sending gate's backoff base: its first pause is at most this
 
 
 def rapidpro_settings(url: str, **extra: Any) -> dict[str, Any]:
@@ -293,4 +294,45 @@ async def test_concurrent_writer_loses_none_of_its_changes(run_worker, medic_db,
         await wait_state(medic_db.url, doc_id, "received-by-gateway")
     for doc_id in ids:
         assert (await asyncio.to_thread(get_doc, medic_db.url, doc_id))["edits"] == 5
+    assert sorted(b.raw_text for b in fake_rapidpro.broadcasts) == sorted(ids)
+
+
+async def test_outage_with_every_slot_in_flight_pauses_one_backoff_step(run_worker, medic_db, fake_rapidpro):
+    """CONCURRENCY sends in flight all get RapidPro's 500: one failure episode, so the pause is the
+    backoff's first step (not one step more per failed send), and the first probe after it
+    resumes sending for every waiting message."""
+    concurrency = 4
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    fake_rapidpro.hold = asyncio.Event()  # RapidPro stalls, then answers 500 to all of them at once
+    fake_rapidpro.fail_next(concurrency, path="/api/v2/broadcasts.json")
+    worker = await run_worker(CONCURRENCY=str(concurrency))
+    gate = worker.sender.gate
+    steps: list[tuple[float, float]] = []  # (decided at, paused until) after every failure
+    failed = gate.failed
+
+    def recording_failed(*args: Any, **kwargs: Any) -> float:
+        remaining = failed(*args, **kwargs)
+        assert gate.paused_at is not None and gate.paused_until is not None
+        steps.append((gate.paused_at, gate.paused_until))
+        return remaining
+
+    gate.failed = recording_failed  # type: ignore[method-assign]
+    ids = [f"out-{i}" for i in range(3 * concurrency)]
+    docs = [{"_id": doc_id, "tasks": [task("pending", text=doc_id)]} for doc_id in ids]
+    status, _ = await asyncio.to_thread(couch_request, "POST", f"{medic_db.url}/_bulk_docs", {"docs": docs})
+    assert status == 201
+    await eventually(lambda: len(fake_rapidpro.requests_to("/api/v2/broadcasts.json")) == concurrency)
+    fake_rapidpro.hold.set()  # the outage ends: the held sends get their 500s, later ones succeed
+
+    for doc_id in ids:
+        await wait_state(medic_db.url, doc_id, "received-by-gateway", timeout=20)
+    assert len(steps) == concurrency
+    assert len({step for step in steps}) == 1, f"the pause changed with each failure: {steps}"
+    decided_at, paused_until = steps[0]
+    assert 0 < paused_until - decided_at <= FIRST_BACKOFF_STEP
+    posts = fake_rapidpro.requests_to("/api/v2/broadcasts.json")
+    after = posts[concurrency:]
+    assert all(r.status == 201 for r in after)  # the first probe after the pause got through
+    assert min(r.time for r in after) >= paused_until  # and nothing was sent during the pause
+    assert gate.remaining_pause() == 0 and gate.pause_reason is None
     assert sorted(b.raw_text for b in fake_rapidpro.broadcasts) == sorted(ids)

@@ -51,6 +51,8 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_CONFIG = 2
+# The final checkpoint write gets at least this long after the in-flight work is done.
+FINAL_CHECKPOINT_MIN_S = 1.0
 
 
 class StartupError(Exception):
@@ -239,6 +241,8 @@ class Worker:
         assert self.follower is not None and self.dispatcher is not None and self.http is not None
         await self.http.start()
         exit_code = EXIT_OK
+        http_stop: asyncio.Task[None] | None = None
+        deadline = 0.0  # set at the stop request
         try:
             async with asyncio.TaskGroup() as group:
                 feed = group.create_task(self.follower.run(self.dispatcher.watermark.seq), name="feed")
@@ -258,7 +262,9 @@ class Worker:
                 self.notifier.ready(status=await self._status_line())
                 log.info("worker_started")
                 await self._stop.wait()
-                # 1. stop taking changes
+                deadline = time.monotonic() + self.config.shutdown_timeout
+                # 1. stop taking changes and webhook requests; those in progress get the same time
+                http_stop = asyncio.create_task(self.http.stop(self.config.shutdown_timeout))
                 feed.cancel()
                 sweeper.cancel()
                 status.cancel()
@@ -275,9 +281,15 @@ class Worker:
                 log.error("worker_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             exit_code = EXIT_CRASH
             abandoned = await self.dispatcher.abandon()
-        # 3. write the checkpoint (the watermark passes only what is done)
-        await self._write_checkpoint(final=True)
-        await self.http.stop()
+        # 3. write the checkpoint (the watermark passes only what is done). Bounded, so shutdown
+        # ends on time with CouchDB away: a checkpoint not written means changes processed again.
+        try:
+            async with asyncio.timeout(max(FINAL_CHECKPOINT_MIN_S, deadline + 1.5 - time.monotonic())):
+                await self._write_checkpoint(final=True)
+        except TimeoutError:
+            log.warning("checkpoint_save_failed", seq=self.dispatcher.watermark.seq,
+                        error="CouchDB did not answer in time at shutdown")
+        await (http_stop or self.http.stop())
         await self.rapidpro.close()
         log.info("worker_stopped", checkpoint=self.checkpoints.saved_seq, abandoned=abandoned,
                  exit_code=exit_code)

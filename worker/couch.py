@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,6 +44,9 @@ class TransientError(Exception):
     """Worth retrying later as it is: nothing is wrong with the request itself."""
 
     retry_after: float | None = None
+    # Set when the error knows better than a backoff when a retry can succeed (e.g. sending
+    # paused until RapidPro is back): the retry waits for this instead.
+    resume: Callable[[], Awaitable[None]] | None = None
 
 
 class CouchUnavailable(CouchError, TransientError):

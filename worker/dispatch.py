@@ -147,6 +147,12 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except TransientError as exc:
+                if exc.resume is not None:
+                    # Everyone waiting on the same cause goes again as soon as it clears; an own
+                    # backoff, grown through a long outage, would hold this doc back long after.
+                    log.debug("change_waiting", error=str(exc))
+                    await exc.resume()
+                    continue
                 delay = backoff.next_delay(exc.retry_after)
                 log.warning("change_retry", error=str(exc), transient=True, retry_in_s=round(delay, 2))
             except Exception as exc:

@@ -9,9 +9,11 @@ crash anywhere leaves either nothing sent or a claim that is treated as in doubt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from config.settings import Settings
@@ -42,11 +44,17 @@ log = get_logger(__name__)
 
 
 class SendingPaused(TransientError):
-    """RapidPro cannot take messages now (bad token, wrong URL, workspace blocked, 5xx…)."""
+    """RapidPro cannot take messages now (bad token, wrong URL, workspace blocked, 5xx…).
 
-    def __init__(self, reason: str, retry_after: float) -> None:
+    `resume` waits on the sending gate: the change is retried as soon as the gate may admit it,
+    not after a backoff of its own that would keep growing through a long outage.
+    """
+
+    def __init__(self, reason: str, retry_after: float,
+                 resume: Callable[[], Awaitable[None]] | None = None) -> None:
         super().__init__(f"sending paused: {reason}")
         self.retry_after = retry_after
+        self.resume = resume
 
 
 @dataclass
@@ -59,16 +67,43 @@ class OutgoingStats:
     send_errors: int = 0
 
 
+class Admission(Enum):
+    OPEN = "open"  # not paused: send
+    PROBE = "probe"  # the pause is over: this send finds out whether RapidPro takes messages again
+    CLOSED = "closed"  # paused, or another send is probing: wait (`SendingGate.wait`)
+
+
 class SendingGate:
-    """Whether the worker is in charge of sending, and whether RapidPro is taking messages."""
+    """Whether the worker is in charge of sending, and whether RapidPro is taking messages.
+
+    A RapidPro fault comes back from every send in flight (up to CONCURRENCY) within moments: that
+    is one failure episode, and it grows the backoff once. A failure of a send that started
+    before the current pause was decided belongs to that episode: it may lengthen the pause (a
+    longer Retry-After) but never grows the backoff or shortens the pause. When the pause is
+    over one send goes through as a probe while the others wait; its success ends the pause for
+    everyone at once (waiters are woken), its failure starts the next, longer pause.
+    """
+
+    # How long a waiter sleeps while a probe is out before looking again (the probe wakes it
+    # earlier; this only bounds a wait whose wake-up was somehow missed).
+    PROBE_WAIT = 5.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._backoff = Backoff(base=1.0, cap=60.0)
         self.paused_until: float | None = None
+        # When the latest pause step was decided (kept after resuming: a send that began before
+        # it and fails later is old news).
+        self.paused_at: float | None = None
         self.pause_reason: str | None = None
+        self.probing = False
         self.not_in_charge: str | None = "not started"
         self._logged_reason: str | None = None
+        self._changed = asyncio.Event()
+        self._episode_start: float | None = None
+
+    def now(self) -> float:
+        return self._clock()
 
     def set_not_in_charge(self, reason: str | None) -> None:
         """Log the reason once when it changes, not on every change."""
@@ -80,24 +115,87 @@ class SendingGate:
             else:
                 log.warning("sending_disabled", reason=reason)
 
-    def pause(self, reason: str, retry_after: float | None = None) -> float:
+    # ---- before a send
+
+    def admit(self) -> Admission:
+        if self.paused_until is None:
+            return Admission.OPEN
+        if self.probing or self._clock() < self.paused_until:
+            return Admission.CLOSED
+        self.probing = True
+        return Admission.PROBE
+
+    def end_probe(self) -> None:
+        """The probing caller is done without an answer either way (sent nothing, or in doubt):
+        the next caller probes."""
+        if self.probing:
+            self.probing = False
+            self._notify()
+
+    async def wait(self) -> None:
+        """Until the gate may admit someone: the pause is over, or the probe ended either way."""
+        if self.paused_until is None or not (self.probing or self.remaining_pause() > 0):
+            return
+        event = self._changed
+        timeout = self.PROBE_WAIT if self.probing else self.remaining_pause()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+
+    # ---- after a send
+
+    def failed(self, reason: str, retry_after: float | None = None, started: float | None = None) -> float:
+        """RapidPro refused a send that proves nothing was created; returns the pause left (s).
+
+        `started`: when that send began (this gate's clock); None counts as "just now".
+        """
+        now = self._clock()
+        same_episode = (self.paused_at is not None and started is not None and started < self.paused_at)
+        if same_episode:
+            # Old news: this send was in flight when the pause was decided.
+            # (Resumed meanwhile: a later send got through, which says more than this one.)
+            until = None if retry_after is None else now + retry_after
+            if until is not None and self.paused_until is not None and until > self.paused_until:
+                self.paused_until = until
+                log.info("sending_pause_extended", reason=reason, retry_in_s=round(retry_after, 1))
+            return self.remaining_pause()
+        if self.paused_until is None:
+            self._episode_start = now
         delay = self._backoff.next_delay(retry_after)
-        self.paused_until = self._clock() + delay
+        until = now + delay
+        # Never shortened: an earlier, longer Retry-After still stands.
+        self.paused_until = until if self.paused_until is None else max(self.paused_until, until)
+        self.paused_at = now
         self.pause_reason = reason
-        log.error("sending_paused", reason=reason, retry_in_s=round(delay, 1))
-        return delay
+        self.probing = False
+        log.error("sending_paused", reason=reason, retry_in_s=round(self.paused_until - now, 1))
+        self._notify()
+        return self.remaining_pause()
+
+    def succeeded(self, started: float | None = None) -> None:
+        """RapidPro took a message. A send that began after the pause was decided ends it."""
+        if self.paused_until is None:
+            self._backoff.reset()
+            return
+        if started is not None and self.paused_at is not None and started < self.paused_at:
+            return  # accepted before the failure that paused us: proves nothing about now
+        log.info("sending_resumed", after=self.pause_reason,
+                 paused_s=round(self._clock() - (self._episode_start or self._clock()), 1))
+        self.paused_until = None
+        self.pause_reason = None
+        self.probing = False
+        self._episode_start = None
+        self._backoff.reset()
+        self._notify()
 
     def remaining_pause(self) -> float:
         if self.paused_until is None:
             return 0.0
         return max(0.0, self.paused_until - self._clock())
 
-    def resumed(self) -> None:
-        if self.paused_until is not None:
-            log.info("sending_resumed", after=self.pause_reason)
-        self.paused_until = None
-        self.pause_reason = None
-        self._backoff.reset()
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
 
 class OutgoingSender:
@@ -143,23 +241,33 @@ class OutgoingSender:
         messages = sendable_messages(doc)
         if not messages or not await self.refresh_gate():
             return
-        remaining = self.gate.remaining_pause()
-        if remaining > 0:
-            raise SendingPaused(self.gate.pause_reason or "", remaining)
         settings = self._settings()
         assert settings is not None and settings.rapidpro_url is not None
         token = await self._token.get()
         assert token is not None
+        # No await between being admitted and the try below: a probe must always be released.
+        admission = self._check_gate(self.gate.admit())
 
         updates: list[TaskUpdate] = []
         try:
-            for message in messages:
+            for i, message in enumerate(messages):
+                still_probing = admission is Admission.PROBE and self.gate.probing
+                if i and not still_probing:  # the gate may have closed while earlier ones went out
+                    admission = self._check_gate(self.gate.admit())
                 update = await self._dispatch_one(doc["_id"], message, settings, token)
                 if update is not None:
                     updates.append(update)
         finally:
+            if admission is Admission.PROBE:
+                # Ended without RapidPro's verdict (nothing sent, or in doubt): another send probes.
+                self.gate.end_probe()
             # Outcomes already in the ledger go onto the task even when a later message paused us.
             await self._writer.write(doc, updates)
+
+    def _check_gate(self, admission: Admission) -> Admission:
+        if admission is Admission.CLOSED:
+            raise SendingPaused(self.gate.pause_reason or "", self.gate.remaining_pause(), self.gate.wait)
+        return admission
 
     async def _dispatch_one(self, doc_id: str, message: Any, settings: Settings, token: str
                             ) -> TaskUpdate | None:
@@ -199,10 +307,12 @@ class OutgoingSender:
     async def _send(self, claim: dict[str, Any], message: Any, urn: str, settings: Settings,
                     token: str) -> TaskUpdate | None:
         started = time.perf_counter()
+        gate_started = self.gate.now()
         assert settings.rapidpro_url is not None
         try:
             broadcast = await self._client.send_broadcast(settings.rapidpro_url, token, urn, message.message)
         except MessageRejected as exc:
+            self.gate.succeeded(gate_started)  # RapidPro answered about the message: it is up
             entry = await self._record(self._ledger.record_rejected, claim, exc.reason)
             self.stats.rejected += 1
             log.warning("message_rejected", message_uuid=message.uuid, error=exc.reason)
@@ -216,9 +326,9 @@ class OutgoingSender:
             # The answer proves nothing was created: release the claim and pause sending.
             self.stats.send_errors += 1
             await self._record(self._ledger.release, claim, str(exc))
-            delay = self.gate.pause(f"{type(exc).__name__}: {exc}", getattr(exc, "retry_after", None))
-            raise SendingPaused(str(exc), delay) from None
-        self.gate.resumed()
+            delay = self.gate.failed(f"{type(exc).__name__}: {exc}", exc.retry_after, gate_started)
+            raise SendingPaused(str(exc), delay, self.gate.wait) from None
+        self.gate.succeeded(gate_started)
         entry = await self._record(self._ledger.record_sent, claim, broadcast.id, broadcast.uuid,
                                    broadcast.status)
         duration_ms = round((time.perf_counter() - started) * 1000, 1)

@@ -1,7 +1,17 @@
-"""The worker's HTTP server: /healthz now; the webhook and metrics are added by their modules."""
+"""The worker's HTTP server: /healthz, and the webhook added by its module.
+
+Shutdown is ours, not aiohttp's: aiohttp's own (AppRunner.cleanup) first closes every connection
+for reading — a request whose body is still arriving can then never complete — and then waits
+up to its shutdown timeout (60 s by default) for that very request. Instead `stop(grace)` stops
+listening at once, lets requests in progress finish (bodies still arrive) for up to `grace`
+seconds, then sets `STOPPING_KEY` so the handlers still running answer 503 at once, and only
+then closes the connections.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +23,13 @@ log = get_logger(__name__)
 
 HealthProvider = Callable[[], Awaitable[dict[str, Any]]]
 HEALTH_KEY = web.AppKey("health", HealthProvider)
+# Set when the server stops taking its time: handlers waiting on a client or on CouchDB give up.
+STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
+
+# After STOPPING_KEY is set: how long handlers get to send their 503, and how long aiohttp then
+# waits for each connection. Together they bound what shutdown adds to `grace`.
+ANSWER_WAIT = 0.5
+CLOSE_WAIT = 0.5
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -31,10 +48,28 @@ class HttpServer:
     """aiohttp's AppRunner + TCPSite: the server is one part of a bigger program."""
 
     def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.stopping = asyncio.Event()
+        app[STOPPING_KEY] = self.stopping
+        app.middlewares.append(self._track)
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_WAIT)
         self._host = host
         self._port = port
         self.port: int | None = None
+
+    @web.middleware
+    async def _track(self, request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        self._active += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -45,5 +80,19 @@ class HttpServer:
         self.port = sockets[0].getsockname()[1] if sockets else self._port
         log.info("http_listening", host=self._host, port=self.port)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop listening now; give requests in progress `grace` s, then cut them off (503)."""
+        for site in list(self._runner.sites):
+            await site.stop()
+        if not await self._until_idle(grace):
+            log.warning("http_requests_cut_off", requests=self._active, grace_s=grace)
+            self.stopping.set()
+            await self._until_idle(ANSWER_WAIT)
+        self.stopping.set()
         await self._runner.cleanup()
+
+    async def _until_idle(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        return self._idle.is_set()

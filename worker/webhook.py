@@ -15,15 +15,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from aiohttp import web
@@ -35,9 +36,11 @@ from transitions.translations import EMPTY as NO_TRANSLATIONS
 from transitions.translations import Translations
 from worker.couch import CouchError, CouchUnavailable, Database
 from worker.logs import get_logger
+from worker.server import STOPPING_KEY
 from worker.vault import Credential
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 V2_PATH = "/api/v2/sms/rapidpro/incoming-messages"
 V1_PATH = "/api/v1/sms/radpidpro/incoming-messages"  # CHT's typo, kept for old flows
@@ -63,6 +66,8 @@ class Outcome(StrEnum):
     NO_KEY = "no_key"
     WRONG_TOKEN = "wrong_token"
     UNAVAILABLE = "unavailable"
+    SHUTTING_DOWN = "shutting_down"  # cut off by the worker's shutdown: 503, not confirmed stored
+    CLIENT_GONE = "client_gone"  # the client hung up before its request was complete
     ERROR = "error"
 
 
@@ -252,6 +257,36 @@ class IncomingStore:
                     pending.fail(CouchError(f"{doc['_id']}: {reason}"))
 
 
+class _ShuttingDown(Exception):
+    """The server stops: the request is answered 503 now rather than completed."""
+
+
+async def _unless_stopping(request: web.Request, awaitable: Awaitable[T]) -> T:
+    """`awaitable`'s result, unless the server starts cutting requests off first."""
+    stopping = request.app.get(STOPPING_KEY)
+    if stopping is None:
+        return await awaitable
+    if stopping.is_set():
+        raise _ShuttingDown
+    task = asyncio.ensure_future(awaitable)
+    # Its outcome is read below, or deliberately dropped: never "exception was never retrieved".
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()  # the handler itself is cancelled: take its work down with it
+        raise
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise _ShuttingDown
+    return task.result()
+
+
 class IncomingWebhook:
     """The aiohttp handlers; `register(app)` adds both paths, `counters` counts by outcome."""
 
@@ -288,6 +323,14 @@ class IncomingWebhook:
         event: dict[str, Any] = {"path": "v1" if request.path == V1_PATH else "v2"}
         try:
             outcome, response = await self._handle(request, event)
+        except _ShuttingDown:
+            # Nothing confirmed stored: RapidPro's Failure branch, a retry or the reconciliation
+            # brings the message back.
+            outcome = Outcome.SHUTTING_DOWN
+            response = _error(503, "Message was not saved: the worker is shutting down")
+        except ConnectionError as exc:  # the client hung up mid-request: not a bug, nobody to answer
+            event["error"] = f"{type(exc).__name__}: {exc}"
+            outcome, response = Outcome.CLIENT_GONE, _error(400, "Message was not saved")
         except Exception as exc:  # a bug: answer JSON, keep the process, say so loudly
             log.error("incoming_sms_bug", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             outcome, response = Outcome.ERROR, _error(500, "Message was not saved")
@@ -307,7 +350,7 @@ class IncomingWebhook:
             return Outcome.MISSING_TOKEN, _error(403, "Missing authorization token")
         try:
             async with asyncio.timeout(self.store.timeout):
-                expected = await self._key.get()
+                expected = await _unless_stopping(request, self._key.get())
         except (CouchUnavailable, TimeoutError) as exc:
             event["error"] = str(exc) or "timeout reading the incoming key"
             return Outcome.UNAVAILABLE, _error(503, "Message was not saved: database unavailable")
@@ -318,7 +361,7 @@ class IncomingWebhook:
             return Outcome.WRONG_TOKEN, _error(403, "Incorrect token")
 
         # 2. The body, bounded, as JSON whatever the Content-Type (RapidPro's editor sends none).
-        body = await self._read_body(request)
+        body = await _unless_stopping(request, self._read_body(request))
         if body is None:
             event["content_length"] = request.content_length
             return Outcome.TOO_LARGE, _error(413, "Message was not saved: body too large")
@@ -338,9 +381,10 @@ class IncomingWebhook:
             log.error("incoming_sms_parse_failed", id=event["id"], error=f"{type(exc).__name__}: {exc}")
 
         try:
-            outcome = await self.store.store(
+            # Cut off by shutdown, the write may still land: a later repeat of the id finds it.
+            outcome = await _unless_stopping(request, self.store.store(
                 parsed, lambda: build_record(parsed, settings, now_ms, on_parser_error=parser_failed,
-                                             translations=translations))
+                                             translations=translations)))
         except CouchUnavailable as exc:
             event["error"] = str(exc)
             return Outcome.UNAVAILABLE, _error(503, "Message was not saved: database unavailable")

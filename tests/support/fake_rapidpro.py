@@ -257,6 +257,12 @@ class FakeRapidPro:
         self.initial_message_status: str | None = "queued"
         self.default_status_script: list[str | None] = []  # copied onto every new message
         self.advance_scripts_on_poll = True  # GET messages.json advances matched scripts
+        # An outage for as long as it is set, on every request (faults by count come first):
+        # "error" (500), "hang" or "throttle" (429, Retry-After `outage_retry_after`).
+        self.outage: str | None = None
+        self.outage_retry_after = 1
+        # While an unset Event, requests wait for it once recorded (several held in flight at once).
+        self.hold: asyncio.Event | None = None
 
         # --- Recorded state ----------------------------------------------------------------
         self.broadcasts: list[RecordedBroadcast] = []
@@ -530,6 +536,8 @@ class FakeRapidPro:
         self.requests.append(record)
         self.calls[(request.method, request.path)] += 1
         self.notify()  # lets tests wait for "the request arrived" (e.g. a hang)
+        if self.hold is not None:
+            await self.hold.wait()
 
         fault = self._take_fault(request.method, request.path)
         try:
@@ -583,6 +591,8 @@ class FakeRapidPro:
             if fault.remaining > 0 and fault.matches(method, path):
                 fault.remaining -= 1
                 return fault
+        if self.outage is not None:
+            return Fault(self.outage, 1, retry_after=self.outage_retry_after)
         return None
 
     async def _hang(self, request: web.Request) -> web.StreamResponse:

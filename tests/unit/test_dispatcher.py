@@ -183,3 +183,38 @@ async def test_marks_advance_the_watermark_without_processing():
     assert d.watermark.seq == "7-x"
     assert rec.seen == []
 
+
+
+async def test_a_transient_error_that_knows_when_to_resume_is_retried_then_not_by_backoff():
+    cleared = asyncio.Event()
+    resumed_waits = 0
+
+    async def resume() -> None:
+        nonlocal resumed_waits
+        resumed_waits += 1
+        await cleared.wait()
+
+    class Paused(CouchUnavailable):
+        pass
+
+    calls = 0
+
+    async def process(c: Change) -> None:
+        nonlocal calls
+        calls += 1
+        if not cleared.is_set():
+            error = Paused("paused")
+            error.resume = resume
+            raise error
+
+    # A backoff this long would fail the drain below: only the resume wait may be used.
+    d = Dispatcher(process, Recorder().park, Watermark("0"), retry_base=3600, retry_cap=3600)
+    for i in range(5):
+        await d.submit(change(i + 1, f"p{i}"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert resumed_waits == 5 and calls == 5
+    cleared.set()
+    assert await d.drain(5)
+    assert calls == 10
+    assert d.stats.failures == 0
