@@ -32,6 +32,7 @@ from worker.metrics import Metrics
 from worker.outgoing import OutgoingSender
 from worker.own_writes import OwnWrites
 from worker.parking import ParkedChanges
+from worker.public_server import build_public_app
 from worker.rapidpro import RapidProClient
 from worker.ratelimit import RateBudget
 from worker.sdnotify import Notifier
@@ -103,6 +104,7 @@ class Worker:
         self.dispatcher: Dispatcher | None = None
         self.follower: ChangesFollower | None = None
         self.http: HttpServer | None = None
+        self.public_http: HttpServer | None = None  # the public door (webhook only), when configured
         self._stop = asyncio.Event()
         self._checkpoint_due = asyncio.Event()
         self._since_checkpoint = 0
@@ -199,6 +201,10 @@ class Worker:
         self.metrics.register(app)
         self.admin.register(app)
         self.http = HttpServer(app, self.config.listen_host, self.config.listen_port)
+        if self.config.webhook_listen_host is not None:
+            self.public_http = HttpServer(
+                build_public_app(self), self.config.webhook_listen_host, self.config.webhook_listen_port,
+                keepalive_timeout=self.config.webhook_read_timeout, door="public")
         self.sweep = PendingSweep(self.medic, self.dispatcher.submit, self.sender.refresh_gate)
         await self._check_double_sender()
 
@@ -219,6 +225,8 @@ class Worker:
     async def _run_parts(self) -> int:
         assert self.follower is not None and self.dispatcher is not None and self.http is not None
         await self.http.start()
+        if self.public_http is not None:
+            await self.public_http.start()
         exit_code = EXIT_OK
         try:
             async with asyncio.TaskGroup() as group:
@@ -255,6 +263,8 @@ class Worker:
             abandoned = await self.dispatcher.abandon()
         # 3. write the checkpoint (the watermark passes only what is done)
         await self._write_checkpoint(final=True)
+        if self.public_http is not None:
+            await self.public_http.stop()
         await self.http.stop()
         await self.rapidpro.close()
         log.info("worker_stopped", checkpoint=self.checkpoints.saved_seq, abandoned=abandoned,

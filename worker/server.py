@@ -30,9 +30,13 @@ def build_app(health: HealthProvider) -> web.Application:
 class HttpServer:
     """aiohttp's AppRunner + TCPSite: the server is one part of a bigger program."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    def __init__(self, app: web.Application, host: str, port: int, *,
+                 keepalive_timeout: float = 75.0, door: str = "operator") -> None:
+        # keepalive_timeout also bounds how long a new connection may take to send its headers.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=keepalive_timeout)
         self._host = host
+        self._door = door
         self._port = port
         self.port: int | None = None
 
@@ -43,7 +47,7 @@ class HttpServer:
         server = site._server  # the bound socket tells the real port when 0 was asked for
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("http_listening", host=self._host, port=self.port)
+        log.info("http_listening", host=self._host, port=self.port, door=self._door)
 
     async def stop(self) -> None:
         await self._runner.cleanup()
