@@ -128,8 +128,15 @@ def body_deadline(read_timeout: float, max_body: int) -> Callable[..., Awaitable
         oversized = length is not None and length > max_body
         if request.method == "POST" and request.body_exists and not oversized:
             try:
+                # A connection lost before we got here leaves the error on the stream, which
+                # wait_eof() would not notice.
+                if request.content.exception() is not None or request.transport is None:
+                    raise ConnectionResetError("connection lost")
                 async with asyncio.timeout(read_timeout):
                     await request.content.wait_eof()
+            except ConnectionError:  # the client hung up mid-body: nothing to answer
+                log.info("public_request_abandoned", reason="client closed the connection", path=request.path)
+                return web.Response(status=400)
             except TimeoutError:
                 log.warning("public_request_dropped", reason="body not received in time",
                             timeout_s=read_timeout, path=request.path)
