@@ -77,8 +77,11 @@ class CountingProxy:
             for key, value in upstream.headers.items():
                 if key.lower() not in _HOP_BY_HOP:
                     response.headers[key] = value
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionError:  # the worker hung up (a long poll it gave up on, shutdown)
+                pass
             return response
