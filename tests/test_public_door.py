@@ -182,10 +182,10 @@ async def test_a_trickled_request_is_dropped(start_worker):
             "Content-Length: 400\r\n\r\n").encode()
     answer = await asyncio.wait_for(_closed_while_trickling(public, head, b"x" * 400), 30)
     assert answer.startswith(b"HTTP/1.1 408") or answer == b""
-    # The headers, trickled the same way.
-    answer = await asyncio.wait_for(
-        _closed_while_trickling(public, b"POST ", f"{V2_PATH} HTTP/1.1\r\nHost: x\r\n".encode() * 20), 30)
-    assert b"Traceback" not in answer
+    # The headers, trickled the same way (one endless but valid header line: no parse error).
+    head = f"POST {V2_PATH} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode()
+    answer = await asyncio.wait_for(_closed_while_trickling(public, head, b"a" * 400), 30)
+    assert answer == b""  # nothing to answer: the request never began
     # Meanwhile and after, good requests are answered.
     async with aiohttp.ClientSession() as session:
         assert await _post(session, public, KEY, {"id": "t-1", "from": "+254700000001",
