@@ -29,7 +29,7 @@ KEY = "key-1a2b3c4d5e6f7a8b9c0d"
 COUCH_PASSWORD = "pw-5e4d3c2b1a0f9e8d7c6b"
 VAULT_SECRET = "sec-0a9b8c7d6e5f4a3b2c1d"
 # The numbers as they may appear anywhere: international, national, bare digits.
-PHONES = ["+254793186420", "0793186421", "+254793186422", "+254793186423"]
+PHONES = ["+254793186420", "0793186421", "+254793186422", "+254793186423", "+254793186424"]
 SECRETS = [TOKEN, KEY, COUCH_PASSWORD, VAULT_SECRET]
 
 
@@ -82,9 +82,12 @@ async def test_nothing_secret_or_a_full_phone_number_leaves(medic_db: MedicDb, f
                                              cwd=tmp_path)
             outputs.append(result.stdout + result.stderr)
 
-        # Outgoing: two sends (national and international numbers), one rejected by RapidPro.
+        # Outgoing: two sends (national and international numbers), a RapidPro error, and a
+        # number RapidPro refuses (its answer names the number).
+        fake_rapidpro.urn_validator = lambda urn: not urn.endswith(_digits(PHONES[4]))
         docs = [{"_id": "leak-1", "type": "data_record", "tasks": [_task(PHONES[0], "one")]},
-                {"_id": "leak-2", "type": "data_record", "tasks": [_task(PHONES[1], "two")]}]
+                {"_id": "leak-2", "type": "data_record", "tasks": [_task(PHONES[1], "two")]},
+                {"_id": "leak-4", "type": "data_record", "tasks": [_task(PHONES[4], "four")]}]
         status, _ = await asyncio.to_thread(couch_request, "POST", f"{medic_db.url}/_bulk_docs",
                                             {"docs": docs})
         assert status == 201
@@ -145,7 +148,7 @@ async def test_nothing_secret_or_a_full_phone_number_leaves(medic_db: MedicDb, f
     logs = [json.dumps(event) for event in daemon.events] + daemon.stray_lines
     # The run did what it should (otherwise finding nothing would prove nothing).
     names = {event.get("event") for event in daemon.events}
-    expected = {"message_sent", "incoming_sms", "admin_rescan", "incoming_reconciled"}
+    expected = {"message_sent", "message_rejected", "incoming_sms", "admin_rescan", "incoming_reconciled"}
     assert expected <= names, sorted(n for n in names if n)
     assert any(e.get("event") == "incoming_sms" and e.get("outcome") == "saved" and
                str(e.get("sender", "")).startswith("+2547") for e in daemon.events)
