@@ -71,6 +71,7 @@ async def test_only_the_webhook_and_a_minimal_readyz_are_public(start_worker):
                 assert "feed" not in text and "rapidpro_url" not in text
         async with session.get(f"http://127.0.0.1:{public}/readyz") as response:
             assert (response.status, await response.json()) == (200, {"ready": True})
+            assert "aiohttp" not in response.headers.get("Server", "")  # no versions for the internet
 
         assert await _post(session, public, KEY, {"id": "p-1", "from": "+254700000001",
                                                   "content": "V one"}) == (200, {"saved": 1})

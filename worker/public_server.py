@@ -173,6 +173,11 @@ class PublicReadiness:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 
+async def _hide_versions(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would name itself and Python with their versions: nothing the internet needs.
+    response.headers["Server"] = "cht-rapidpro-worker"
+
+
 def build_public_app(worker: Worker) -> web.Application:
     config = worker.config
     limiter = ClientLimiter(config.webhook_client_concurrency, wait=config.webhook_read_timeout)
@@ -180,6 +185,7 @@ def build_public_app(worker: Worker) -> web.Application:
         limiter.middleware,
         body_deadline(config.webhook_read_timeout, config.webhook_max_body),
     ])
+    app.on_response_prepare.append(_hide_versions)
     worker.incoming.register(app)
     worker.metrics.observe_webhook_on(app)
     app.router.add_get("/readyz", PublicReadiness(worker).handle)
