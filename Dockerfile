@@ -21,12 +21,14 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     LISTEN_HOST=0.0.0.0 LISTEN_PORT=5989 \
+    WEBHOOK_LISTEN_HOST=0.0.0.0 WEBHOOK_LISTEN_PORT=5990 \
     CREDENTIALS_DIRECTORY=/run/secrets
 COPY --from=build /opt/venv /opt/venv
 # A numeric user, so orchestrators can verify "non-root" without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 5989
+# 5990: the public door (the webhook only); 5989: the operator's (health, metrics, the webhook).
+EXPOSE 5989 5990
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('LISTEN_PORT', '5989'), timeout=4)"]

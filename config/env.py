@@ -59,6 +59,10 @@ class Config:
     worker_db: str
     listen_host: str
     listen_port: int
+    webhook_listen_host: str | None  # the public door (webhook + minimal /readyz); None: off
+    webhook_listen_port: int
+    webhook_read_timeout: float
+    webhook_client_concurrency: int
     status_poll_interval: float
     log_level: str
     log_format: str
@@ -246,6 +250,7 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
         listen_host=values.get("LISTEN_HOST", "").strip() or "127.0.0.1",
         listen_port=_get(values, "LISTEN_PORT", 5989, int, lambda v: 0 <= v <= 65535,
                          "must be a port number from 0 to 65535"),
+        **_public_door(values),
         status_poll_interval=_positive_seconds(values, "STATUS_POLL_INTERVAL", 60.0),
         log_level=_choice(values, "LOG_LEVEL", "info", LOG_LEVELS),
         log_format=_choice(values, "LOG_FORMAT", "console" if stdout_is_terminal else "json", LOG_FORMATS),
@@ -277,6 +282,20 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
         in_doubt_check_after=in_doubt_check_after,
         in_doubt_clock_margin=in_doubt_clock_margin,
     )
+
+
+def _public_door(values: Mapping[str, str]) -> dict[str, object]:
+    """The public door is on when WEBHOOK_LISTEN_HOST or WEBHOOK_LISTEN_PORT is set."""
+    host = values.get("WEBHOOK_LISTEN_HOST", "").strip()
+    port_given = bool(values.get("WEBHOOK_LISTEN_PORT", "").strip())
+    return {
+        "webhook_listen_host": host or ("0.0.0.0" if port_given else None),
+        "webhook_listen_port": _get(values, "WEBHOOK_LISTEN_PORT", 5990, int, lambda v: 0 <= v <= 65535,
+                                    "must be a port number from 0 to 65535"),
+        "webhook_read_timeout": _get(values, "WEBHOOK_READ_TIMEOUT", 10.0, float, lambda v: 0 < v <= 60,
+                                     "must be a number of seconds above 0 and at most 60"),
+        "webhook_client_concurrency": _positive_int(values, "WEBHOOK_CLIENT_CONCURRENCY", 32),
+    }
 
 
 def _parse_bool(raw: str) -> bool:

@@ -36,14 +36,24 @@ class Settings:
     rev: str | None = field(default=None, compare=False)
 
     def summary(self) -> dict[str, Any]:
-        """What operators want to see in logs and /healthz (nothing secret is in settings)."""
+        """What operators want to see in logs and /healthz (credentials in the URL masked)."""
         return {
             "outgoing_service": self.outgoing_service,
-            "rapidpro_url": self.rapidpro_url,
+            "rapidpro_url": without_credentials(self.rapidpro_url),
             "default_country_code": self.default_country_code,
             "forms": len(self.forms),
             "rev": self.rev,
         }
+
+
+def without_credentials(url: str | None) -> str | None:
+    """`url` with any `user:password@` replaced by `***@` (CHT does not forbid one there)."""
+    if not url or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def _optional_int(value: Any, where: str) -> int | None:

@@ -35,6 +35,7 @@ from worker.metrics import Metrics
 from worker.outgoing import OutgoingSender
 from worker.own_writes import OwnWrites
 from worker.parking import ParkedChanges
+from worker.public_server import build_public_app
 from worker.rapidpro import RapidProClient
 from worker.ratelimit import RateBudget
 from worker.sdnotify import Notifier
@@ -113,6 +114,7 @@ class Worker:
         self.dispatcher: Dispatcher | None = None
         self.follower: ChangesFollower | None = None
         self.http: HttpServer | None = None
+        self.public_http: HttpServer | None = None  # the public door (webhook only), when configured
         self._stop = asyncio.Event()
         self._checkpoint_due = asyncio.Event()
         self._since_checkpoint = 0
@@ -210,6 +212,10 @@ class Worker:
         self.metrics.register(app)
         self.admin.register(app)
         self.http = HttpServer(app, self.config.listen_host, self.config.listen_port)
+        if self.config.webhook_listen_host is not None:
+            self.public_http = HttpServer(
+                build_public_app(self), self.config.webhook_listen_host, self.config.webhook_listen_port,
+                keepalive_timeout=self.config.webhook_read_timeout, door="public")
         self.sweep = PendingSweep(self.medic, self.dispatcher.submit, self.sender.refresh_gate)
         self.in_doubt = InDoubtResolver(
             ledger=self.ledger, medic=self.medic, client=self.rapidpro, token=self.outgoing_token,
@@ -240,8 +246,11 @@ class Worker:
     async def _run_parts(self) -> int:
         assert self.follower is not None and self.dispatcher is not None and self.http is not None
         await self.http.start()
+        if self.public_http is not None:
+            await self.public_http.start()
         exit_code = EXIT_OK
         http_stop: asyncio.Task[None] | None = None
+        public_stop: asyncio.Task[None] | None = None
         deadline = 0.0  # set at the stop request
         try:
             async with asyncio.TaskGroup() as group:
@@ -265,6 +274,8 @@ class Worker:
                 deadline = time.monotonic() + self.config.shutdown_timeout
                 # 1. stop taking changes and webhook requests; those in progress get the same time
                 http_stop = asyncio.create_task(self.http.stop(self.config.shutdown_timeout))
+                if self.public_http is not None:
+                    public_stop = asyncio.create_task(self.public_http.stop(self.config.shutdown_timeout))
                 feed.cancel()
                 sweeper.cancel()
                 status.cancel()
@@ -290,6 +301,10 @@ class Worker:
             log.warning("checkpoint_save_failed", seq=self.dispatcher.watermark.seq,
                         error="CouchDB did not answer in time at shutdown")
         await (http_stop or self.http.stop())
+        if public_stop is not None:
+            await public_stop
+        elif self.public_http is not None:
+            await self.public_http.stop()
         await self.rapidpro.close()
         log.info("worker_stopped", checkpoint=self.checkpoints.saved_seq, abandoned=abandoned,
                  exit_code=exit_code)

@@ -15,14 +15,22 @@ from typing import Any, TextIO
 
 import structlog
 
+from transitions.phone import mask_phone
+
 # user:password@ inside any URL-looking text
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
 _SECRET_KEYS = {"password", "token", "secret", "authorization", "api_key", "incoming_key", "couch_secret"}
 
 
+# A phone number inside free text (RapidPro's "Invalid URN: tel:+254..." errors, say): a `tel:`
+# URN, or + and 7-15 digits. Fields meant to hold a number are masked where they are logged.
+_PHONE_IN_TEXT = re.compile(r"(?<=tel:)\+?\d{5,15}(?!\d)|(?<![\w+])\+\d{7,15}(?!\d)")
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        return _URL_CREDENTIALS.sub(r"\g<scheme>***:***@", value)
+        value = _URL_CREDENTIALS.sub(r"\g<scheme>***:***@", value)
+        return _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group(0)), value)
     return value
 
 

@@ -175,6 +175,10 @@ class Metrics:
         app.router.add_get("/readyz", self.handle_readyz)
         app.middlewares.append(self._time_webhook)
 
+    def observe_webhook_on(self, app: web.Application) -> None:
+        """Time the webhook on another listener too (the public door)."""
+        app.middlewares.append(self._time_webhook)
+
     @web.middleware
     async def _time_webhook(self, request: web.Request,
                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -47,15 +47,19 @@ def build_app(health: HealthProvider) -> web.Application:
 class HttpServer:
     """aiohttp's AppRunner + TCPSite: the server is one part of a bigger program."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(self, app: web.Application, host: str, port: int, *,
+                 keepalive_timeout: float = 75.0, door: str = "operator") -> None:
         self.stopping = asyncio.Event()
         app[STOPPING_KEY] = self.stopping
         app.middlewares.append(self._track)
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_WAIT)
+        # keepalive_timeout also bounds how long a new connection may take to send its headers.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_WAIT,
+                                     keepalive_timeout=keepalive_timeout)
         self._host = host
+        self._door = door
         self._port = port
         self.port: int | None = None
 
@@ -78,7 +82,7 @@ class HttpServer:
         server = site._server  # the bound socket tells the real port when 0 was asked for
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("http_listening", host=self._host, port=self.port)
+        log.info("http_listening", host=self._host, port=self.port, door=self._door)
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop listening now; give requests in progress `grace` s, then cut them off (503)."""

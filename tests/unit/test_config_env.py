@@ -97,3 +97,18 @@ def test_dot_env_in_working_directory_is_read_by_default(tmp_path, monkeypatch):
     (tmp_path / ".env").write_text("LISTEN_PORT=7002\n")
     monkeypatch.chdir(tmp_path)
     assert read_environment(None, {})["LISTEN_PORT"] == "7002"
+
+
+def test_the_public_door_is_off_unless_asked_for():
+    config = load_config({"COUCH_URL": URL})
+    assert config.webhook_listen_host is None
+    assert (config.webhook_read_timeout, config.webhook_client_concurrency) == (10.0, 32)
+    port_only = load_config({"COUCH_URL": URL, "WEBHOOK_LISTEN_PORT": "6000"})
+    assert (port_only.webhook_listen_host, port_only.webhook_listen_port) == ("0.0.0.0", 6000)
+    host_only = load_config({"COUCH_URL": URL, "WEBHOOK_LISTEN_HOST": "10.0.0.5"})
+    assert (host_only.webhook_listen_host, host_only.webhook_listen_port) == ("10.0.0.5", 5990)
+    for name, bad in [("WEBHOOK_LISTEN_PORT", "70000"), ("WEBHOOK_READ_TIMEOUT", "0"),
+                      ("WEBHOOK_READ_TIMEOUT", "61"), ("WEBHOOK_CLIENT_CONCURRENCY", "0")]:
+        with pytest.raises(ConfigError) as error:
+            load_config({"COUCH_URL": URL, name: bad})
+        assert error.value.variable == name

@@ -66,3 +66,14 @@ def test_exceptions_are_one_line():
         get_logger("t").exception("failed")
     assert len(stream.getvalue().splitlines()) == 1
     assert "ValueError" in lines(stream)[0]["exception"]
+
+
+def test_phone_numbers_inside_free_text_are_masked():
+    from worker.logs import redact
+
+    event = redact(None, "warning", {"event": "message_rejected",
+                                     "error": "400: Invalid URN: tel:+254712345678. Ensure phone numbers..."})
+    assert event["error"] == "400: Invalid URN: tel:+2547******78. Ensure phone numbers..."
+    # Not a phone number: seqs, ids, times.
+    for text in ("4-g1AAAA123456789", "broadcast 123456789", "2026-11-30T20:51:58+00:00"):
+        assert redact(None, "info", {"event": "x", "detail": text})["detail"] == text

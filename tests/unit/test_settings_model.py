@@ -78,3 +78,11 @@ def test_watcher_decision_refuses_broken_doc_and_keeps_nothing_new():
     decision = decide(doc({"sms": []}, rev="3-c"), Settings(rev="2-b"))
     assert decision.settings is None
     assert decision.error is not None and "settings.sms" in decision.error
+
+
+def test_the_summary_never_shows_credentials_in_the_rapidpro_url():
+    from config.settings import without_credentials
+
+    assert without_credentials("https://user:p4ss@rapidpro.example/x?y=1") == "https://***@rapidpro.example/x?y=1"
+    assert without_credentials("https://rapidpro.example/a@b") == "https://rapidpro.example/a@b"
+    assert without_credentials(None) is None
