@@ -530,3 +530,104 @@ async def test_old_messages_beyond_the_horizon_are_not_asked_at_start(env: Env) 
 async def test_priority_is_status(env: Env) -> None:
     # Sends and status share the budget; status calls must queue behind sends.
     assert Priority.STATUS > Priority.SEND
+
+
+# ---------------------------------------------------------------------------- freshness tiers
+
+
+@pytest.mark.parametrize(("age", "bound"), [(0.0, 2 * 60.0), (20 * 60.0, 6 * 60.0), (3 * HOUR, HOUR)],
+                         ids=["fresh", "up-to-an-hour", "older"])
+async def test_a_change_is_recorded_within_its_tiers_bound(env: Env, age: float, bound: float) -> None:
+    """Default interval (60 s), a round every interval. The change comes just after a check of
+    the message: the worst case."""
+    ids = await env.send(3)
+    env.fake.advance_scripts_on_poll = False
+    for bid in ids:
+        env.fake.set_status(bid, "sent")
+    await env.put_tasks([(f"t{i}", env.task("sent", bid, "Sent", sent_ago=0)) for i, bid in enumerate(ids)])
+    await env.tracker.run_round()
+    uuid = next(i.uuid for i in env.tracker.tracked().values() if i.doc_id == "t0")
+    started = env.clock()
+    while env.clock() - started < age:  # growing older, asked as its tier says
+        env.advance(60 if age < HOUR else HOUR / 2)
+        await env.tracker.run_round()
+    checks = env.tracker.tracked()[uuid].checks
+    for _ in range(100):  # until the next check of t0
+        env.advance(60)
+        await env.tracker.run_round()
+        if env.tracker.tracked()[uuid].checks > checks:
+            break
+    env.advance(1)
+    changed_at = env.clock()
+    env.fake.set_status(ids[0], "delivered")
+    while (await env.doc_task("t0"))["state"] != "delivered":
+        assert env.clock() - changed_at <= bound
+        env.advance(59)
+        await env.tracker.run_round()
+    recorded = datetime.fromisoformat(
+        (await env.doc_task("t0"))["state_history"][-1]["timestamp"].replace("Z", "+00:00")).timestamp()
+    assert 0 < recorded - changed_at <= bound
+    assert [(await env.doc_task(f"t{i}"))["state"] for i in (1, 2)] == ["sent", "sent"]
+
+
+async def test_a_fresh_message_is_asked_every_interval_and_an_empty_answer_costs_no_delay(env: Env) -> None:
+    env.fake.message_delay = 90.0  # RapidPro creates the message late: the first answers are empty
+    [bid] = await env.send(1)
+    env.fake.advance_scripts_on_poll = False
+    await env.put_tasks([("e", env.task("received-by-gateway", bid, "Queued", sent_ago=0))])
+    assert (await env.tracker.run_round()).plan == "idle"  # first ask one interval after sending
+    for _ in range(2):
+        env.advance(60)
+        result = await env.tracker.run_round()
+        assert result.plan == "broadcasts" and result.calls == 1  # empty, and asked again next interval
+    env.fake.set_status(bid, "delivered")
+    env.advance(60)
+    await env.tracker.run_round()
+    assert (await env.doc_task("e"))["state"] == "delivered"
+    assert env.fake.call_count("GET", BROADCASTS) == 0  # an empty answer this early is no failure
+
+
+async def test_short_budget_delays_status_never_sends_and_healthz_says_so(env: Env) -> None:
+    env.fake.page_size = 1
+    ids = await env.send(30)
+    env.fake.advance_scripts_on_poll = False
+    for bid in ids:
+        env.fake.set_status(bid, "delivered")
+    await env.put_tasks([(f"b{i:02d}", env.task("sent", bid, "Sent", sent_ago=(i + 1) * 4 * HOUR))
+                         for i, bid in enumerate(ids)])
+    budget = RateBudget(40, clock=env.clock, send_reserve=0.5)  # status may use 20 of 40
+    client = RapidProClient(budget, timeout=5.0)
+    tracker = StatusTracker(medic=env.medic, own_db=env.own, client=client, token=StaticToken(),
+                            settings=lambda: env.settings["current"], clock=env.clock, max_wait=0.0,
+                            policy=Policy(page_size=1))
+    try:
+        result = await tracker.run_round()
+        assert not result.finished and result.retry_in is not None and result.retry_in > 0
+        assert result.calls == 20 and env.status_calls() == 20
+        freshness = tracker.health()["freshness"]
+        assert freshness["degraded"] and freshness["reason"] == "rapidpro_budget_short"
+        # sending does not wait for status tracking: its reserve is there
+        sent = await client.send_broadcast(env.fake.url, DEFAULT_TOKEN, "tel:+254700000999", "urgent",
+                                           max_wait=0.0)
+        assert sent.id > 0
+        for _ in range(200):  # the budget refills (40 an hour): status catches up, resuming
+            if not tracker.tracked():
+                break
+            env.advance(max(result.retry_in or 60.0, 1.0))
+            result = await tracker.run_round()
+        assert not tracker.tracked() and tracker.stats.final == 30
+        assert tracker.health()["freshness"]["degraded"] is False
+    finally:
+        await client.close()
+
+
+async def test_remembered_messages_are_forgotten_once_the_view_drops_them(env: Env) -> None:
+    [bid] = await env.send(1)
+    await env.put_tasks([("gone", env.task("sent", bid, "Sent", sent_ago=8 * 24 * HOUR))])
+    await env.tracker.run_round()
+    assert env.tracker.health()["remembered"] == {"past_horizon": 1, "unknown_to_rapidpro": 0}
+    doc = await env.medic.get("gone")
+    doc["tasks"][0]["state"] = "cleared"
+    await env.medic.put(doc)
+    await env.tracker.run_round()
+    assert env.tracker.health()["remembered"] == {"past_horizon": 0, "unknown_to_rapidpro": 0}

@@ -211,6 +211,7 @@ class StatusTracker:
 
     def health(self) -> dict[str, Any]:
         return {**asdict(self.stats), "due": self.due_count(), "unwritten": len(self._unwritten),
+                "remembered": {"past_horizon": len(self._expired), "unknown_to_rapidpro": len(self._missing)},
                 "freshness": self.freshness()}
 
     def freshness(self) -> dict[str, Any]:

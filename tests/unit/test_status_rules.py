@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import UTC, datetime
 
@@ -227,7 +228,7 @@ def test_gaps_between_checks_per_tier(interval):
             checks.append(now + lag)
             schedule(i, now + lag, policy)
     gaps: dict[Tier, float] = {}
-    for before, after in zip(checks, checks[1:], strict=False):
+    for before, after in itertools.pairwise(checks):
         tier = tier_of(before - start, policy)
         gaps[tier] = max(gaps.get(tier, 0.0), after - before)
     assert checks[0] - start <= 2 * interval
