@@ -35,7 +35,6 @@ from transitions.dispatch import TaskUpdate, not_sending_reason
 from transitions.states import GATEWAY_TRACKED_STATES, RECEIVED_BY_GATEWAY
 from transitions.status import (
     FAILED_FOLDER,
-    FOLDERS,
     OUTBOX,
     SENT_FOLDER,
     Applied,
@@ -597,16 +596,12 @@ class StatusTracker:
             work.steps.insert(1, _Step("decide", part=index))
             work.steps.insert(1, _Step("folder", part=index, folder=folder))
             return
-        full = part.read >= set(FOLDERS)
         for item in unmatched:
             if item not in visible and (OUTBOX in part.read or item.state != RECEIVED_BY_GATEWAY):
                 observe_unchanged(item, now, self.policy)  # not created yet: asked next interval
-            elif full:
-                # No folder lists it: only the broadcast itself can tell why.
-                if item.broadcast not in work.looked_up:
-                    work.looked_up.add(item.broadcast)
-                    work.steps.insert(1, _Step("lookup", part=index, broadcast=item.broadcast))
             elif item.broadcast not in work.asked:
+                # Its own query tells (and gives its created_on, should RapidPro's clock differ
+                # from ours); an empty answer leads to the broadcast itself.
                 work.asked.add(item.broadcast)
                 work.steps.insert(1, _Step("broadcast", part=index, broadcast=item.broadcast))
 
