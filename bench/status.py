@@ -1,6 +1,7 @@
 """Status tracking benchmark (run by hand, not in CI): freshness and cost, next to CHT's polling.
 
-    .venv/bin/python bench/status.py [--interval 60] [--seed 1] [--slow-hours 192] [--quick]
+    .venv/bin/python bench/status.py [--interval 60] [--other 20000] [--slow-hours 192]
+                                     [--workloads busy,quiet] [--quick] [--seed 1]
 
 Simulated time: one FakeClock drives the tests' fake RapidPro, the shared rate budget (3,600 calls
 an hour, sends first, a tenth kept for them) and the tracker, so a week passes in minutes whatever
@@ -360,6 +361,7 @@ async def run(args: argparse.Namespace) -> None:
                  Workload("quiet", 20, args.slow_hours, 0, 0.0)]
     if args.quick:
         workloads = [Workload("busy", 1000, 1, args.other // 10, 3600.0), Workload("quiet", 20, 24, 0, 0.0)]
+    workloads = [w for w in workloads if w.name in args.workloads.split(",")]
     results = []
     try:
         for work in workloads:
@@ -383,6 +385,7 @@ def main() -> None:
     parser.add_argument("--calls-per-hour", type=int, default=3600)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, to try the script")
+    parser.add_argument("--workloads", default="busy,quiet", help="which to run (comma-separated)")
     asyncio.run(run(parser.parse_args()))
 
 
