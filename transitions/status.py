@@ -5,8 +5,9 @@ No I/O and no clock of its own: every time is an argument (epoch seconds), so th
 tested hour by hour without waiting.
 
 Freshness is the promise, cost the constraint (RAPIDPRO.md: one workspace budget of 3,600 calls an
-hour for everything). A message's *tier* is its age since it was sent, or since the worker first
-saw it (found at start, on a rescan, or sent by another sender):
+hour for everything). A message's *tier* is its age since the worker first saw it with a
+gateway_ref (its own sends, another sender's), or since it was sent when found at start or on a
+rescan (asked at once, then by its age):
 
 - **fresh** (first 15 minutes): asked every `interval` (STATUS_POLL_INTERVAL), the first time one
   interval after sending;
@@ -288,16 +289,21 @@ def is_due(item: Tracked, now: float, policy: Policy) -> bool:
     return item.next_check <= now + policy.due_tolerance
 
 
-def start_tracking(candidate: Candidate, now: float, policy: Policy) -> Tracked:
-    """A message seen for the first time (at start, on a rescan, or new in the view): fresh from
-    now, asked at once — but never before one interval after sending (an empty answer is
-    normal then, and costs a call)."""
+def start_tracking(candidate: Candidate, now: float, policy: Policy, *, at_start: bool = False) -> Tracked:
+    """A message seen for the first time: asked at once — but never before one interval after
+    sending (an empty answer is normal then, and costs a call).
+
+    Its tiers count from now (new in the view while running: another sender's, or our own just
+    sent), or — found at start or on a rescan — from when it was sent, when its history says so:
+    asked at once like a fresh one, it then goes on by its age, so a restart costs one round, not
+    15 minutes of fresh checks for a week of messages that never report delivery."""
     sent_at = candidate.sent_at if candidate.sent_at is not None else now
     since = candidate.state_since if candidate.state_since is not None else sent_at
     sent_at = min(sent_at, now)
     first = max(now, sent_at + policy.interval) if candidate.sent_at is not None else now
+    fresh_since = sent_at if at_start else now
     return Tracked(candidate.uuid, candidate.doc_id, candidate.broadcast, candidate.state,
-                   candidate.details, sent_at, min(max(since, sent_at), now), first, now)
+                   candidate.details, sent_at, min(max(since, sent_at), now), first, fresh_since)
 
 
 def expired(item: Tracked, now: float, policy: Policy) -> bool:

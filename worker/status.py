@@ -424,7 +424,7 @@ class StatusTracker:
         self._book.clear()
         self._by_broadcast.clear()
         wanted = {uuid: row for uuid, row in rows.items() if uuid not in self._expired}
-        await self._start_tracking(wanted)
+        await self._start_tracking(wanted, at_start=True)
         self._loaded = True
         self.stats.tracked = len(self._book)
         log.info("status_tracking_loaded", tracked=len(self._book), rescan=rescan)
@@ -441,9 +441,9 @@ class StatusTracker:
                if uuid not in self._book and uuid not in self._expired and uuid not in self._missing
                and uuid not in self._unwritten}
         if new:
-            await self._start_tracking(new)
+            await self._start_tracking(new, at_start=False)
 
-    async def _start_tracking(self, rows: dict[str, tuple[str, str, Any]]) -> None:
+    async def _start_tracking(self, rows: dict[str, tuple[str, str, Any]], *, at_start: bool) -> None:
         now = self._clock()
         doc_ids = sorted({row[0] for row in rows.values()})
         candidates: dict[str, Candidate] = {}
@@ -470,7 +470,7 @@ class StatusTracker:
                 log.info("status_tracking_horizon", message_uuid=uuid, broadcast_id=candidate.broadcast,
                          state=candidate.state, at="load")
                 continue
-            item = start_tracking(candidate, now, self.policy)
+            item = start_tracking(candidate, now, self.policy, at_start=at_start)
             if own and entry is not None:
                 # The ledger can be ahead of the task (its write failed after the ledger's).
                 state, details = entry.get("task_state"), entry.get("task_state_details")

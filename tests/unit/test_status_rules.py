@@ -241,7 +241,9 @@ def test_start_tracking_from_candidate():
     c = Candidate("m1", "d1", 9, "sent", "Sent", T0, T0 + 60)
     i = start_tracking(c, T0 + 600, P)
     assert (i.sent_at, i.state_since) == (T0, T0 + 60)
-    assert i.next_check == T0 + 600 and i.fresh_since == T0 + 600  # found: asked at once, fresh
+    assert i.next_check == T0 + 600 and i.fresh_since == T0 + 600  # new in the view: fresh from now
+    found = start_tracking(c, T0 + 86400, P, at_start=True)
+    assert found.next_check == T0 + 86400 and found.fresh_since == T0  # at start: at once, then by age
     just_sent = start_tracking(Candidate("m2", "d1", 9, "sent", None, T0, None), T0 + 5, P)
     assert just_sent.next_check == T0 + P.interval  # one interval after sending
     unknown = start_tracking(Candidate("m3", "d1", 9, "sent", None, None, None), T0, P)
