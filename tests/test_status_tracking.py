@@ -631,3 +631,22 @@ async def test_remembered_messages_are_forgotten_once_the_view_drops_them(env: E
     await env.medic.put(doc)
     await env.tracker.run_round()
     assert env.tracker.health()["remembered"] == {"past_horizon": 0, "unknown_to_rapidpro": 0}
+
+
+async def test_after_a_restart_old_messages_cost_one_round_then_go_by_their_age(env: Env) -> None:
+    ids = await env.send(40)
+    env.fake.advance_scripts_on_poll = False
+    for bid in ids:
+        env.fake.set_status(bid, "sent")
+    await env.put_tasks([(f"r{i:02d}", env.task("sent", bid, "Sent", sent_ago=24 * HOUR + i * 60))
+                         for i, bid in enumerate(ids)])
+    first = await env.tracker.run_round()  # at start: every one asked about at once
+    assert first.calls >= 1 and all(i.checks == 1 for i in env.tracker.tracked().values())
+    later = 0
+    for _ in range(20):  # the next 20 minutes: hourly tier, nothing asked yet
+        env.advance(60)
+        later += (await env.tracker.run_round()).calls
+    assert later == 0
+    env.fake.set_status(ids[7], "delivered")
+    await env.rounds_until(lambda: env.tracker.stats.final == 1, step=60, limit=61)
+    assert (await env.doc_task("r07"))["state"] == "delivered"
