@@ -535,7 +535,10 @@ def test_bad_requests_do_not_kill_the_server(medic_db: MedicDb) -> None:
         ("POST", f"{url}/_changes?filter=nosuch/filter", {}, client_error),
         ("GET", f"{url}/_changes?filter=_doc_ids&doc_ids=notjson", None, client_error),
         ("GET", f"{url}/_changes?since=not-a-seq", None, client_error),
-        ("GET", f"{url}/_changes?feed=longpoll&timeout=abc&since=now", None, client_error),
+        # Apache CouchDB 3.4.3 answers 500 {"error": "unknown_error", "reason": "badarg"} here;
+        # the point is that the server survives it and answers JSON.
+        ("GET", f"{url}/_changes?feed=longpoll&timeout=abc&since=now", None,
+         (*client_error, 500) if os.environ.get("TEST_COUCH_URL") else client_error),
         ("GET", f"{url}/_design/nosuch/_view/nothing", None, (404,)),
         ("POST", f"{url}/_all_docs", {"keys": "not-a-list"}, client_error),
         ("POST", f"{url}/_bulk_docs", {"nodocs": True}, client_error),
