@@ -1,37 +1,50 @@
-"""Status tracking benchmark (run by hand, not in CI).
+"""Status tracking benchmark (run by hand, not in CI): freshness and cost, next to CHT's polling.
 
-    .venv/bin/python bench/status.py [--messages 1000] [--send-over 3600] [--stuck 0.1] [--seed 1]
+    .venv/bin/python bench/status.py [--interval 60] [--other 20000] [--slow-hours 192]
+                                     [--workloads busy,quiet] [--quick] [--seed 1]
 
-Simulated time: one FakeClock drives the tests' fake RapidPro, the shared rate budget and the
-tracker, so a week passes in a minute or two. CouchDB is real (the local test server in memory,
-or TEST_COUCH_URL).
+Simulated time: one FakeClock drives the tests' fake RapidPro, the shared rate budget (3,600 calls
+an hour, sends first, a tenth kept for them) and the tracker, so a week passes in minutes whatever
+the machine's load. CouchDB is real (the local test server in memory, or TEST_COUCH_URL).
 
-`--messages` broadcasts are sent (real POSTs to the fake) spread over `--send-over` seconds, each
-written to CouchDB as a CHT task in `received-by-gateway`. Each message then moves through
-RapidPro statuses on its own timeline (queued → wired within a minute → sent within two →
-delivered after minutes to hours; some fail, some go through `errored` and are retried, some are
-read; `--stuck` never report delivery and stay `sent`, as on many channels). The tracker runs a
-round every STATUS_POLL_INTERVAL (60 s) of simulated time until nothing is tracked any more
-(final, or past the 7-day horizon).
+Two workloads, run one after the other and printed side by side:
 
-Printed: RapidPro status calls (GET messages.json + GET broadcasts.json, counted by the fake)
-per message brought to a final state — next to the same figure for CHT's way, one call per
-non-final message per minute, counted in the same run on the same timelines (the calls CHT's
-poller would make; making them for real would take ~10^6 requests).
+- **busy**: 1,000 messages sent in an hour (real POSTs to the fake, each written to CouchDB as a CHT
+  task in `received-by-gateway`), while 20,000 messages of other traffic are created in the same
+  workspace over the same hour (a flow, another app: rows every folder sync must read past).
+  Followed until nothing is tracked (final, or past the 7-day horizon).
+- **quiet**: 20 messages an hour for `--slow-hours` (192 by default: past the 7-day horizon, so the
+  hourly tier is at its full size), no other traffic.
+
+Every message (ours and the other traffic) moves through RapidPro statuses on its own timeline
+(wired within a minute, sent within two more, delivered after minutes to hours, lognormal; some
+fail, some go through `errored` and are retried, some are read; 10% never report delivery and stay
+`sent`, as on many channels). A round runs on every STATUS_POLL_INTERVAL of simulated time.
+
+Printed per workload:
+- freshness: the delay from a RapidPro status change to the CHT task showing it (or a later state),
+  p50/p90/p99 per tier by the message's age at the change (fresh < 15 min, up to an hour, older);
+- status calls (GET messages.json + GET broadcasts.json, counted by the fake) per message brought
+  to a final state, and per hour;
+- the same for CHT's way on the same timelines: one call per non-final message per minute from a
+  minute after sending (computed, not made: ~10^6 requests), so its delay is the wait for the
+  next poll.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import heapq
 import math
 import os
 import random
-import statistics
 import sys
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,16 +54,20 @@ from config.env import parse_couch_url
 from config.settings import Settings
 from tests.support.couch_fixtures import create_db, delete_db, seed_design_docs
 from tests.support.couchserver import CouchTestServer
-from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro
-from transitions.status import Policy, parse_time
+from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro, RecordedBroadcast
+from transitions.status import Policy
+from transitions.timestamps import parse_time
 from worker.couch import CouchServer
 from worker.logs import configure_logging
 from worker.rapidpro import RapidProClient
 from worker.ratelimit import RateBudget
 from worker.status import StatusTracker
 
-TICK = 60.0
 FINAL = {"delivered", "read", "failed"}
+TIERS = ("fresh", "warm", "old")
+TIER_NAMES = {"fresh": "fresh (<15 min)", "warm": "up to an hour", "old": "older"}
+CHT_POLL = 60.0
+STATUS_PATHS = ("/api/v2/messages.json", "/api/v2/broadcasts.json")
 
 
 class StaticToken:
@@ -85,64 +102,107 @@ def timeline(rng: random.Random, stuck_share: float) -> list[tuple[float, str]]:
     return steps
 
 
-async def run(args: argparse.Namespace) -> None:
-    configure_logging("warning", "console")
+def tier_of(age: float) -> str:
+    return "fresh" if age < 900 else ("warm" if age < 3600 else "old")
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class Workload:
+    name: str
+    rate: float  # our messages an hour
+    hours: float  # of sending
+    other: int  # messages of other traffic in the workspace
+    other_over: float  # seconds over which the other traffic is created
+
+
+@dataclass
+class Figures:
+    workload: Workload
+    sent: int = 0
+    final: int = 0
+    expired: int = 0
+    simulated_days: float = 0.0
+    wall_s: float = 0.0
+    calls: int = 0
+    calls_by_hour: Counter[int] = field(default_factory=Counter)
+    cht_calls: float = 0.0
+    cht_calls_by_hour: Counter[int] = field(default_factory=Counter)
+    delays: dict[str, list[float]] = field(default_factory=lambda: {t: [] for t in TIERS})
+    cht_delays: dict[str, list[float]] = field(default_factory=lambda: {t: [] for t in TIERS})
+    never_shown: Counter[str] = field(default_factory=Counter)
+    budget_short: int = 0
+    throttled: int = 0
+    detail: str = ""
+
+
+async def simulate(work: Workload, args: argparse.Namespace, server_url: str) -> Figures:
     rng = random.Random(args.seed)
-    external = os.environ.get("TEST_COUCH_URL", "").strip().rstrip("/")
-    server = None if external else CouchTestServer().start()
-    server_url = external or server.url  # type: ignore[union-attr]
     name = f"bench-status-{uuid.uuid4().hex[:6]}"
     db_url = f"{server_url}/{name}"
     create_db(db_url)
     create_db(f"{db_url}-rapidpro")
     seed_design_docs(db_url)
+    interval = args.interval
+    # Rounds on the interval grid, a little after it (as the daemon's loop runs them).
     clock = FakeClock(start=time.time())
-    fake = FakeRapidPro(clock=clock)
-    fake.rate_limit = 10**9
+    fake = FakeRapidPro(clock=clock)  # its wall time follows the clock from here
+    clock.advance(math.ceil(clock() / 3600) * 3600 + 0.5 - clock())
+    fake.rate_limit = 10**9  # our own budget paces us; RapidPro's window is not the subject here
     fake.advance_scripts_on_poll = False
     await fake.start()
     couch = CouchServer(parse_couch_url(db_url), timeout=30.0)
     medic = couch.db(name)
-    budget = RateBudget(10**9, clock=clock)
+    budget = RateBudget(args.calls_per_hour, clock=clock, send_reserve=0.1)
     client = RapidProClient(budget, timeout=10.0)
     settings = Settings(outgoing_service="rapidpro", rapidpro_url=fake.url)
-    policy = Policy(min_interval=args.min_interval, backoff_factor=args.factor,
-                    max_interval=args.max_interval, slack=args.slack)
+    policy = Policy(interval=interval, horizon=args.horizon)
     tracker = StatusTracker(medic=medic, own_db=couch.db(f"{name}-rapidpro"), client=client,
                             token=StaticToken(), settings=lambda: settings, clock=clock, policy=policy,
                             max_wait=0.0)
+    figures = Figures(work)
     started_wall = time.perf_counter()
     try:
         start = clock()
-        send_at = sorted(start + rng.uniform(0, args.send_over) for _ in range(args.messages))
-        events: list[tuple[float, int, str]] = []  # (time, broadcast id, status)
-        final_at: dict[int, float] = {}  # broadcast → when RapidPro reached a final status
-        sent_at: dict[int, float] = {}
-        ends_at: dict[int, float] = {}  # broadcast → when it will reach a final status (if ever)
-        cht_calls = 0.0
-        cht_calls_final_only = 0.0
-        next_send = 0
-        spent: list[tuple[float, int]] = []  # (seconds since start, calls) per round
-        end_limit = start + args.send_over + policy.horizon + 2 * 86400
+        count = round(work.rate * work.hours)
+        send_at = sorted(start + rng.uniform(0, work.hours * 3600) for _ in range(count))
+        other_at = sorted(start + rng.uniform(0, work.other_over) for _ in range(work.other))
+        events: list[tuple[float, int, int, str]] = []  # (time, seq, broadcast id, status)
+        seq = 0
+        by_id: dict[int, RecordedBroadcast] = {}
+        ours: dict[int, tuple[float, list[tuple[float, str]]]] = {}  # id → (sent, [(t, status)])
+        next_send = next_other = 0
+        end_limit = start + work.hours * 3600 + policy.horizon + 2 * 86400
 
         now = start
         while now < end_limit:
-            # 1. RapidPro moves messages on
             while events and events[0][0] <= now:
-                _, bid, status = heapq.heappop(events)
-                fake.set_status(bid, status)
-                if status in FINAL:
-                    final_at.setdefault(bid, now)
-            # 2. CHT's sender sends what is due (real POSTs), written as CHT tasks
+                _, _, bid, status = heapq.heappop(events)
+                fake.set_statuses_of(by_id[bid], status)
+            while next_other < len(other_at) and other_at[next_other] <= now:
+                b = fake.add_outgoing(f"tel:+2557{next_other:08d}")
+                by_id[b.id] = b
+                for offset, status in timeline(rng, args.stuck):
+                    seq += 1
+                    heapq.heappush(events, (now + offset, seq, b.id, status))
+                next_other += 1
             docs = []
             while next_send < len(send_at) and send_at[next_send] <= now:
-                b = await client.send_broadcast(fake.url, DEFAULT_TOKEN, f"tel:+2547{next_send:08d}", "hi")
-                sent_at[b.id] = now
-                for offset, status in timeline(rng, args.stuck):
-                    heapq.heappush(events, (now + offset, b.id, status))
-                    if status in FINAL:
-                        ends_at.setdefault(b.id, now + offset)
-                docs.append({"_id": f"msg-{next_send:05d}", "type": "data_record", "tasks": [{
+                b = await client.send_broadcast(fake.url, DEFAULT_TOKEN, f"tel:+2547{next_send:08d}", "hi",
+                                                max_wait=0.0)
+                by_id[b.id] = fake.broadcasts[-1]
+                steps = [(now + offset, status) for offset, status in timeline(rng, args.stuck)]
+                ours[b.id] = (now, steps)
+                for when, status in steps:
+                    seq += 1
+                    heapq.heappush(events, (when, seq, b.id, status))
+                docs.append({"_id": f"msg-{next_send:06d}", "type": "data_record", "tasks": [{
                     "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": b.id,
                     "messages": [{"uuid": str(uuid.uuid4()), "to": "+254700000000", "message": "hi"}],
                     "state_history": [{"state": "pending", "timestamp": iso(now - 1)},
@@ -151,92 +211,181 @@ async def run(args: argparse.Namespace) -> None:
                 next_send += 1
             if docs:
                 await medic.bulk(docs)
-            # 3. a status round
             result = await tracker.run_round()
-            if result.calls:
-                spent.append((now - start, result.calls))
             if next_send == len(send_at) and not tracker.tracked() and result.finished:
                 break
-            # 4. CHT's poller: one call per sent, non-final message per minute
-            step = TICK
-            if not events or events[0][0] > now + TICK:
-                # Nothing happens for a while: jump to the next event or check, on the tick grid.
-                upcoming = [events[0][0]] if events else []
-                upcoming += [item.next_check for item in tracker.tracked().values()]
-                if next_send < len(send_at):
-                    upcoming.append(send_at[next_send])
+            step = interval
+            checks = [i.next_check for i in tracker.tracked().values()]
+            if not checks or min(checks) > now + interval:
+                # Nothing due for a while: jump to the next event, send or check, on the grid.
+                upcoming = checks
+                upcoming += [send_at[next_send]] if next_send < len(send_at) else []
+                upcoming += [other_at[next_other]] if next_other < len(other_at) else []
+                upcoming += [events[0][0]] if events else []
                 if upcoming:
-                    step = max(TICK, math.ceil((min(upcoming) - now) / TICK) * TICK)
-            in_flight = [bid for bid in sent_at if bid not in final_at]
-            cht_calls += len(in_flight) * step / TICK
-            cht_calls_final_only += sum(1 for bid in in_flight if bid in ends_at) * step / TICK
+                    step = max(interval, math.floor((min(upcoming) - now) / interval) * interval)
+                    if result.retry_in is not None:
+                        step = min(step, max(interval, math.ceil(result.retry_in / interval) * interval))
             now = clock.advance(step)
             budget.wake()
+        end = clock()
 
-        status_calls = fake.call_count("GET", "/api/v2/messages.json") + \
-            fake.call_count("GET", "/api/v2/broadcasts.json")
-        final = tracker.stats.final
+        for request in fake.requests:
+            if request.method == "GET" and request.path in STATUS_PATHS:
+                figures.calls += 1
+                figures.calls_by_hour[int((request.time - start) // 3600)] += 1
+        s = tracker.stats
+        figures.sent, figures.final, figures.expired = len(ours), s.final, s.expired
+        figures.budget_short, figures.throttled = s.budget_short, s.throttled
+        figures.detail = (f"{s.syncs} syncs / {s.sync_pages} pages, {s.broadcast_queries} per-broadcast "
+                          f"queries, {s.broadcast_lookups} broadcast lookups, {s.rounds} rounds")
+        figures.simulated_days = (end - start) / 86400
+
+        # What CHT showed when: the history timestamps of every task.
+        shown: dict[int, list[float]] = {}
         rows = (await medic.all_docs(include_docs=True)).get("rows", [])
-        latencies = []
-        states: dict[str, int] = {}
         for row in rows:
             doc = row.get("doc") or {}
             if not doc.get("_id", "").startswith("msg-"):
                 continue
             task = doc["tasks"][0]
-            states[task["state"]] = states.get(task["state"], 0) + 1
-            bid = task["gateway_ref"]
-            if task["state"] in ("delivered", "failed") and bid in final_at:
-                recorded = parse_time(task["state_history"][-1]["timestamp"])
-                if recorded is not None:
-                    latencies.append(recorded - final_at[bid])
-        s = tracker.stats
-        print(f"messages: {args.messages} sent over {args.send_over / 3600:.1f} h; "
-              f"simulated {(clock() - start) / 86400:.2f} days in {time.perf_counter() - started_wall:.0f} s")
-        print(f"task states at the end: {dict(sorted(states.items()))}")
-        print(f"brought to a final state: {final}; left at the 7-day horizon: {s.expired}; "
-              f"given up (unknown to RapidPro): {s.missing_gave_up}")
-        print(f"worker: {status_calls} status calls = {status_calls / max(final, 1):.3f} per final message "
-              f"({s.syncs} syncs / {s.sync_pages} pages, {s.broadcast_queries} per-broadcast queries, "
-              f"{s.broadcast_lookups} broadcast lookups, {s.rounds} rounds)")
-        print(f"CHT (1 call per non-final message per minute): {cht_calls:.0f} calls = "
-              f"{cht_calls / max(final, 1):.1f} per final message; counting only messages that do "
-              f"reach a final state: {cht_calls_final_only / max(final, 1):.1f} per final message")
-        if args.verbose:
-            buckets = [(0, 3600), (3600, 7200), (7200, 4 * 3600), (4 * 3600, 12 * 3600),
-                       (12 * 3600, 86400), (86400, 3 * 86400), (3 * 86400, 30 * 86400)]
-            for lo, hi in buckets:
-                calls = [c for t, c in spent if lo <= t < hi]
-                print(f"  calls {lo / 3600:>5.0f}-{hi / 3600:<4.0f} h: {sum(calls):4d} "
-                      f"in {len(calls)} rounds")
-        if latencies:
-            ordered = sorted(latencies)
-            pct = {p: ordered[int(p / 100 * (len(ordered) - 1))] / 60 for p in (90, 99)}
-            print(f"worker delay from RapidPro's final status to the CHT task: median "
-                  f"{statistics.median(latencies) / 60:.1f} min, p90 {pct[90]:.1f} min, p99 "
-                  f"{pct[99]:.1f} min, max {ordered[-1] / 60:.1f} min (CHT: up to 1 min)")
+            times = [t for h in task["state_history"][2:]
+                     if (t := parse_time(h.get("timestamp"))) is not None]
+            shown[int(task["gateway_ref"])] = sorted(times)
+        for bid, (sent, steps) in ours.items():
+            final_at = next((t for t, status in steps if status in FINAL), None)
+            times = shown.get(bid, [])
+            for when, _status in steps:
+                if final_at is not None and when > final_at:
+                    break  # after the final state: neither CHT nor the worker follows it
+                tier = tier_of(when - sent)
+                index = bisect.bisect_left(times, when)
+                if index < len(times):
+                    figures.delays[tier].append(times[index] - when)
+                else:
+                    figures.never_shown[tier] += 1  # e.g. past the horizon
+                polls = math.ceil((when - sent) / CHT_POLL)
+                figures.cht_delays[tier].append(sent + polls * CHT_POLL - when)
+            # CHT polls from a minute after sending until a poll sees the final state (or for ever).
+            stop = sent + math.ceil((final_at - sent) / CHT_POLL) * CHT_POLL if final_at is not None else end
+            polls_total = max(0, math.floor((min(stop, end) - sent) / CHT_POLL))
+            figures.cht_calls += polls_total
+            first_poll, last_poll = sent + CHT_POLL, sent + polls_total * CHT_POLL
+            hour = int((first_poll - start) // 3600)
+            while polls_total and start + hour * 3600 <= last_poll:
+                lo = max(first_poll, start + hour * 3600)
+                hi = min(last_poll, start + (hour + 1) * 3600 - 1e-9)
+                if hi >= lo:
+                    figures.cht_calls_by_hour[hour] += math.floor((hi - sent) / CHT_POLL) - \
+                        math.ceil((lo - sent) / CHT_POLL) + 1
+                hour += 1
     finally:
         await client.close()
         await fake.stop()
         await couch.close()
         for db in (db_url, f"{db_url}-rapidpro"):
             delete_db(db)
+    figures.wall_s = time.perf_counter() - started_wall
+    return figures
+
+
+def fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
+
+
+def hourly(by_hour: Counter[int], first: int, last: int) -> tuple[float, int]:
+    """Mean and peak calls per hour over hours first..last."""
+    values = [by_hour.get(h, 0) for h in range(first, last + 1)]
+    return (sum(values) / len(values), max(values)) if values else (0.0, 0)
+
+
+def report(results: list[Figures], args: argparse.Namespace) -> None:
+    interval = args.interval
+    width = 30
+    heads = [f.workload.name for f in results]
+    print()
+    print(f"{'':<34}" + "".join(f"{h:<{width}}" for h in heads) + "target")
+
+    def line(label: str, cells: list[str], target: str = "") -> None:
+        print(f"{label:<34}" + "".join(f"{c:<{width}}" for c in cells) + target)
+
+    line("workload", [f"{f.workload.rate:g}/h for {f.workload.hours:g} h, other {f.workload.other}"
+                      for f in results])
+    line("simulated / wall time", [f"{f.simulated_days:.1f} days / {f.wall_s:.0f} s" for f in results])
+    line("sent / final / left at horizon", [f"{f.sent} / {f.final} / {f.expired}" for f in results])
+    targets = {"fresh": f"p99 <= {3 * interval:.0f} s (3 x interval)",
+               "warm": f"p99 <= {6 * interval:.0f} s (6 x interval)", "old": "within an hour"}
+    for tier in TIERS:
+        cells = []
+        for f in results:
+            d = f.delays[tier]
+            cells.append(f"{fmt(pct(d, 50))} / {fmt(pct(d, 90))} / {fmt(pct(d, 99))} (n={len(d)})")
+        line(f"freshness {TIER_NAMES[tier]} p50/p90/p99", cells, targets[tier])
+        line("   CHT (1 call/message/min)", [
+            f"{fmt(pct(f.cht_delays[tier], 50))} / {fmt(pct(f.cht_delays[tier], 90))} / "
+            f"{fmt(pct(f.cht_delays[tier], 99))}" for f in results])
+    line("changes never shown (horizon)", [str(sum(f.never_shown.values())) for f in results])
+    line("status calls per final message", [f"{f.calls / max(f.final, 1):.3f} ({f.calls} calls)"
+                                            for f in results], "<= 0.15 at 1,000/h")
+    line("   CHT", [f"{f.cht_calls / max(f.final, 1):.1f} ({f.cht_calls:.0f} calls)" for f in results])
+    # The first hour after sending ends holds the fresh and up-to-an-hour tiers; the rest is the
+    # hourly tier, which the messages that never report delivery keep busy until the horizon.
+    early = [sum(f.calls_by_hour.get(h, 0) for h in range(math.ceil(f.workload.hours) + 1)) for f in results]
+    line("   of which sending time + 1 h", [f"{e / max(f.final, 1):.3f} ({e} calls)"
+                                            for f, e in zip(results, early, strict=True)])
+    sending = [max(0, math.ceil(f.workload.hours) - 1) for f in results]
+    line("status calls/hour while sending", [
+        "mean {:.0f}, peak {}".format(*hourly(f.calls_by_hour, 0, s))
+        for f, s in zip(results, sending, strict=True)], "<= 120/h at 20/h")
+    line("   CHT", ["mean {:.0f}, peak {}".format(*hourly(f.cht_calls_by_hour, 0, s))
+                   for f, s in zip(results, sending, strict=True)])
+    line("status calls/hour after sending", [
+        "mean {:.0f}, peak {}".format(*hourly(f.calls_by_hour, s + 1, s + 1 + int(args.horizon // 3600)))
+        for f, s in zip(results, sending, strict=True)])
+    line("   CHT", ["mean {:.0f}, peak {}".format(*hourly(f.cht_calls_by_hour, s + 1,
+                                                          s + 1 + int(args.horizon // 3600)))
+                   for f, s in zip(results, sending, strict=True)])
+    line("rounds cut short (budget / 429)", [f"{f.budget_short} / {f.throttled}" for f in results])
+    for f in results:
+        print(f"{f.workload.name}: {f.detail}")
+
+
+async def run(args: argparse.Namespace) -> None:
+    configure_logging("error", "console")
+    external = os.environ.get("TEST_COUCH_URL", "").strip().rstrip("/")
+    server = None if external else CouchTestServer().start()
+    server_url = external or server.url  # type: ignore[union-attr]
+    workloads = [Workload("busy", 1000, 1, args.other, 3600.0),
+                 Workload("quiet", 20, args.slow_hours, 0, 0.0)]
+    if args.quick:
+        workloads = [Workload("busy", 1000, 1, args.other // 10, 3600.0), Workload("quiet", 20, 24, 0, 0.0)]
+    workloads = [w for w in workloads if w.name in args.workloads.split(",")]
+    results = []
+    try:
+        for work in workloads:
+            results.append(await simulate(work, args, server_url))
+            print(f"{work.name}: done in {results[-1].wall_s:.0f} s wall", file=sys.stderr)
+    finally:
         if server is not None:
             server.stop()
+    print(f"STATUS_POLL_INTERVAL={args.interval:g} s, horizon {args.horizon / 86400:g} days, "
+          f"budget {args.calls_per_hour}/h (sends first), {args.stuck:.0%} never report delivery")
+    report(results, args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--send-over", type=float, default=3600.0, help="seconds over which they are sent")
+    parser.add_argument("--interval", type=float, default=60.0, help="STATUS_POLL_INTERVAL")
+    parser.add_argument("--horizon", type=float, default=7 * 86400.0, help="STATUS_TRACKING_HORIZON")
+    parser.add_argument("--other", type=int, default=20_000, help="other traffic in the busy workload")
+    parser.add_argument("--slow-hours", type=float, default=192.0, help="hours of the quiet workload")
     parser.add_argument("--stuck", type=float, default=0.1, help="share never reporting delivery")
+    parser.add_argument("--calls-per-hour", type=int, default=3600)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--verbose", action="store_true", help="calls per period")
-    defaults = Policy()
-    parser.add_argument("--min-interval", type=float, default=defaults.min_interval)
-    parser.add_argument("--factor", type=float, default=defaults.backoff_factor)
-    parser.add_argument("--max-interval", type=float, default=defaults.max_interval)
-    parser.add_argument("--slack", type=float, default=defaults.slack)
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, to try the script")
+    parser.add_argument("--workloads", default="busy,quiet", help="which to run (comma-separated)")
     asyncio.run(run(parser.parse_args()))
 
 

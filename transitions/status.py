@@ -4,21 +4,27 @@
 No I/O and no clock of its own: every time is an argument (epoch seconds), so the schedule can be
 tested hour by hour without waiting.
 
-Cost is the point (RapidPro's API docs: one workspace budget of 3,600 calls an hour for everything):
+Freshness is the promise, cost the constraint (RapidPro's API docs: one workspace budget of 3,600 calls an
+hour for everything). A message's *tier* is its age since the worker first saw it with a
+gateway_ref (its own sends, another sender's), or since it was sent when found at start or on a
+rescan (asked at once, then by its age):
 
-- a message is asked about less often the longer it sits in one state (the next check comes after
-  `backoff_factor` × the time already spent in the state, between `min_interval` and
-  `max_interval`), and not at all after `horizon` (RapidPro archives messages; many channels never
-  report delivery, so `sent` can be for ever);
-- each check has a window (`next_check` .. `deadline`): due messages wait in it for company, so a
-  single bulk sync (`messages.json?folder=…&after=…`, 250 a page) can answer for many at once;
-  a message is asked about on its own only when its deadline passes and too few are due;
-- a round picks the cheaper of the two: one call per due broadcast, or the expected pages of the
-  folders a sync must read.
+- **fresh** (first 15 minutes): asked every `interval` (STATUS_POLL_INTERVAL), the first time one
+  interval after sending;
+- **warm** (up to an hour): every 5 intervals, on a grid shared by all warm messages;
+- **old**: hourly, on a shared grid, until `horizon` (RapidPro archives messages; many channels
+  never report delivery, so `sent` can be for ever).
+
+Grids make the messages of a tier due in the same rounds, so one bulk sync
+(`messages.json?folder=…&after=…&before=…`, 250 a page, newest first) answers for all of them. A
+round splits the due messages into windows of `created_on` wherever the gap between them would
+cost a page of its own, and answers each window the cheaper way: its expected pages, or one call
+per broadcast.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,15 +57,46 @@ INITIALIZING_DETAILS = "Initializing"
 
 @dataclass(frozen=True)
 class Policy:
-    min_interval: float = 60.0  # never ask about one message more often than this
-    max_interval: float = 24 * 3600.0
-    backoff_factor: float = 1.0  # next check after this share of the time spent in the state
-    slack: float = 2.0  # a due message may wait this many intervals more for a bulk sync
+    interval: float = 60.0  # STATUS_POLL_INTERVAL: a fresh message is asked about this often
+    fresh_age: float = 15 * 60.0  # fresh for this long after sending / first seen
+    warm_age: float = 3600.0  # then warm up to this age
+    warm_every: int = 5  # a warm message is asked about every this many intervals
+    old_every: float = 3600.0  # an older one at least this often
     horizon: float = 7 * 86400.0  # stop tracking this long after sending; the state stays as it is
     max_missing: int = 3  # "no such message" answers (e.g. after a host change) before giving up
     visibility_grace: float = 120.0  # messages appear a few seconds after the broadcast POST
-    created_margin: float = 600.0  # clock skew allowance for `after=` when created_on is unknown
+    created_margin: float = 120.0  # clock skew allowance for `after=` when created_on is unknown
     page_size: int = PAGE_SIZE
+
+    @property
+    def due_tolerance(self) -> float:
+        """Rounds start on the interval grid, a little late: a check due this much later is due."""
+        return min(0.25 * self.interval, 10.0)
+
+
+class Tier(Enum):
+    FRESH = "fresh"
+    WARM = "warm"
+    OLD = "old"
+
+
+def tier_of(age: float, policy: Policy) -> Tier:
+    if age < policy.fresh_age:
+        return Tier.FRESH
+    if age < policy.warm_age:
+        return Tier.WARM
+    return Tier.OLD
+
+
+def period(tier: Tier, policy: Policy) -> float:
+    """Longest time between two checks of a message in this tier. The old tier's grid is one
+    interval shorter than `old_every`, so with the round's lag a change shows within it."""
+    if tier is Tier.FRESH:
+        return policy.interval
+    old = max(policy.interval, policy.old_every - policy.interval)
+    if tier is Tier.WARM:
+        return min(policy.warm_every * policy.interval, old)
+    return old
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -202,7 +239,7 @@ class Tracked:
     sent_at: float
     state_since: float
     next_check: float
-    deadline: float
+    fresh_since: float  # tiers count from here: when the worker first saw it (≈ sent, for its own)
     created_on: float | None = None  # RapidPro's created_on, once seen
     modified_on: float | None = None  # RapidPro's modified_on of the last answer applied
     missing: int = 0  # consecutive "no such message" answers
@@ -213,6 +250,15 @@ class Tracked:
         if self.created_on is not None:
             return self.created_on
         return self.sent_at - policy.created_margin
+
+    def created_upper(self, policy: Policy) -> float:
+        """Upper bound for `before=`: the known created_on, else the send time plus skew."""
+        if self.created_on is not None:
+            return self.created_on
+        return self.sent_at + policy.created_margin
+
+    def tier(self, now: float, policy: Policy) -> Tier:
+        return tier_of(now - self.fresh_since, policy)
 
 
 class Ending(Enum):
@@ -228,26 +274,36 @@ class Observation:
     ended: Ending | None = None
 
 
-def schedule(item: Tracked, now: float, policy: Policy, *, at_once: bool = False) -> None:
-    """Set the check window: later the longer the message has sat in its state."""
-    if at_once:
-        item.next_check = item.deadline = now
-        return
-    age = max(0.0, now - item.state_since)
-    interval = min(policy.max_interval, max(policy.min_interval, policy.backoff_factor * age))
-    item.next_check = now + interval
-    item.deadline = item.next_check + policy.slack * interval
+def schedule(item: Tracked, now: float, policy: Policy) -> None:
+    """The next check after one at `now`: one interval on for a fresh message; the next point of
+    the tier's shared grid for the others (so they are due together and share a sync)."""
+    every = period(item.tier(now, policy), policy)
+    if every <= policy.interval:
+        item.next_check = now + policy.interval
+    else:
+        # The first grid point after this round (a round starts a little after its grid point).
+        item.next_check = (math.floor((now + policy.due_tolerance) / every) + 1) * every
 
 
-def start_tracking(candidate: Candidate, now: float, policy: Policy, *, at_once: bool = False) -> Tracked:
+def is_due(item: Tracked, now: float, policy: Policy) -> bool:
+    return item.next_check <= now + policy.due_tolerance
+
+
+def start_tracking(candidate: Candidate, now: float, policy: Policy, *, at_start: bool = False) -> Tracked:
+    """A message seen for the first time: asked at once — but never before one interval after
+    sending (an empty answer is normal then, and costs a call).
+
+    Its tiers count from now (new in the view while running: another sender's, or our own just
+    sent), or — found at start or on a rescan — from when it was sent, when its history says so:
+    asked at once like a fresh one, it then goes on by its age, so a restart costs one round, not
+    15 minutes of fresh checks for a week of messages that never report delivery."""
     sent_at = candidate.sent_at if candidate.sent_at is not None else now
     since = candidate.state_since if candidate.state_since is not None else sent_at
-    item = Tracked(candidate.uuid, candidate.doc_id, candidate.broadcast, candidate.state,
-                   candidate.details, min(sent_at, now), min(max(since, sent_at), now), now, now)
-    if candidate.sent_at is not None and now - candidate.sent_at < policy.min_interval:
-        at_once = False  # just sent: the first check comes after min_interval anyway
-    schedule(item, now, policy, at_once=at_once)
-    return item
+    sent_at = min(sent_at, now)
+    first = max(now, sent_at + policy.interval) if candidate.sent_at is not None else now
+    fresh_since = sent_at if at_start else now
+    return Tracked(candidate.uuid, candidate.doc_id, candidate.broadcast, candidate.state,
+                   candidate.details, sent_at, min(max(since, sent_at), now), first, fresh_since)
 
 
 def expired(item: Tracked, now: float, policy: Policy) -> bool:
@@ -322,31 +378,81 @@ def visible_yet(item: Tracked, now: float, policy: Policy) -> bool:
 
 # ---------------------------------------------------------------------------- the round plan
 
+ROW_BUCKET = 300.0  # seconds of created_on per counted bucket
+
 
 @dataclass
 class FolderStats:
-    """What syncs have seen: rows per second of created_on window, per folder (all senders of
-    the workspace, final messages included), to predict the pages of the next sync."""
+    """How many rows each folder held per 5 minutes of `created_on`, as the syncs saw them (all
+    senders of the workspace, final messages included), to predict the pages of the next sync.
+    Buckets older than the horizon are dropped, so it stays small."""
 
-    density: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, dict[int, int]] = field(default_factory=dict)
 
-    def learn(self, folder: str, rows: int, window: float) -> None:
-        observed = rows / max(window, 60.0)
-        previous = self.density.get(folder)
-        self.density[folder] = observed if previous is None else 0.5 * previous + 0.5 * observed
+    def learn(self, folder: str, created: Iterable[float], after: float, before: float) -> None:
+        seen: dict[int, int] = {}
+        for when in created:
+            bucket = int(when // ROW_BUCKET)
+            seen[bucket] = seen.get(bucket, 0) + 1
+        counts = self.rows.setdefault(folder, {})
+        first, last = int(after // ROW_BUCKET), int(before // ROW_BUCKET)
+        for bucket in range(first, last + 1):
+            whole = bucket * ROW_BUCKET >= after and (bucket + 1) * ROW_BUCKET <= before
+            value = seen.get(bucket, 0)
+            counts[bucket] = value if whole else max(value, counts.get(bucket, 0))
+
+    def estimate(self, folder: str, after: float, before: float, fallback: Mapping[int, int]) -> float:
+        """Rows of `folder` created in [after, before]; buckets never read count our own tracked
+        messages in them (an underestimate the first sync corrects)."""
+        counts = self.rows.get(folder, {})
+        total = 0.0
+        for bucket in range(int(after // ROW_BUCKET), int(before // ROW_BUCKET) + 1):
+            lo, hi = bucket * ROW_BUCKET, (bucket + 1) * ROW_BUCKET
+            share = max(0.0, min(hi, before) - max(lo, after)) / ROW_BUCKET
+            value = counts.get(bucket)
+            total += (value if value is not None else fallback.get(bucket, 0)) * share
+        return total
+
+    def prune(self, oldest: float) -> None:
+        limit = int(oldest // ROW_BUCKET)
+        for counts in self.rows.values():
+            for bucket in [b for b in counts if b < limit]:
+                del counts[bucket]
 
     def forget(self) -> None:
-        self.density.clear()
+        self.rows.clear()
+
+
+@dataclass(frozen=True)
+class Window:
+    """Due messages answered together: by a sync of [after, before] (before None: up to now), or
+    one query per broadcast."""
+
+    due: tuple[str, ...]
+    sync: bool
+    after: float
+    before: float | None
+    expected_pages: int
+    broadcasts: tuple[int, ...]
+    tier: Tier  # the freshest tier in it (windows run freshest first)
 
 
 @dataclass(frozen=True)
 class Plan:
-    kind: str  # "idle" | "sync" | "broadcasts"
-    due: tuple[str, ...] = ()  # uuids this round answers for
-    folders: tuple[str, ...] = ()
-    after: float | None = None
-    expected_pages: int = 0
-    broadcasts: tuple[int, ...] = ()
+    kind: str  # "idle" | "sync" | "broadcasts" | "mixed"
+    windows: tuple[Window, ...] = ()
+
+    @property
+    def due(self) -> tuple[str, ...]:
+        return tuple(uuid for window in self.windows for uuid in window.due)
+
+    @property
+    def broadcasts(self) -> tuple[int, ...]:
+        return tuple(b for window in self.windows if not window.sync for b in window.broadcasts)
+
+    @property
+    def expected_calls(self) -> int:
+        return sum(w.expected_pages if w.sync else len(w.broadcasts) for w in self.windows)
 
 
 def sync_folders(due: Sequence[Tracked]) -> tuple[str, ...]:
@@ -359,44 +465,64 @@ def sync_folders(due: Sequence[Tracked]) -> tuple[str, ...]:
     return (SENT_FOLDER,)
 
 
-def expected_pages(folders: Iterable[str], after: float, now: float, tracked: Iterable[Tracked],
-                   stats: FolderStats, policy: Policy) -> int:
-    """Pages a sync of `folders` since `after` should read: from learnt densities, else from our
-    own tracked messages in the window (an underestimate the first sync corrects)."""
-    window = max(0.0, now - after)
-    own: dict[str, int] = dict.fromkeys(FOLDERS, 0)
+def _own_buckets(tracked: Iterable[Tracked], policy: Policy) -> dict[str, dict[int, int]]:
+    own: dict[str, dict[int, int]] = {folder: {} for folder in FOLDERS}
     for item in tracked:
-        if item.created_estimate(policy) >= after:
-            own[folder_of(item.state, item.details)] += 1
+        bucket = int(((item.created_estimate(policy) + item.created_upper(policy)) / 2) // ROW_BUCKET)
+        counts = own[folder_of(item.state, item.details)]
+        counts[bucket] = counts.get(bucket, 0) + 1
+    return own
+
+
+def expected_pages(folders: Iterable[str], after: float, before: float, tracked: Iterable[Tracked],
+                   stats: FolderStats, policy: Policy,
+                   own: Mapping[str, Mapping[int, int]] | None = None) -> int:
+    """Pages a sync of `folders` over [after, before] should read."""
+    counts = own if own is not None else _own_buckets(tracked, policy)
     total = 0
     for folder in folders:
-        density = stats.density.get(folder)
-        rows = density * window if density is not None else own.get(folder, 0)
+        rows = stats.estimate(folder, after, before, counts.get(folder, {}))
         total += max(1, math.ceil(rows / policy.page_size))
     return total
 
 
 def plan_round(tracked: Iterable[Tracked], now: float, policy: Policy, stats: FolderStats) -> Plan:
-    """The cheaper way to answer for the due messages, or nothing yet.
-
-    Nothing happens until some message's deadline passes: until then due messages wait for
-    company. Then a sync answers for every due message (and refreshes every other message it
-    lists) at the cost of its pages, when that is no more than one call per due broadcast;
-    otherwise only the overdue messages are asked about, one broadcast each."""
+    """The due messages, split into windows of created_on wherever the rows between two of them
+    would fill a page (asking across such a gap costs more than it can save), each answered the
+    cheaper way: the pages of a sync, or one call per broadcast. Freshest window first, so a
+    short budget delays the older tiers, not the fresh one."""
     items = list(tracked)
-    due = [item for item in items if item.next_check <= now]
-    overdue = [item for item in due if item.deadline <= now]
-    if not overdue:
+    due = [item for item in items if is_due(item, now, policy)]
+    if not due:
         return Plan("idle")
-    after = min(item.created_estimate(policy) for item in due)
-    folders = sync_folders(due)
-    pages = expected_pages(folders, after, now, items, stats, policy)
-    asked = len({item.broadcast for item in due})
-    # On a tie the sync still wins when it also refreshes messages that are not due yet.
-    if asked > pages or (asked == pages and len(items) > len(due)):
-        return Plan("sync", tuple(item.uuid for item in due), folders, after, pages)
-    broadcasts = sorted({item.broadcast for item in overdue})
-    return Plan("broadcasts", tuple(item.uuid for item in overdue), broadcasts=tuple(broadcasts))
+    own = _own_buckets(items, policy)
+    due.sort(key=lambda item: item.created_upper(policy), reverse=True)
+    groups: list[list[Tracked]] = [[due[0]]]
+    for previous, item in itertools.pairwise(due):
+        gap = stats.estimate(SENT_FOLDER, item.created_upper(policy), previous.created_estimate(policy),
+                             own.get(SENT_FOLDER, {}))
+        if gap >= policy.page_size:
+            groups.append([item])
+        else:
+            groups[-1].append(item)
+    windows: list[Window] = []
+    for index, group in enumerate(groups):
+        after = min(item.created_estimate(policy) for item in group)
+        # The newest window reads up to now (rows created meanwhile are few); older ones stop
+        # at their newest message, so the rows of fresher windows are not read twice.
+        before = None if index == 0 else max(item.created_upper(policy) for item in group)
+        pages = expected_pages(sync_folders(group), after, now if before is None else before, items,
+                               stats, policy, own)
+        broadcasts = tuple(sorted({item.broadcast for item in group}))
+        tier = min((item.tier(now, policy) for item in group), key=lambda t: list(Tier).index(t))
+        # On a tie a sync still wins when it answers for several: it refreshes the others too.
+        sync = len(broadcasts) > pages or (len(broadcasts) == pages and len(broadcasts) > 1)
+        windows.append(Window(tuple(item.uuid for item in group), sync, after, before, pages, broadcasts,
+                              tier))
+    windows.sort(key=lambda w: list(Tier).index(w.tier))
+    kinds = {w.sync for w in windows}
+    kind = "mixed" if len(kinds) > 1 else ("sync" if kinds == {True} else "broadcasts")
+    return Plan(kind, tuple(windows))
 
 
 # ---------------------------------------------------------------------------- the task applier

@@ -77,7 +77,8 @@ class Worker:
                                          file=config.rapidpro_api_token_file, ttl=config.credentials_ttl)
         self.incoming_key = Credential(self.vault, "rapidpro:incoming", value=config.rapidpro_incoming_key,
                                        file=config.rapidpro_incoming_key_file, ttl=config.credentials_ttl)
-        self.budget = RateBudget(config.rapidpro_calls_per_hour)
+        # A tenth of the budget is only for sends: status tracking never empties it before a burst.
+        self.budget = RateBudget(config.rapidpro_calls_per_hour, send_reserve=0.1)
         # A call waits at most rapidpro_timeout for the budget, then at most as long for its answer.
         self.rapidpro = RapidProClient(self.budget, timeout=config.rapidpro_timeout,
                                        max_wait=config.rapidpro_timeout)
@@ -92,7 +93,7 @@ class Worker:
         self.status = StatusTracker(
             medic=self.medic, own_db=self.own_db, client=self.rapidpro, token=self.outgoing_token,
             settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
-            policy=Policy(horizon=config.status_tracking_horizon))
+            policy=Policy(interval=config.status_poll_interval, horizon=config.status_tracking_horizon))
         self.incoming = IncomingWebhook(self.medic, self.incoming_key, lambda: self.settings.current,
                                         translations=lambda: self.translations.current,
                                         max_body=config.webhook_max_body,

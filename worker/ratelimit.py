@@ -77,26 +77,27 @@ class TokenBucket:
     def paused_until(self) -> float | None:
         return self._paused_until
 
-    def try_take(self, now: float) -> float:
-        """Take one token: 0.0 when taken, else the seconds until one can be (nothing taken)."""
+    def try_take(self, now: float, keep: float = 0.0) -> float:
+        """Take one token, leaving at least `keep` in the bucket: 0.0 when taken, else the
+        seconds until one can be (nothing taken)."""
         if self._paused_until is not None:
             if now < self._paused_until:
                 return self._paused_until - now
             self._paused_until = None
         self._refill(now)
-        if self._tokens >= 1.0 - _EPSILON:
+        if self._tokens >= 1.0 + keep - _EPSILON:
             self._tokens = max(0.0, self._tokens - 1.0)
             return 0.0
-        return max((1.0 - self._tokens) / self.rate, _EPSILON)
+        return max((1.0 + keep - self._tokens) / self.rate, _EPSILON)
 
-    def time_until_token(self, now: float) -> float:
-        """What `try_take(now)` would answer, without taking anything."""
+    def time_until_token(self, now: float, keep: float = 0.0) -> float:
+        """What `try_take(now, keep)` would answer, without taking anything."""
         if self._paused_until is not None and now < self._paused_until:
             return self._paused_until - now
         self._refill(now)
-        if self._tokens >= 1.0 - _EPSILON:
+        if self._tokens >= 1.0 + keep - _EPSILON:
             return 0.0
-        return max((1.0 - self._tokens) / self.rate, _EPSILON)
+        return max((1.0 + keep - self._tokens) / self.rate, _EPSILON)
 
     def pause_until(self, t: float, now: float | None = None) -> None:
         """A 429: nothing is taken before `t`, and at `t` the bucket holds one token only.
@@ -169,9 +170,15 @@ class RateBudget:
         *,
         clock: Clock = time.monotonic,
         throttle_backoff: Backoff | None = None,
+        send_reserve: float = 0.0,
     ) -> None:
+        """`send_reserve`: the share of the hourly budget only sends may use, so a burst of sends
+        never finds the bucket emptied by status tracking or reconciliation."""
+        if not 0.0 <= send_reserve < 1.0:
+            raise ValueError(f"send_reserve must be in [0, 1), not {send_reserve!r}")
         self._clock = clock
         self._bucket = TokenBucket(calls_per_hour)
+        self._send_reserve = send_reserve
         # For 429s without Retry-After: grows per 429, back to its base after a call gets through.
         self._backoff = throttle_backoff or Backoff(base=2.0, cap=60.0)
         self._queue: list[_Waiter] = []  # sorted by (priority, seq)
@@ -206,9 +213,14 @@ class RateBudget:
         until = self._bucket.paused_until()
         return 0.0 if until is None else max(0.0, until - self._clock())
 
-    def next_token_in(self) -> float:
-        """Seconds until a token is free (ignoring callers already waiting for it)."""
-        return self._bucket.time_until_token(self._clock())
+    def next_token_in(self, priority: Priority = Priority.SEND) -> float:
+        """Seconds until a token is free for `priority` (ignoring callers already waiting)."""
+        return self._bucket.time_until_token(self._clock(), self._keep(priority))
+
+    def _keep(self, priority: int) -> float:
+        if priority <= Priority.SEND or self._send_reserve <= 0 or math.isinf(self._bucket.calls_per_hour):
+            return 0.0
+        return self._send_reserve * self._bucket.capacity
 
     # ------------------------------------------------------------------ taking tokens
 
@@ -219,7 +231,7 @@ class RateBudget:
         try:
             while True:
                 if self._queue[0] is waiter:
-                    wait = self._bucket.try_take(self._clock())
+                    wait = self._bucket.try_take(self._clock(), self._keep(waiter.priority))
                     if wait <= 0:
                         return
                     # Sleep until the token is due, unless woken earlier (budget changed, a

@@ -6,10 +6,11 @@ The decisions are in transitions/status.py; this runs them:
   forwarded-by-gateway, sent) lists every message with a gateway_ref, whoever sent it. It is read
   at start and on a rescan (docs and ledger entries too), and its rows once per round to pick up
   new messages and drop those another writer moved on. The schedule itself lives in memory.
-- **A round** plans per-broadcast queries or a bulk folder sync (the cheaper one), then runs it
-  step by step. A step is popped only once its answer is processed, so after a 429 (or any
-  RapidPro error) the next round continues with the same step — the same cursor page — instead
-  of starting again.
+- **A round** runs on the STATUS_POLL_INTERVAL grid. It plans windows of due messages (per-broadcast
+  queries or a bulk folder sync each, the cheaper one; the freshest window first), then runs them
+  step by step. A step is popped only once its answer is processed, so after a 429, any RapidPro
+  error, or a budget too short to ask now (sends keep a reserve of it), the next round continues
+  with the same step — the same cursor page — instead of starting again.
 - **Recording**: the round's updates are written in bulk: first onto the worker's own ledger
   entries (when the message is the worker's own, so a re-projection never moves the task back),
   then onto the CHT docs with `_bulk_docs`, each conflict re-read and re-applied. Updates not yet
@@ -34,7 +35,6 @@ from transitions.dispatch import TaskUpdate, not_sending_reason
 from transitions.states import GATEWAY_TRACKED_STATES, RECEIVED_BY_GATEWAY
 from transitions.status import (
     FAILED_FOLDER,
-    FOLDERS,
     OUTBOX,
     SENT_FOLDER,
     Applied,
@@ -44,7 +44,9 @@ from transitions.status import (
     Observation,
     Plan,
     Policy,
+    Tier,
     Tracked,
+    Window,
     apply_status_updates,
     broadcast_id,
     expired,
@@ -52,6 +54,7 @@ from transitions.status import (
     observe,
     observe_broadcast,
     observe_unchanged,
+    period,
     plan_round,
     start_tracking,
     trackable_messages,
@@ -70,6 +73,18 @@ VIEW_DDOC, VIEW_NAME = "medic-sms", "gateway_messages_by_state"
 MAX_CONFLICT_RETRIES = 5
 _DOC_BATCH = 200  # docs per all_docs / _bulk_docs request
 _FLUSH_AT = 200  # write as soon as this many updates wait
+# Messages remembered as past the horizon or unknown to RapidPro (so the view's rows for them are
+# not re-read every round). Pruned to what the view still lists; this caps it beyond that.
+_MAX_REMEMBERED = 100_000
+
+
+class _BudgetShort(Exception):
+    """The shared budget has nothing for status tracking now (sends keep a reserve): stop the
+    round without waiting; the next one resumes it."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"rate budget short for {wait:.1f} s")
+        self.wait = wait
 
 
 class TokenSource(Protocol):
@@ -93,6 +108,7 @@ class StatusStats:
     missing_gave_up: int = 0  # RapidPro kept answering "no such message" (host changed?)
     unknown_statuses: int = 0
     throttled: int = 0
+    budget_short: int = 0  # rounds cut short because the shared budget had nothing to spare
     rescans: int = 0
     last_round_at: str | None = None
     last_error: str | None = None
@@ -100,7 +116,7 @@ class StatusStats:
 
 @dataclass
 class RoundResult:
-    plan: str = "idle"  # idle | sync | broadcasts | resumed
+    plan: str = "idle"  # idle | sync | broadcasts | mixed | resumed
     calls: int = 0
     updates: int = 0
     finished: bool = True  # False: stopped early (429, error); the next round resumes it
@@ -109,13 +125,21 @@ class RoundResult:
 
 
 @dataclass
+class _Part:
+    """One window of the plan, as a sync: what it has read and matched so far."""
+
+    window: Window
+    due: set[str]
+    read: set[str] = field(default_factory=set)  # folders read completely
+
+
+@dataclass
 class _Step:
-    kind: str  # "folder" | "after_sync" | "broadcast" | "lookup"
+    kind: str  # "folder" | "decide" | "broadcast" | "lookup"
+    part: int = -1
     folder: str | None = None
-    after: str | None = None
-    after_ts: float = 0.0
     cursor: str | None = None
-    rows: int = 0
+    created: list[float] = field(default_factory=list)  # created_on of the rows read (to learn)
     broadcast: int | None = None
 
 
@@ -123,13 +147,11 @@ class _Step:
 class _Round:
     plan: Plan
     steps: deque[_Step]
-    due: set[str]
+    parts: list[_Part]
+    now: float  # when this (part of the) round started: checks are scheduled from it
     matched: set[str] = field(default_factory=set)
-    read: set[str] = field(default_factory=set)  # folders read completely
     asked: set[int] = field(default_factory=set)  # broadcasts queried one by one
     looked_up: set[int] = field(default_factory=set)
-    after: str | None = None
-    after_ts: float = 0.0
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
@@ -166,8 +188,8 @@ class StatusTracker:
         self._view_page_size = view_page_size
         self._book: dict[str, Tracked] = {}
         self._by_broadcast: dict[int, set[str]] = {}
-        self._expired: set[str] = set()  # past the horizon: never asked again
-        self._missing: set[str] = set()  # gave up on this host; asked again after a rescan
+        self._expired: dict[str, None] = {}  # past the horizon: never asked again
+        self._missing: dict[str, None] = {}  # gave up on this host; asked again after a rescan
         self._unwritten: dict[str, tuple[str, TaskUpdate]] = {}  # uuid → (doc_id, update)
         self._folder_stats = FolderStats()
         self._round: _Round | None = None
@@ -175,6 +197,7 @@ class StatusTracker:
         self._rescan = False
         self._url: str | None = None
         self._wake = asyncio.Event()
+        self._short_since: float | None = None  # the budget has been short since
         self.stats = StatusStats()
         # Called with how long after RapidPro's change a new state was learned (metrics).
         self.on_state_learned: Callable[[float], None] | None = None
@@ -188,7 +211,32 @@ class StatusTracker:
         self._wake.set()
 
     def health(self) -> dict[str, Any]:
-        return {**asdict(self.stats), "due": self.due_count(), "unwritten": len(self._unwritten)}
+        return {**asdict(self.stats), "due": self.due_count(), "unwritten": len(self._unwritten),
+                "remembered": {"past_horizon": len(self._expired), "unknown_to_rapidpro": len(self._missing)},
+                "freshness": self.freshness()}
+
+    def freshness(self) -> dict[str, Any]:
+        """Per tier: messages followed, and those whose check is late by more than the tier's
+        period (the budget could not pay for it). `degraded` says freshness is not kept."""
+        now = self._clock()
+        tiers: dict[str, dict[str, Any]] = {t.value: {"tracked": 0, "late": 0, "max_late_s": 0.0}
+                                            for t in Tier}
+        for item in self._book.values():
+            tier = item.tier(now, self.policy)
+            entry = tiers[tier.value]
+            entry["tracked"] += 1
+            late = now - item.next_check
+            if late > period(tier, self.policy) + self.policy.due_tolerance:
+                entry["late"] += 1
+                entry["max_late_s"] = max(entry["max_late_s"], round(late, 1))
+        reason = None
+        if self._short_since is not None:
+            reason = "rapidpro_budget_short"
+        elif any(entry["late"] for entry in tiers.values()):
+            reason = "checks_late"
+        return {"degraded": reason is not None, "reason": reason,
+                "budget_short_since": cht_time(self._short_since) if self._short_since else None,
+                "tiers": tiers}
 
     def due_count(self) -> int:
         now = self._clock()
@@ -199,9 +247,10 @@ class StatusTracker:
         return self._book
 
     async def run(self, interval: float) -> None:
-        """A round every `interval` seconds (sooner after a 429 pause ends, at once on a rescan)."""
+        """A round on every point of the `interval` grid (sooner after a 429 pause ends, at once on
+        a rescan), so checks scheduled a whole number of intervals ahead fall due in a round."""
         while True:
-            wait = interval
+            wait: float | None = None
             try:
                 result = await self.run_round()
                 if result.retry_in is not None:
@@ -212,6 +261,10 @@ class StatusTracker:
             except Exception as exc:  # a bug or a doc we did not foresee: log it, keep the daemon up
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("status_round_crashed", error=self.stats.last_error, exc_info=True)
+            if wait is None:
+                wait = interval - (self._clock() % interval)
+                if wait < 0.1 * interval:
+                    wait += interval  # just missed a grid point: the next one
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -219,8 +272,9 @@ class StatusTracker:
             self._wake.clear()
 
     async def run_round(self) -> RoundResult:
-        """One round. RapidPro errors (429 included) end it early with `finished=False`; the
-        next round continues from the step that failed. CouchDB errors are raised."""
+        """One round. RapidPro errors (429 included) and a short budget end it early with
+        `finished=False`; the next round continues from the step that failed. CouchDB errors
+        are raised."""
         result = RoundResult()
         settings = self._settings()
         try:
@@ -243,41 +297,55 @@ class StatusTracker:
         await self._flush()  # leftovers of a failed write first
         if self._rescan or not self._loaded:
             # Taken before the rebuild awaits anything: a rescan asked for meanwhile is not lost.
-            at_once, self._rescan = self._rescan, False
+            rescan, self._rescan = self._rescan, False
             try:
-                await self._rebuild(at_once=at_once)
+                await self._rebuild(rescan=rescan)
             except BaseException:
-                self._rescan = self._rescan or at_once
+                self._rescan = self._rescan or rescan
                 raise
         else:
             await self._refresh()
         await self._flush()  # the ledger may know more than a task (its write failed)
         now = self._clock()
         self._expire(now)
+        self._folder_stats.prune(now - self.policy.horizon - 86400)
 
         if self._round is None:
             plan = plan_round(self._book.values(), now, self.policy, self._folder_stats)
             result.plan = plan.kind
             if plan.kind == "idle":
+                self._short_since = None
                 self.stats.tracked = len(self._book)
                 return result
-            self._round = self._build_round(plan)
+            self._round = self._build_round(plan, now)
         elif not self._book:
             self._round = None  # nothing left to learn from the rest of it
             self.stats.tracked = 0
             return result
         else:
             result.plan = "resumed"
+            self._round.now = now
         calls_before = self.stats.calls
         written_before = self.stats.updates_written
         try:
             await self._execute(self._round, base_url, token)
             self._round = None
+            self._short_since = None
+        except _BudgetShort as exc:
+            self.stats.budget_short += 1
+            result.finished = False
+            result.retry_in = exc.wait
+            if self._short_since is None:
+                self._short_since = now
+                log.warning("status_budget_short", wait_s=round(exc.wait, 1),
+                            steps_left=len(self._round.steps),
+                            hint="status checks wait for the RapidPro budget (sends go first); "
+                                 "freshness degrades until it recovers")
         except RateLimited as exc:
             self.stats.throttled += 1
             result.finished = False
             result.retry_in = exc.retry_after if exc.retry_after is not None else \
-                self._client.budget.paused_for() or self.policy.min_interval
+                self._client.budget.paused_for() or self.policy.interval
             log.warning("status_round_throttled", retry_in_s=round(result.retry_in, 1),
                         steps_left=len(self._round.steps))
         except RapidProError as exc:
@@ -310,10 +378,16 @@ class StatusTracker:
                     del self._by_broadcast[item.broadcast]
         return item
 
+    @staticmethod
+    def _remember(memory: dict[str, None], uuid: str) -> None:
+        memory[uuid] = None
+        while len(memory) > _MAX_REMEMBERED:
+            del memory[next(iter(memory))]  # the oldest; re-read (and re-judged) if the view has it
+
     def _expire(self, now: float) -> None:
         for item in [i for i in self._book.values() if expired(i, now, self.policy)]:
             self._drop(item.uuid)
-            self._expired.add(item.uuid)
+            self._remember(self._expired, item.uuid)
             self.stats.expired += 1
             log.info("status_tracking_horizon", message_uuid=item.uuid, broadcast_id=item.broadcast,
                      state=item.state, details=item.details, sent_at=cht_time(item.sent_at))
@@ -335,12 +409,16 @@ class StatusTracker:
                 if len(found) < self._view_page_size:
                     break
                 skip += len(found)
+        # What the view no longer lists (moved on, cleared, deleted) need not be remembered.
+        for memory in (self._expired, self._missing):
+            for uuid in [u for u in memory if u not in rows]:
+                del memory[uuid]
         return rows
 
-    async def _rebuild(self, *, at_once: bool) -> None:
-        """Read every tracked message afresh (start, rescan)."""
+    async def _rebuild(self, *, rescan: bool) -> None:
+        """Read every tracked message afresh (start, rescan): each is due at once."""
         rows = await self._tracked_rows()
-        if at_once:
+        if rescan:
             self.stats.rescans += 1
             self._missing.clear()
             self._folder_stats.forget()  # another host has other traffic
@@ -348,10 +426,10 @@ class StatusTracker:
         self._book.clear()
         self._by_broadcast.clear()
         wanted = {uuid: row for uuid, row in rows.items() if uuid not in self._expired}
-        await self._start_tracking(wanted, at_once=at_once, first=True)
+        await self._start_tracking(wanted, at_start=True)
         self._loaded = True
         self.stats.tracked = len(self._book)
-        log.info("status_tracking_loaded", tracked=len(self._book), rescan=at_once)
+        log.info("status_tracking_loaded", tracked=len(self._book), rescan=rescan)
 
     async def _refresh(self) -> None:
         """Follow the view cheaply: add new messages, drop or re-read those someone moved."""
@@ -365,10 +443,9 @@ class StatusTracker:
                if uuid not in self._book and uuid not in self._expired and uuid not in self._missing
                and uuid not in self._unwritten}
         if new:
-            await self._start_tracking(new, at_once=False, first=False)
+            await self._start_tracking(new, at_start=False)
 
-    async def _start_tracking(self, rows: dict[str, tuple[str, str, Any]], *, at_once: bool,
-                              first: bool) -> None:
+    async def _start_tracking(self, rows: dict[str, tuple[str, str, Any]], *, at_start: bool) -> None:
         now = self._clock()
         doc_ids = sorted({row[0] for row in rows.values()})
         candidates: dict[str, Candidate] = {}
@@ -390,16 +467,12 @@ class StatusTracker:
                 sent = parse_time(entry.get("outcome_at")) or parse_time(entry.get("claimed_at"))
                 candidate = Candidate(**{**asdict(candidate), "sent_at": sent})
             if now - (candidate.sent_at if candidate.sent_at is not None else now) > self.policy.horizon:
-                self._expired.add(uuid)
+                self._remember(self._expired, uuid)
                 self.stats.expired += 1
                 log.info("status_tracking_horizon", message_uuid=uuid, broadcast_id=candidate.broadcast,
                          state=candidate.state, at="load")
                 continue
-            item = start_tracking(candidate, now, self.policy, at_once=at_once)
-            if first and not at_once:
-                # After a (re)start nobody knows when these were last asked: due now, and asked
-                # on their own only if no sync comes within their slack.
-                item.next_check = now
+            item = start_tracking(candidate, now, self.policy, at_start=at_start)
             if own and entry is not None:
                 # The ledger can be ahead of the task (its write failed after the ledger's).
                 state, details = entry.get("task_state"), entry.get("task_state_details")
@@ -412,43 +485,53 @@ class StatusTracker:
 
     # ------------------------------------------------------------------ a round
 
-    def _build_round(self, plan: Plan) -> _Round:
+    def _build_round(self, plan: Plan, now: float) -> _Round:
         steps: deque[_Step] = deque()
-        if plan.kind == "sync":
-            assert plan.after is not None
-            # `sent` first (most messages are there); `outbox` and `failed` only if needed.
-            steps.append(_Step("folder", folder=SENT_FOLDER, after=rapidpro_time(plan.after),
-                               after_ts=plan.after))
-            steps.append(_Step("decide"))
-            self.stats.syncs += 1
-        else:
-            steps.extend(_Step("broadcast", broadcast=b) for b in plan.broadcasts)
-        log.info("status_round", plan=plan.kind, due=len(plan.due), folders=list(plan.folders),
-                 expected_pages=plan.expected_pages, broadcasts=len(plan.broadcasts),
-                 tracked=len(self._book))
-        work = _Round(plan, steps, set(plan.due))
-        if plan.after is not None:
-            work.after, work.after_ts = rapidpro_time(plan.after), plan.after
-        return work
+        parts: list[_Part] = []
+        for index, window in enumerate(plan.windows):
+            parts.append(_Part(window, set(window.due)))
+            if window.sync:
+                # `sent` first (most messages are there); `outbox` and `failed` only if needed.
+                steps.append(_Step("folder", part=index, folder=SENT_FOLDER))
+                steps.append(_Step("decide", part=index))
+                self.stats.syncs += 1
+            else:
+                steps.extend(_Step("broadcast", part=index, broadcast=b) for b in window.broadcasts)
+        log.info("status_round", plan=plan.kind, due=len(plan.due), tracked=len(self._book),
+                 windows=[{"tier": w.tier.value, "due": len(w.due), "sync": w.sync,
+                           "expected_calls": w.expected_pages if w.sync else len(w.broadcasts)}
+                          for w in plan.windows])
+        return _Round(plan, steps, parts, now)
+
+    def _check_budget(self) -> None:
+        wait = self._client.budget.next_token_in(Priority.STATUS)
+        if wait > 0 and (self._max_wait is None or wait > self._max_wait):
+            raise _BudgetShort(wait)
 
     async def _execute(self, work: _Round, base_url: str, token: str) -> None:
         while work.steps:
             step = work.steps[0]
+            if step.kind in ("folder", "broadcast", "lookup"):
+                self._check_budget()
             if step.kind == "folder":
                 assert step.folder is not None
+                window = work.parts[step.part].window
                 page = await self._call(self._client.list_messages(
-                    base_url, token, folder=step.folder, after=step.after, cursor_url=step.cursor,
-                    priority=Priority.STATUS, max_wait=self._max_wait))
+                    base_url, token, folder=step.folder, after=rapidpro_time(window.after),
+                    before=rapidpro_time(window.before) if window.before is not None else None,
+                    cursor_url=step.cursor, priority=Priority.STATUS, max_wait=self._max_wait))
                 self.stats.sync_pages += 1
                 self._match(page.results, work)
-                step.rows += len(page.results)
+                step.created.extend(when for result in page.results
+                                    if (when := parse_time(result.get("created_on"))) is not None)
                 if page.next is not None:
                     step.cursor = page.next
                     continue
-                self._folder_stats.learn(step.folder, step.rows, self._clock() - step.after_ts)
-                work.read.add(step.folder)
+                self._folder_stats.learn(step.folder, step.created, window.after,
+                                         window.before if window.before is not None else self._clock())
+                work.parts[step.part].read.add(step.folder)
             elif step.kind == "decide":
-                self._decide(work)
+                self._decide(work, step.part)
             elif step.kind == "broadcast":
                 assert step.broadcast is not None
                 page = await self._call(self._client.list_messages(
@@ -464,9 +547,8 @@ class StatusTracker:
                 broadcast = await self._call(self._client.get_broadcast(
                     base_url, token, step.broadcast, priority=Priority.STATUS, max_wait=self._max_wait))
                 self.stats.broadcast_lookups += 1
-                now = self._clock()
                 for uuid in list(self._by_broadcast.get(step.broadcast, ())):
-                    self._apply(self._book[uuid], observe_broadcast(self._book[uuid], broadcast, now,
+                    self._apply(self._book[uuid], observe_broadcast(self._book[uuid], broadcast, work.now,
                                                                     self.policy))
             work.steps.popleft()
             if len(self._unwritten) >= _FLUSH_AT:
@@ -477,8 +559,8 @@ class StatusTracker:
         return await call
 
     def _match(self, results: list[dict[str, Any]], work: _Round) -> None:
-        """Results to tracked messages, by broadcast (the newest result of a broadcast wins)."""
-        now = self._clock()
+        """Results to tracked messages, by broadcast (the newest result of a broadcast wins).
+        A sync refreshes every tracked message it lists, due or not."""
         seen: set[int] = set()
         for result in results:
             if result.get("direction", "out") != "out":
@@ -490,51 +572,50 @@ class StatusTracker:
             for uuid in list(self._by_broadcast.get(broadcast, ())):
                 item = self._book[uuid]
                 work.matched.add(uuid)
-                observation = observe(item, result, now, self.policy)
+                observation = observe(item, result, work.now, self.policy)
                 if observation.unknown_status:
                     self.stats.unknown_statuses += 1
                     log.warning("status_unknown", message_uuid=uuid, broadcast_id=broadcast,
                                 status=result.get("status"))
                 self._apply(item, observation)
 
-    def _decide(self, work: _Round) -> None:
-        """After a folder: read another one, or ask about the due messages not listed yet —
-        not visible yet, gone back to the outbox unseen, failed, a broadcast that produced no
-        message, or a message this host does not have."""
-        now = self._clock()
-        unmatched = [item for uuid in sorted(work.due - work.matched) if (item := self._book.get(uuid))]
+    def _decide(self, work: _Round, index: int) -> None:
+        """After a folder of a window: read another one, or ask about the window's due messages
+        not listed yet — not visible yet, gone back to the outbox unseen, failed, a broadcast that
+        produced no message, or a message this host does not have. Another folder is read only
+        for two or more of them; one is asked about on its own (as cheap, and exact)."""
+        part = work.parts[index]
+        now = work.now
+        unmatched = [item for uuid in sorted(part.due - work.matched) if (item := self._book.get(uuid))]
         visible = [item for item in unmatched if visible_yet(item, now, self.policy)]
+        queued = {item.broadcast for item in unmatched if item.state == RECEIVED_BY_GATEWAY}
         folder: str | None = None
-        if OUTBOX not in work.read and any(item.state == RECEIVED_BY_GATEWAY for item in unmatched):
+        if OUTBOX not in part.read and len(queued) >= 2:
             folder = OUTBOX
-        elif FAILED_FOLDER not in work.read and len({item.broadcast for item in visible}) >= 2:
+        elif FAILED_FOLDER not in part.read and len({item.broadcast for item in visible}) >= 2:
             folder = FAILED_FOLDER  # one page for them all rather than one call each
         if folder is not None:
-            work.steps.append(_Step("folder", folder=folder, after=work.after, after_ts=work.after_ts))
-            work.steps.append(_Step("decide"))
+            work.steps.insert(1, _Step("decide", part=index))
+            work.steps.insert(1, _Step("folder", part=index, folder=folder))
             return
-        full = work.read >= set(FOLDERS)
         for item in unmatched:
-            if item not in visible:
-                observe_unchanged(item, now, self.policy)
-            elif full:
-                # No folder lists it: only the broadcast itself can tell why.
-                if item.broadcast not in work.looked_up:
-                    work.looked_up.add(item.broadcast)
-                    work.steps.append(_Step("lookup", broadcast=item.broadcast))
+            if item not in visible and (OUTBOX in part.read or item.state != RECEIVED_BY_GATEWAY):
+                observe_unchanged(item, now, self.policy)  # not created yet: asked next interval
             elif item.broadcast not in work.asked:
+                # Its own query tells (and gives its created_on, should RapidPro's clock differ
+                # from ours); an empty answer leads to the broadcast itself.
                 work.asked.add(item.broadcast)
-                work.steps.append(_Step("broadcast", broadcast=item.broadcast))
+                work.steps.insert(1, _Step("broadcast", part=index, broadcast=item.broadcast))
 
     def _no_messages(self, broadcast: int, work: _Round) -> None:
-        now = self._clock()
+        now = work.now
         for uuid in list(self._by_broadcast.get(broadcast, ())):
             item = self._book[uuid]
             if not visible_yet(item, now, self.policy):
-                observe_unchanged(item, now, self.policy)
+                observe_unchanged(item, now, self.policy)  # normal right after sending
             elif broadcast not in work.looked_up:
                 work.looked_up.add(broadcast)
-                work.steps.append(_Step("lookup", broadcast=broadcast))
+                work.steps.insert(1, _Step("lookup", broadcast=broadcast))
 
     def _apply(self, item: Tracked, observation: Observation) -> None:
         if observation.update is not None:
@@ -546,7 +627,7 @@ class StatusTracker:
             self.stats.final += 1
         elif observation.ended is Ending.MISSING:
             self._drop(item.uuid)
-            self._missing.add(item.uuid)
+            self._remember(self._missing, item.uuid)
             self.stats.missing_gave_up += 1
             log.warning("status_message_not_found", message_uuid=item.uuid, broadcast_id=item.broadcast,
                         host=self._url, answers=item.missing,

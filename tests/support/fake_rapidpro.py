@@ -391,6 +391,16 @@ class FakeRapidPro:
             self._apply_status(m, status)
         self.notify()
 
+    def add_outgoing(self, urn: str, text: str = "other traffic") -> RecordedBroadcast:
+        """A broadcast another client of the workspace made (a flow, another app), without a
+        request: benchmarks add tens of thousands of these as the workspace's other traffic."""
+        return self._create_broadcast([urn], text, {"eng": text}, "eng", "another-client", DEFAULT_WORKSPACE)
+
+    def set_statuses_of(self, broadcast: RecordedBroadcast, status: str | None) -> None:
+        """`set_status` for a broadcast already in hand (no search: for benchmarks)."""
+        for m in broadcast.messages:
+            self._apply_status(m, status)
+
     def set_message_status(self, key: int | str, status: str | None) -> None:
         self._apply_status(self.message(key), status)
         self.notify()

@@ -261,3 +261,32 @@ async def test_calls_per_hour_can_change_at_runtime_and_wakes_waiters():
     await asyncio.wait_for(waiter, 1)
     budget.calls_per_hour = 7200
     assert budget.calls_per_hour == 7200
+
+
+# ---------------------------------------------------------------------- the sends' reserve
+
+
+def test_bucket_keep_leaves_tokens_for_others():
+    bucket = TokenBucket(100)
+    for _ in range(90):
+        assert bucket.try_take(0.0, keep=10) == 0.0
+    assert bucket.try_take(0.0, keep=10) == pytest.approx(36.0)  # one more token at 100/h
+    assert bucket.time_until_token(0.0, keep=10) == pytest.approx(36.0)
+    assert bucket.try_take(0.0) == 0.0  # without keep: the reserve is there
+
+
+async def test_status_stops_at_the_reserve_sends_use_it():
+    clock = FakeClock(start=0.0)
+    budget = RateBudget(100, clock=clock, send_reserve=0.2)
+    for _ in range(80):
+        await asyncio.wait_for(budget.acquire(Priority.STATUS), 1)
+    assert budget.next_token_in(Priority.STATUS) > 0
+    assert budget.next_token_in(Priority.SEND) == 0
+    for _ in range(20):
+        await asyncio.wait_for(budget.acquire(Priority.SEND), 1)
+    assert budget.next_token_in(Priority.SEND) > 0
+
+
+def test_send_reserve_must_be_a_share():
+    with pytest.raises(ValueError):
+        RateBudget(100, send_reserve=1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -9,26 +11,31 @@ import pytest
 from transitions.dispatch import TaskUpdate
 from transitions.status import (
     OUTBOX,
+    ROW_BUCKET,
     SENT_FOLDER,
     Applied,
     Candidate,
     Ending,
     FolderStats,
     Policy,
+    Tier,
     Tracked,
     apply_status_updates,
     broadcast_id,
     expected_pages,
     expired,
     folder_of,
+    is_due,
     is_forward,
     observe,
     observe_broadcast,
     observe_unchanged,
+    period,
     plan_round,
     schedule,
     start_tracking,
     sync_folders,
+    tier_of,
     trackable_messages,
     visible_yet,
 )
@@ -44,8 +51,10 @@ def iso(ts: float) -> str:
 
 
 def item(state: str = "sent", details: str | None = "Sent", *, broadcast: int = 1, sent_at: float = T0,
-         since: float = T0, next_check: float = T0, deadline: float = T0, uuid: str = "m1") -> Tracked:
-    return Tracked(uuid, "d1", broadcast, state, details, sent_at, since, next_check, deadline)
+         since: float = T0, next_check: float = T0, fresh_since: float | None = None,
+         uuid: str = "m1") -> Tracked:
+    return Tracked(uuid, "d1", broadcast, state, details, sent_at, since, next_check,
+                   sent_at if fresh_since is None else fresh_since)
 
 
 def result(status: str | None, *, modified: float = T0, created: float = T0, broadcast: int = 1) -> dict:
@@ -178,42 +187,67 @@ def test_history_missing_or_broken():
 # ---------------------------------------------------------------------------- schedule
 
 
-def test_interval_grows_with_time_in_state_within_bounds():
-    i = item(since=T0)
+def test_tiers_by_age():
+    assert tier_of(0, P) is Tier.FRESH and tier_of(899, P) is Tier.FRESH
+    assert tier_of(900, P) is Tier.WARM and tier_of(3599, P) is Tier.WARM
+    assert tier_of(3600, P) is Tier.OLD and tier_of(6 * 86400, P) is Tier.OLD
+    assert (period(Tier.FRESH, P), period(Tier.WARM, P), period(Tier.OLD, P)) == (60, 300, 3540)
+    one = Policy(interval=1)
+    assert (period(Tier.FRESH, one), period(Tier.WARM, one), period(Tier.OLD, one)) == (1, 5, 3599)
+
+
+def test_schedule_fresh_every_interval_older_tiers_on_shared_grids():
+    i = item(fresh_since=T0)
     schedule(i, T0 + 10, P)
-    assert i.next_check == T0 + 10 + P.min_interval
-    schedule(i, T0 + 3600, P)
-    assert i.next_check == T0 + 3600 + P.backoff_factor * 3600
-    assert i.deadline == i.next_check + P.slack * P.backoff_factor * 3600
-    schedule(i, T0 + 30 * 86400, P)
-    assert i.next_check == T0 + 30 * 86400 + P.max_interval
+    assert i.next_check == T0 + 10 + P.interval
+    schedule(i, T0 + 1000, P)  # warm: the next point of the 300 s grid
+    assert i.next_check % 300 == 0 and T0 + 1000 < i.next_check <= T0 + 1300
+    schedule(i, T0 + 5000, P)
+    assert i.next_check % 3540 == 0 and T0 + 5000 < i.next_check <= T0 + 5000 + 3540
+    other = item(uuid="m2", fresh_since=T0 + 123)
+    schedule(other, T0 + 1100, P)
+    j = item(fresh_since=T0)
+    schedule(j, T0 + 1050, P)
+    assert other.next_check == j.next_check  # warm messages fall due in the same round
 
 
-def test_at_once_means_due_and_overdue_now():
-    i = item()
-    schedule(i, T0 + 99, P, at_once=True)
-    assert i.next_check == i.deadline == T0 + 99
-
-
-def test_intervals_grow_so_a_week_costs_few_checks():
-    i = item(since=T0)
-    now, checks = T0, 0
-    while now - T0 < P.horizon:
-        schedule(i, now, P)
-        now = i.next_check
-        checks += 1
-    assert checks < 25  # CHT: 10,080
+@pytest.mark.parametrize("interval", [1.0, 60.0])
+def test_gaps_between_checks_per_tier(interval):
+    """Rounds on the interval grid, a little late each: the longest gap between two checks of one
+    message in each tier."""
+    policy = Policy(interval=interval)
+    start = math.ceil(T0 / interval) * interval
+    i = item(fresh_since=start, sent_at=start)
+    i.next_check = start + interval
+    checks = []
+    now = start
+    while now < start + 3 * 3600:
+        now += interval
+        lag = 0.1 * policy.due_tolerance
+        if is_due(i, now + lag, policy):
+            checks.append(now + lag)
+            schedule(i, now + lag, policy)
+    gaps: dict[Tier, float] = {}
+    for before, after in itertools.pairwise(checks):
+        tier = tier_of(before - start, policy)
+        gaps[tier] = max(gaps.get(tier, 0.0), after - before)
+    assert checks[0] - start <= 2 * interval
+    assert gaps[Tier.FRESH] <= interval * 1.01
+    assert gaps[Tier.WARM] <= 5 * interval * 1.01
+    assert gaps[Tier.OLD] <= 3600
 
 
 def test_start_tracking_from_candidate():
     c = Candidate("m1", "d1", 9, "sent", "Sent", T0, T0 + 60)
     i = start_tracking(c, T0 + 600, P)
     assert (i.sent_at, i.state_since) == (T0, T0 + 60)
-    assert i.next_check > T0 + 600
-    fresh = start_tracking(Candidate("m2", "d1", 9, "sent", None, T0, None), T0 + 5, P, at_once=True)
-    assert fresh.next_check > T0 + 5  # just sent: a rescan does not ask before min_interval
+    assert i.next_check == T0 + 600 and i.fresh_since == T0 + 600  # new in the view: fresh from now
+    found = start_tracking(c, T0 + 86400, P, at_start=True)
+    assert found.next_check == T0 + 86400 and found.fresh_since == T0  # at start: at once, then by age
+    just_sent = start_tracking(Candidate("m2", "d1", 9, "sent", None, T0, None), T0 + 5, P)
+    assert just_sent.next_check == T0 + P.interval  # one interval after sending
     unknown = start_tracking(Candidate("m3", "d1", 9, "sent", None, None, None), T0, P)
-    assert unknown.sent_at == T0 and unknown.state_since == T0
+    assert unknown.sent_at == T0 and unknown.state_since == T0 and unknown.next_check == T0
 
 
 def test_expired_after_the_horizon():
@@ -310,47 +344,69 @@ def test_broadcast_still_going_changes_nothing(status):
 
 
 def test_nothing_due_is_idle():
-    assert plan_round([item(next_check=T0 + 10, deadline=T0 + 20)], T0, P, FolderStats()).kind == "idle"
+    assert plan_round([item(next_check=T0 + 60)], T0, P, FolderStats()).kind == "idle"
 
 
-def test_due_but_within_slack_waits_for_company():
-    assert plan_round([item(next_check=T0, deadline=T0 + 60)], T0, P, FolderStats()).kind == "idle"
-
-
-def test_one_overdue_is_asked_on_its_own():
+def test_one_due_is_asked_on_its_own():
     plan = plan_round([item("received-by-gateway", "Queued", broadcast=7),
-                       item(uuid="m2", broadcast=8, next_check=T0 + 999,
-                            deadline=T0 + 999)], T0, P, FolderStats())
+                       item(uuid="m2", broadcast=8, next_check=T0 + 999)], T0, P, FolderStats())
     assert plan.kind == "broadcasts" and plan.broadcasts == (7,)  # a sync: 2 pages for 1
 
 
-def test_tie_goes_to_sync_when_it_refreshes_others_too():
-    lone = plan_round([item(broadcast=7)], T0, P, FolderStats())
-    assert lone.kind == "broadcasts"
-    shared = plan_round([item(broadcast=7), item(uuid="m2", broadcast=8, next_check=T0 + 999,
-                                                 deadline=T0 + 999)], T0, P, FolderStats())
-    assert shared.kind == "sync"
+def test_two_due_sharing_a_page_are_synced():
+    plan = plan_round([item(broadcast=7), item(uuid="m2", broadcast=8)], T0, P, FolderStats())
+    assert plan.kind == "sync" and plan.expected_calls == 1
 
 
 def test_many_due_are_synced():
-    items = [item(uuid=f"m{i}", broadcast=i, deadline=T0 + (0 if i == 0 else 500)) for i in range(10)]
+    items = [item(uuid=f"m{i}", broadcast=i, sent_at=T0 - i) for i in range(10)]
     plan = plan_round(items, T0, P, FolderStats())
-    assert plan.kind == "sync" and len(plan.due) == 10 and plan.folders == (SENT_FOLDER,)
-    assert plan.after == T0 - P.created_margin
+    [window] = plan.windows
+    assert plan.kind == "sync" and len(plan.due) == 10 and window.before is None
+    assert window.after == T0 - 9 - P.created_margin
 
 
 def test_sync_after_uses_known_created_on():
     items = [item(uuid=f"m{i}", broadcast=i) for i in range(5)]
     for n, i in enumerate(items):
         i.created_on = T0 + n
-    assert plan_round(items, T0 + 10, P, FolderStats()).after == T0
+    assert plan_round(items, T0 + 10, P, FolderStats()).windows[0].after == T0
 
 
 def test_expensive_sync_loses_to_per_broadcast():
     stats = FolderStats()
-    stats.learn(SENT_FOLDER, 100_000, 3600)  # a busy workspace: many pages
-    items = [item(uuid=f"m{i}", broadcast=i) for i in range(10)]
+    stats.learn(SENT_FOLDER, [T0 - 1000 + n * 0.01 for n in range(100_000)], T0 - 1000, T0)
+    items = [item(uuid=f"m{i}", broadcast=i, sent_at=T0 - 500) for i in range(10)]
     assert plan_round(items, T0 + 60, P, stats).kind == "broadcasts"
+
+
+def test_windows_split_where_the_gap_costs_a_page_and_run_freshest_first():
+    stats = FolderStats()
+    day = 86400.0
+    # a busy workspace: 1,000 rows an hour over the last two days
+    stats.learn(SENT_FOLDER, [T0 - 2 * day + n * 3.6 for n in range(48_000)], T0 - 2 * day, T0)
+    fresh = [item(uuid=f"f{i}", broadcast=100 + i, sent_at=T0 - 60 - i, fresh_since=T0 - 60)
+             for i in range(20)]
+    old = [item(uuid=f"o{i}", broadcast=200 + i, sent_at=T0 - day - i * 3600, fresh_since=T0 - day)
+           for i in range(3)]
+    plan = plan_round(old + fresh, T0, P, stats)
+    assert [w.tier for w in plan.windows] == [Tier.FRESH, Tier.OLD, Tier.OLD, Tier.OLD]
+    first, *rest = plan.windows
+    assert first.sync and set(first.due) == {f"f{i}" for i in range(20)} and first.before is None
+    assert all(not w.sync and len(w.broadcasts) == 1 for w in rest)  # one call each beats pages
+    assert plan.kind == "mixed" and plan.expected_calls == 1 + 3
+
+
+def test_old_window_stops_before_the_fresher_one():
+    stats = FolderStats()
+    stats.learn(SENT_FOLDER, [T0 - 7200 + n * 3.6 for n in range(2000)], T0 - 7200, T0)
+    old = [item(uuid=f"o{i}", broadcast=i, sent_at=T0 - 7200 + i * 10, fresh_since=T0 - 7200)
+           for i in range(300)]
+    fresh = [item(uuid=f"f{i}", broadcast=1000 + i, sent_at=T0 - 30 - i) for i in range(300)]
+    plan = plan_round(old + fresh, T0, P, stats)
+    assert len(plan.windows) == 2 and all(w.sync for w in plan.windows)
+    newer, older = plan.windows
+    assert newer.before is None and older.before == pytest.approx(T0 - 7200 + 2990 + P.created_margin)
 
 
 def test_outbox_read_when_a_due_message_is_queued():
@@ -358,15 +414,27 @@ def test_outbox_read_when_a_due_message_is_queued():
     assert sync_folders([item("sent", "Sent")]) == (SENT_FOLDER,)
 
 
-def test_expected_pages_from_own_messages_then_learnt_density():
-    items = [item(uuid=f"m{i}", broadcast=i) for i in range(600)]
-    policy = Policy()
-    assert expected_pages([SENT_FOLDER], T0 - 1000, T0, items, FolderStats(), policy) == 3
+def test_expected_pages_from_own_messages_then_learnt_rows():
+    items = [item(uuid=f"m{i}", broadcast=i, sent_at=T0 - 500) for i in range(600)]
+    assert expected_pages([SENT_FOLDER], T0 - 1000, T0, items, FolderStats(), P) == 3
     stats = FolderStats()
-    stats.learn(SENT_FOLDER, 250, 1000)
-    assert expected_pages([SENT_FOLDER], T0 - 3000, T0, items, stats, policy) == 3
+    stats.learn(SENT_FOLDER, [T0 - 900 + n for n in range(250)], T0 - 1000, T0)
+    assert expected_pages([SENT_FOLDER], T0 - 1000, T0, items, stats, P) == 1
+    stats.prune(T0 + 10 * ROW_BUCKET)
+    assert stats.rows[SENT_FOLDER] == {}
     stats.forget()
-    assert stats.density == {}
+    assert stats.rows == {}
+
+
+def test_folder_stats_partial_buckets_only_grow():
+    stats = FolderStats()
+    start = 100 * ROW_BUCKET
+    stats.learn(SENT_FOLDER, [start + 10, start + 20], start, start + ROW_BUCKET)
+    assert stats.rows[SENT_FOLDER][100] == 2
+    stats.learn(SENT_FOLDER, [start + 200], start + 150, start + ROW_BUCKET)  # part of the bucket
+    assert stats.rows[SENT_FOLDER][100] == 2
+    stats.learn(SENT_FOLDER, [], start, start + ROW_BUCKET)  # the whole bucket: what is there now
+    assert stats.rows[SENT_FOLDER][100] == 0
 
 
 # ---------------------------------------------------------------------------- applier
