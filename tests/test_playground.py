@@ -38,11 +38,6 @@ DELIVERY_BOUND = 30.0  # the issue's promise, counted from the daemon's first /h
 START_BOUND = 120.0  # ./scripts/run's set-up checks, the local server, the daemon's start
 
 
-class DeliveredTooLate(AssertionError):
-    """The seeded message went to RapidPro and RapidPro reported it delivered, but the worker had
-    not asked about it yet: only the status schedule failed."""
-
-
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -223,10 +218,6 @@ def _wait_healthy(run: Run, port: int) -> float:
 # ---------------------------------------------------------------------------- the playground
 
 
-@pytest.mark.xfail(raises=DeliveredTooLate, strict=False,
-                   reason="today's status schedule first asks about a message 60-180 s after sending, so "
-                          "'delivered' cannot show within 30 s; the status-freshness work "
-                          "(STATUS_POLL_INTERVAL as the freshness promise) makes it seconds")
 def test_playground_shows_a_message_delivered_and_an_sms_stored_then_ctrl_c_leaves_nothing(
         project_copy: Path, run_factory: Callable[[Path, dict[str, str]], Run]) -> None:
     couch_port, rapidpro_port, worker_port = _free_ports(3)
@@ -299,14 +290,8 @@ def test_playground_shows_a_message_delivered_and_an_sms_stored_then_ctrl_c_leav
     alarms = [event for event in run.events() if event.get("level") not in ("debug", "info")]
     assert alarms == []
 
-    if not delivered:
-        tracked = ("received-by-gateway", "forwarded-by-gateway", "sent")
-        assert task.get("gateway_ref") and task["state"] in tracked, task
-        reported = [event for event in events if event["event"] == "rapidpro_standin_message"
-                    and event["broadcast_id"] == task["gateway_ref"] and event["status"] == "delivered"]
-        assert reported, "the stand-in never reported the message delivered"
-        raise DeliveredTooLate(f"the seeded message was still {task['state']!r} {DELIVERY_BOUND} s after "
-                               "the first /healthz answer although RapidPro said delivered")
+    assert delivered, (f"the seeded message was still {task['state']!r} {DELIVERY_BOUND} s after the first "
+                       "/healthz answer")
 
 
 # ---------------------------------------------------------------------------- with a real COUCH_URL
