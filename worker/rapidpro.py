@@ -257,22 +257,9 @@ class RapidProClient:
     ) -> MessagesPage:
         """One page of `messages.json`. With `cursor_url` (a previous page's `next`) the filters
         are ignored: the cursor URL carries them."""
-        if cursor_url is not None:
-            url = _same_origin(base_url, cursor_url)
-        else:
-            params: dict[str, str] = {}
-            for name, value in (("broadcast", broadcast), ("uuid", uuid), ("folder", folder),
-                                ("after", after), ("before", before)):
-                if value is not None:
-                    params[name] = str(value)
-            url = _api_url(base_url, MESSAGES_PATH).update_query(params)
-        page = _json_object(await self._call("GET", url, token, priority, max_wait))
-        results = page.get("results")
-        next_url = page.get("next")
-        if not isinstance(results, list):
-            raise WrongUrl("messages.json answered without a results list", status=200)
-        return MessagesPage(results=[r for r in results if isinstance(r, dict)],
-                            next=next_url if isinstance(next_url, str) and next_url else None)
+        filters = {"broadcast": broadcast, "uuid": uuid, "folder": folder, "after": after, "before": before}
+        return await self._list_page(base_url, MESSAGES_PATH, token, filters, cursor_url, priority,
+                                     max_wait)
 
     async def list_broadcasts(
         self,
@@ -287,17 +274,23 @@ class RapidProClient:
     ) -> MessagesPage:
         """One page of `broadcasts.json` (newest first; `after`/`before` inclusive on `created_on`).
         With `cursor_url` (a previous page's `next`) the filters are ignored."""
+        return await self._list_page(base_url, BROADCASTS_PATH, token, {"after": after, "before": before},
+                                     cursor_url, priority, max_wait)
+
+    async def _list_page(self, base_url: str, path: str, token: str, filters: Mapping[str, object],
+                         cursor_url: str | None, priority: Priority, max_wait: float | None
+                         ) -> MessagesPage:
+        """One cursor page of a listing endpoint; a cursor URL carries the filters itself."""
         if cursor_url is not None:
             url = _same_origin(base_url, cursor_url)
         else:
-            params = {name: value for name, value in (("after", after), ("before", before))
-                      if value is not None}
-            url = _api_url(base_url, BROADCASTS_PATH).update_query(params)
+            params = {name: str(value) for name, value in filters.items() if value is not None}
+            url = _api_url(base_url, path).update_query(params)
         page = _json_object(await self._call("GET", url, token, priority, max_wait))
         results = page.get("results")
         next_url = page.get("next")
         if not isinstance(results, list):
-            raise WrongUrl("broadcasts.json answered without a results list", status=200)
+            raise WrongUrl(f"{path.rsplit('/', 1)[-1]} answered without a results list", status=200)
         return MessagesPage(results=[r for r in results if isinstance(r, dict)],
                             next=next_url if isinstance(next_url, str) and next_url else None)
 
