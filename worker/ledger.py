@@ -72,7 +72,9 @@ class Ledger:
         self._owner = owner
         # Claims and outcomes of concurrent sends share `_bulk_docs` requests (group commit); each
         # keeps a PUT's meaning (create-only claim, `_rev`-guarded update) and its own result.
-        self._writer = BulkWriter(db)
+        # Up to 4 requests in flight: a claim (before a POST) rarely waits behind outcomes, and
+        # CouchDB merges concurrent requests into one commit anyway.
+        self._writer = BulkWriter(db, max_in_flight=4)
 
     async def get(self, uuid: str) -> dict[str, Any] | None:
         return await self._db.get_or_none(LEDGER_PREFIX + uuid)
