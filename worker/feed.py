@@ -98,6 +98,7 @@ class ChangesFollower:
                 # memory at most), so catching up costs about what reading costs.
                 self._ahead = asyncio.create_task(self._db.changes(
                     page.last_seq, limit=self._batch_size, include_docs=True), name="feed-ahead")
+                await asyncio.sleep(0)  # let the request go out before the handover, which may not yield
             for row in page.results:
                 change = Change.from_row(row)
                 if change is None:
