@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from worker.couch import TransientError
 from worker.logs import get_logger
 
 log = get_logger(__name__)
+_stdlib_log = logging.getLogger(__name__)  # the level our structlog events are filtered by
 
 Process = Callable[[Change], Awaitable[None]]
 Park = Callable[[Change, BaseException, int], Awaitable[None]]
@@ -94,7 +96,8 @@ class Dispatcher:
             # Most of a CHT feed (contacts, most reports) interests no transition: it is done once
             # that is known, here, in feed order, without a task or a slot. (A busy doc's change
             # queues as ever: it supersedes the older revision waiting there.)
-            log.debug("change_processed", doc_id=change.doc_id, seq=change.seq, transitions=0)
+            if _stdlib_log.isEnabledFor(logging.DEBUG):  # the call alone costs more than this whole path
+                log.debug("change_processed", doc_id=change.doc_id, seq=change.seq, transitions=0)
             self.stats.processed += 1
             self.stats.last_progress = time.time()
             self._complete(token)
