@@ -5,8 +5,9 @@ many docs costs about what one PUT costs. So writes that arrive while earlier on
 wait for the next batch and share its request; an idle writer sends a write at once (nothing
 waits for a batch to fill). Each doc keeps the meaning of a PUT: no `_rev` is create-only (the
 doc existing answers `conflict` for that doc alone), a `_rev` must be the current one; a doc's
-result is its own, so one conflict does not fail its neighbours. A doc id is never twice in one
-batch (the later write goes in the next), so two writes of one doc are decided in order.
+result is its own, so one conflict does not fail its neighbours. A doc id is never in two
+requests at once (a later write of it waits for the earlier one's answer), so two writes of one
+doc are decided in the order they were asked for.
 
 Requests go through aiohttp (no thread, and a deadline really ends them). A write whose caller
 stops waiting (cancelled, timed out) may still land, exactly as a PUT whose answer never came.
@@ -43,6 +44,7 @@ class BulkWriter:
         self._queue: deque[tuple[dict[str, Any], asyncio.Future[str]]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._busy: set[str] = set()  # doc ids in a request under way
 
     async def put(self, doc: dict[str, Any]) -> str:
         """Write `doc` as a PUT would; returns the new rev. Raises Conflict (stale `_rev`, or the
@@ -61,7 +63,7 @@ class BulkWriter:
                 item = self._queue.popleft()
                 if item[1].done():
                     continue  # its caller gave up before it was sent: nothing to write
-                if item[0]["_id"] in ids:
+                if item[0]["_id"] in ids or item[0]["_id"] in self._busy:
                     later.append(item)
                 else:
                     ids.add(item[0]["_id"])
@@ -69,8 +71,9 @@ class BulkWriter:
             self._queue.extendleft(reversed(later))
             if not batch:
                 return
+            self._busy |= ids
             self._in_flight += 1
-            task = asyncio.create_task(self._run(batch))
+            task = asyncio.create_task(self._run(batch, ids))
             self._tasks.add(task)  # a reference, or the loop may drop a running task
             task.add_done_callback(self._done)
 
@@ -79,7 +82,13 @@ class BulkWriter:
         self._in_flight -= 1
         self._start_batches()
 
-    async def _run(self, batch: list[tuple[dict[str, Any], asyncio.Future[str]]]) -> None:
+    async def _run(self, batch: list[tuple[dict[str, Any], asyncio.Future[str]]], ids: set[str]) -> None:
+        try:
+            await self._write(batch)
+        finally:
+            self._busy -= ids
+
+    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[str]]]) -> None:
         try:
             results = await self._db.bulk_docs([doc for doc, _ in batch])
         except Exception as exc:  # the whole request failed: every write in it did
