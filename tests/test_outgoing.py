@@ -198,6 +198,28 @@ async def test_task_re_pended_after_sending_is_not_sent_again(run_worker, medic_
     assert len(fake_rapidpro.broadcasts) == 1
 
 
+async def test_a_sent_message_re_pended_to_a_now_denied_number_shows_its_recorded_outcome(
+        run_worker, medic_db, fake_rapidpro):
+    # The claim is tried first only for numbers that may be sent to; a denied one still reads the
+    # ledger, so what was sent stays what the task shows.
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "was-sent", "tasks": [task("pending", to="+254700000077")]})
+    sent = await wait_state(medic_db.url, "was-sent", "received-by-gateway")
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(
+        fake_rapidpro.url, outgoing_deny_list="+254700000077"))
+    await eventually(lambda: worker.settings.current is not None
+                     and worker.settings.current.outgoing_deny_list == "+254700000077")
+    doc = await asyncio.to_thread(get_doc, medic_db.url, "was-sent")
+    doc["tasks"][0]["state"] = "pending"
+    await put_doc(medic_db.url, doc)
+    await eventually(lambda: worker.sender.stats.reprojected >= 1)
+    back = await wait_state(medic_db.url, "was-sent", "received-by-gateway")
+    assert back["gateway_ref"] == sent["gateway_ref"]
+    assert worker.sender.stats.denied == 0
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
 async def test_two_workers_on_one_cht_send_each_message_once(run_worker, medic_db, fake_rapidpro):
     await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
     await run_worker()

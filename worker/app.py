@@ -204,7 +204,7 @@ class Worker:
             self.admin.wrap(self._process), self.parked.park, watermark,
             concurrency=self.config.concurrency, max_pending=self.config.max_pending_changes,
             max_attempts=self.config.change_max_attempts, own_writes=self.own_writes,
-            on_progress=self._progress,
+            on_progress=self._progress, wanted=self._wanted,
         )
         self.follower = ChangesFollower(self.medic, self.dispatcher,
                                         batch_size=self.config.changes_batch_size)
@@ -340,11 +340,21 @@ class Worker:
 
     # ---- processing ------------------------------------------------------------------------
 
-    async def _process(self, change: Change) -> None:
+    @staticmethod
+    def _doc_of(change: Change) -> dict[str, Any]:
         doc = change.doc
         if doc is None and change.deleted:  # a deleted doc the transitions follow (translations)
             doc = {"_id": change.doc_id, "_deleted": True}
         assert doc is not None
+        return doc
+
+    def _wanted(self, change: Change) -> bool:
+        """Whether any transition acts on the change's doc (pure; the feed's skip path asks)."""
+        doc = self._doc_of(change)
+        return any(transition.matches(doc) for transition in self.transitions)
+
+    async def _process(self, change: Change) -> None:
+        doc = self._doc_of(change)
         for transition in self.transitions:
             if transition.matches(doc):
                 await transition.apply(doc)

@@ -258,6 +258,18 @@ class Database:
                 self._wrote(item.get("id", ""), item.get("rev"))
         return result
 
+    async def bulk_docs(self, docs: list[dict[str, Any]], timeout: float | None = None
+                        ) -> list[dict[str, Any]]:
+        """`_bulk_docs` through aiohttp (no thread; cancellable): one result per doc, in order."""
+        result = await self.server.request_json("POST", f"{quote(self.name, safe='')}/_bulk_docs",
+                                                body={"docs": docs}, timeout=timeout)
+        if not isinstance(result, list) or len(result) != len(docs):
+            raise CouchUnavailable("unexpected _bulk_docs response")
+        for item in result:
+            if isinstance(item, dict) and "error" not in item:
+                self._wrote(str(item.get("id", "")), item.get("rev"))
+        return result
+
     async def all_docs(self, **params: Any) -> dict[str, Any]:
         return _json_result(await self.server.call(self.server.sdk.post_all_docs, self.name, **params))
 

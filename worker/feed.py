@@ -8,13 +8,14 @@ as such and retried slowly, because CouchDB 3.4 locks an account after 5 failed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from worker.backoff import Backoff
 from worker.changes import Change
-from worker.couch import CouchError, Database, Unauthorized
+from worker.couch import ChangesPage, CouchError, Database, Unauthorized
 from worker.dispatch import Dispatcher
 from worker.logs import get_logger
 
@@ -41,15 +42,30 @@ class ChangesFollower:
         self._longpoll_timeout_ms = longpoll_timeout_ms
         self._backoff = Backoff(base=0.5, cap=retry_cap)
         self.status = FeedStatus()
+        self._ahead: asyncio.Task[ChangesPage] | None = None  # the next page, read while behind
 
     async def run(self, since: Any) -> None:
         self.status.since = since
         log.info("feed_started", since=since)
+        try:
+            await self._follow()
+        finally:
+            if self._ahead is not None:
+                self._ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._ahead
+                self._ahead = None
+
+    async def _follow(self) -> None:
         while True:
             try:
-                page = await self._db.changes(
-                    self.status.since, limit=self._batch_size, include_docs=True,
-                    longpoll=self.status.caught_up, timeout_ms=self._longpoll_timeout_ms)
+                if self._ahead is not None:
+                    ahead, self._ahead = self._ahead, None
+                    page = await ahead  # a failure is handled below like any page's
+                else:
+                    page = await self._db.changes(
+                        self.status.since, limit=self._batch_size, include_docs=True,
+                        longpoll=self.status.caught_up, timeout_ms=self._longpoll_timeout_ms)
             except asyncio.CancelledError:
                 raise
             except Unauthorized as exc:
@@ -73,6 +89,16 @@ class ChangesFollower:
             self.status.last_page_at = time.time()
             self._backoff.reset()
 
+            # Caught up when CouchDB says nothing is pending, or (servers without `pending`)
+            # when the page came back short.
+            caught_up = (page.pending == 0 if page.pending is not None
+                         else len(page.results) < self._batch_size)
+            if not caught_up and page.last_seq is not None:
+                # Behind: the next page is read while this one is handed over (two pages in
+                # memory at most), so catching up costs about what reading costs.
+                self._ahead = asyncio.create_task(self._db.changes(
+                    page.last_seq, limit=self._batch_size, include_docs=True), name="feed-ahead")
+                await asyncio.sleep(0)  # let the request go out before the handover, which may not yield
             for row in page.results:
                 change = Change.from_row(row)
                 if change is None:
@@ -82,10 +108,7 @@ class ChangesFollower:
             if page.last_seq is not None:
                 await self._dispatcher.mark(page.last_seq)
                 self.status.since = page.last_seq
-            # Caught up when CouchDB says nothing is pending, or (servers without `pending`)
-            # when the page came back short.
-            self.status.caught_up = (page.pending == 0 if page.pending is not None
-                                     else len(page.results) < self._batch_size)
+            self.status.caught_up = caught_up
 
     def _disconnected(self, error: str) -> None:
         if self.status.connected:

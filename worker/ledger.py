@@ -21,6 +21,7 @@ from typing import Any
 
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
 from transitions.timestamps import cht_time
+from worker.bulk import BulkWriter
 from worker.couch import Conflict, Database, NotFound
 
 LEDGER_PREFIX = "msg:"
@@ -69,6 +70,11 @@ class Ledger:
         self._db = db
         self._clock = clock
         self._owner = owner
+        # Claims and outcomes of concurrent sends share `_bulk_docs` requests (group commit); each
+        # keeps a PUT's meaning (create-only claim, `_rev`-guarded update) and its own result.
+        # Up to 4 requests in flight: a claim (before a POST) rarely waits behind outcomes, and
+        # CouchDB merges concurrent requests into one commit anyway.
+        self._writer = BulkWriter(db, max_in_flight=4)
 
     async def get(self, uuid: str) -> dict[str, Any] | None:
         return await self._db.get_or_none(LEDGER_PREFIX + uuid)
@@ -90,7 +96,7 @@ class Ledger:
                 if kept in released:
                     entry[kept] = released[kept]
         try:
-            entry["_rev"] = await self._db.put(entry)
+            entry["_rev"] = await self._writer.put(entry)
         except Conflict:
             return None
         return entry
@@ -103,7 +109,7 @@ class Ledger:
         for _ in range(5):
             updated = {**entry, **fields}
             try:
-                updated["_rev"] = await self._db.put(updated)
+                updated["_rev"] = await self._writer.put(updated)
                 return updated
             except Conflict:
                 current = await self.get(entry["uuid"])
@@ -123,7 +129,7 @@ class Ledger:
         for key in [k for k, v in fields.items() if v is None and k in ("needs_operator",)]:
             updated.pop(key, None)
         try:
-            updated["_rev"] = await self._db.put(updated)
+            updated["_rev"] = await self._writer.put(updated)
         except Conflict:
             return None
         return updated

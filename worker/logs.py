@@ -80,7 +80,10 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     logging.captureWarnings(True)
 
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Level first: a debug event on a hot path (every change) then costs a level check, not
+        # a timestamp and a redaction pass that the handler would throw away.
+        processors=[structlog.stdlib.filter_by_level, *shared,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -1,7 +1,7 @@
 """The outgoing-dispatch transition: sends a doc's sendable messages to RapidPro, exactly once.
 
-Per message: read its ledger entry → decide (transitions/dispatch.py) → claim, POST, record the
-outcome in the ledger → then one write of all the doc's task changes. The order matters: the
+Per message: claim it (create-only; on a 409 read the entry and decide, transitions/dispatch.py),
+POST, record the outcome in the ledger → then one write of all the doc's task changes. The order matters: the
 claim exists before the POST, and the outcome is in the ledger before it is on the task, so a
 crash anywhere leaves either nothing sent or a claim that is treated as in doubt.
 """
@@ -271,7 +271,23 @@ class OutgoingSender:
 
     async def _dispatch_one(self, doc_id: str, message: Any, settings: Settings, token: str
                             ) -> TaskUpdate | None:
+        denied = is_denied(message.to, settings.outgoing_deny_list, settings.outgoing_deny_shorter_than,
+                           settings.outgoing_deny_with_alphas)
+        urn = None if denied else recipient_urn(message.to, settings.default_country_code,
+                                                settings.phone_validation)
+        if urn is not None:
+            # Claim first, without reading the ledger: nearly every message reaching this point is
+            # new, and the create-only write's 409 says all a read would ("someone has it"). Only
+            # then is the entry read, to see what that someone recorded.
+            claim = await self._ledger.claim(message.uuid, doc_id, urn)
+            if claim is not None:
+                return await self._send(claim, message, urn, settings, token)
         entry = await self._ledger.get(message.uuid)
+        if entry is None and urn is not None:
+            # Gone between the 409 and the read (only a restore or an operator deletes entries):
+            # leave it to the next change of the doc or the sweep rather than guess.
+            log.warning("message_claim_vanished", message_uuid=message.uuid)
+            return None
         owner_dead = entry is not None and owner_is_dead(entry.get("owner"))
         action = ledger_action(entry, self._clock(), self._claim_timeout, owner_dead)
         if action is Action.WAIT:
@@ -291,13 +307,12 @@ class OutgoingSender:
             log.error("message_in_doubt", message_uuid=message.uuid, reason="stale claim")
             return projection(entry)
 
-        if is_denied(message.to, settings.outgoing_deny_list, settings.outgoing_deny_shorter_than,
-                     settings.outgoing_deny_with_alphas):
+        if urn is None:
             self.stats.denied += 1
             log.info("message_denied", message_uuid=message.uuid, to=mask_phone(message.to))
             return denied_update(message.uuid)
 
-        urn = recipient_urn(message.to, settings.default_country_code, settings.phone_validation)
+        # A released claim (nothing was created): taken over with its `_rev`, so one worker wins.
         claim = await self._ledger.claim(message.uuid, doc_id, urn, released=entry)
         if claim is None:
             log.info("message_claimed_elsewhere", message_uuid=message.uuid)

@@ -15,6 +15,7 @@ from typing import Any
 from transitions.dispatch import TaskUpdate
 from transitions.outgoing import find_task_message
 from transitions.states import SENDABLE_STATES, set_task_state
+from worker.bulk import BulkWriter
 from worker.couch import Conflict, Database, NotFound
 from worker.logs import get_logger
 
@@ -41,6 +42,8 @@ class TaskWriter:
     def __init__(self, medic: Database, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._medic = medic
         self._clock = clock
+        # Task writes of docs processed at once share `_bulk_docs` requests, each `_rev`-guarded.
+        self._writer = BulkWriter(medic)
 
     async def write(self, doc: dict[str, Any], updates: Sequence[TaskUpdate]) -> bool:
         """Apply `updates` to `doc` and save; True when something was written."""
@@ -52,7 +55,7 @@ class TaskWriter:
             if not apply_updates(working, updates, self._clock()):
                 return False
             try:
-                working["_rev"] = await self._medic.put(working)
+                working["_rev"] = await self._writer.put(working)
                 return True
             except Conflict:
                 log.debug("task_write_conflict", doc_id=doc.get("_id"))

@@ -218,3 +218,42 @@ async def test_a_transient_error_that_knows_when_to_resume_is_retried_then_not_b
     assert await d.drain(5)
     assert calls == 10
     assert d.stats.failures == 0
+
+
+async def test_a_change_no_transition_wants_is_done_in_feed_order_without_processing():
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    d = make(rec, wanted=lambda c: "tasks" in c.doc)
+    await d.submit(change(1, "report", tasks=[]))  # wanted: held at the gate
+    for i in range(2, 6):
+        await d.submit(change(i, f"contact{i}"))
+    assert rec.seen == [] and d.stats.processed == 4
+    assert d.watermark.seq == "0"  # the wanted change before them holds the watermark back
+    rec.gate.set()
+    assert await d.drain(5)
+    assert rec.seen == [("report", "1-a")]
+    assert d.watermark.seq == "5-x" and d.stats.processed == 5 and d.stats.skipped == 0
+
+
+async def test_a_busy_docs_change_queues_even_when_no_transition_wants_it():
+    # Its newest revision supersedes the wanted one waiting: the message it dropped is not sent.
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    d = make(rec, wanted=lambda c: "tasks" in c.doc)
+    await d.submit(change(1, "a", "1-a", tasks=[]))
+    await asyncio.sleep(0)
+    await d.submit(change(2, "a", "2-a", tasks=[]))
+    await d.submit(change(3, "a", "3-a"))  # the tasks are gone from the newest revision
+    rec.gate.set()
+    assert await d.drain(5)
+    assert rec.seen == [("a", "1-a"), ("a", "3-a")]
+    assert d.watermark.seq == "3-x"
+
+
+async def test_changes_without_a_feed_seq_are_always_processed():
+    # The sweep, a parked retry and an in-doubt resend hand docs over with seq None.
+    rec = Recorder()
+    d = make(rec, wanted=lambda c: False)
+    await d.submit(Change(seq=None, doc_id="swept", doc={"_id": "swept", "_rev": "1-a"}))
+    assert await d.drain(5)
+    assert rec.seen == [("swept", "1-a")]
