@@ -12,9 +12,13 @@ import time
 from collections import deque
 from typing import Any
 
-from worker.couch import Conflict, Database
+from worker.couch import Conflict, CouchError, Database
 
 CHECKPOINT_ID = "cht-rapidpro-worker-checkpoint"
+
+
+class CheckpointFenced(CouchError):
+    """A deposed lease holder's late checkpoint write, refused: a newer holder owns the checkpoint."""
 
 
 class Watermark:
@@ -62,6 +66,9 @@ class CheckpointStore:
         self._rev: str | None = None
         self.saved_seq: Any = None
         self.saved_at: float | None = None  # time.time() of the last load or save (for metrics)
+        # The lease generation (worker/lease.py) of the session writing; None: no fencing. Every
+        # write carries it, and a write that finds a newer generation in place is refused.
+        self.generation: int | None = None
 
     async def load(self) -> Any:
         doc = await self._db.get_local(self._doc_id)
@@ -79,6 +86,11 @@ class CheckpointStore:
             # Our rev was stale (another process, or a restore): take the current one and overwrite,
             # since the checkpoint is ours alone.
             current = await self._db.get_local(self._doc_id)
+            theirs = current.get("generation") if current else None
+            if (self.generation is not None and isinstance(theirs, int)
+                    and not isinstance(theirs, bool) and theirs > self.generation):
+                raise CheckpointFenced(f"the checkpoint belongs to lease generation {theirs}, "
+                                       f"this worker's session is {self.generation}") from None
             self._rev = current.get("_rev") if current else None
             self._rev = await self._db.put_local(self._doc_id, self._doc(seq))
         self.saved_seq = seq
@@ -86,6 +98,8 @@ class CheckpointStore:
 
     def _doc(self, seq: Any) -> dict[str, Any]:
         doc: dict[str, Any] = {"seq": seq}
+        if self.generation is not None:
+            doc["generation"] = self.generation
         if self._rev:
             doc["_rev"] = self._rev
         return doc

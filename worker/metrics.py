@@ -212,6 +212,6 @@ async def readiness_problems(worker: Worker, timeout: float = 3.0) -> list[str]:
     if worker.settings.current is None:
         problems.append("the app settings are not loaded")
     with contextlib.suppress(Exception):
-        if worker.follower is None:
+        if worker.follower is None and worker.lease.role == "active":  # a standby has no feed
             problems.append("the changes feed has not started")
     return problems
