@@ -318,6 +318,11 @@ class Worker:
             await asyncio.wait({previous})  # its cancellation finishing (abandoned work)
         self._sessions += 1
         self.checkpoints.generation = generation
+        if self._sessions > 1 or time.time() - self.started_at > self.config.lease_ttl:
+            # A standby does not follow the feed: what changed in the settings and translations
+            # while it stood by is read now (the feed resumes after those changes).
+            await self._retry_transient("settings", lambda: self.settings.load(self.medic))
+            await self._retry_transient("translations", lambda: self.translations.load(self.medic))
         try:
             since = await self._retry_transient("checkpoint", self.checkpoints.load)
             if since is None:
