@@ -64,16 +64,19 @@ class Decision(enum.Enum):
 
 
 def decide(lease: Lease | None, me: str, *, seen_for: float, ttl: float,
-           holder_dead: bool = False) -> Decision:
+           holder_dead: bool = False, same_process: bool = False) -> Decision:
     """What a worker does with the lease it just read.
 
     `seen_for`: how long (own monotonic clock) this worker has seen the lease at this very `_rev`.
     `holder_dead`: the holder was a process on this host that no longer exists (nothing of it
     can still act, so there is no need to wait out the TTL).
+    `same_process`: the lease was written by this very process. A lease under our instance id
+    written by another process (a restart, or a second process given the same INSTANCE_ID) is
+    treated as anyone else's: it may still act.
     """
     if lease is None or lease.released:
         return Decision.TAKE
-    if lease.holder == me:
+    if lease.holder == me and same_process:
         return Decision.RENEW
     if holder_dead or seen_for >= ttl:
         return Decision.TAKE

@@ -134,21 +134,23 @@ class LeaseKeeper:
         seen_for = self._monotonic() - self._seen_since
         holder_dead = (lease is not None and lease.holder is not None and lease.host == HOSTNAME
                        and lease.pid is not None and owner_is_dead(f"{lease.host}:{lease.pid}"))
-        decision = decide(lease, self.instance_id, seen_for=seen_for, ttl=self.ttl, holder_dead=holder_dead)
+        same_process = lease is not None and lease.host == HOSTNAME and lease.pid == os.getpid()
+        decision = decide(lease, self.instance_id, seen_for=seen_for, ttl=self.ttl, holder_dead=holder_dead,
+                          same_process=same_process)
         if decision is Decision.RENEW and self.role == ACTIVE:
-            if lease is not None and lease.generation != self.generation:
-                # Another process uses our INSTANCE_ID: neither may act on the other's behalf.
-                log.error("lease_instance_id_clash", instance_id=self.instance_id,
+            assert lease is not None
+            if lease.generation != self.generation:
+                log.error("lease_generation_mismatch", instance_id=self.instance_id,
                           generation=lease.generation, ours=self.generation)
-                self._become_standby("another process holds the lease under this instance id")
+                self._become_standby("the lease names another generation")
                 return
             await self._write(lease, take=False)
         elif decision is Decision.STANDBY:
             if self.role == ACTIVE:
                 self._become_standby(f"the lease is held by {lease.holder if lease else None}")
         elif not self._stopped:
-            # TAKE, or RENEW of a lease that names us while we are not active (a restart with the
-            # same INSTANCE_ID, or we stepped down): a new session, so a new generation.
+            # TAKE, or RENEW of a lease this process wrote while it is not active (it stepped
+            # down): a new session, so a new generation.
             await self._write(lease, take=True, dead_holder=holder_dead)
 
     async def _write(self, lease: Lease | None, *, take: bool, dead_holder: bool = False) -> None:

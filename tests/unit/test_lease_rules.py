@@ -25,7 +25,14 @@ def test_no_lease_or_a_released_one_is_taken_at_once():
 
 
 def test_the_holder_renews_its_own_lease():
-    assert decide(HELD, "b", seen_for=100, ttl=15) is Decision.RENEW
+    assert decide(HELD, "b", seen_for=100, ttl=15, same_process=True) is Decision.RENEW
+
+
+def test_our_instance_id_written_by_another_process_is_waited_out_like_anyones():
+    # A restart (or a second process given the same INSTANCE_ID): the writer may still act.
+    assert decide(HELD, "b", seen_for=1, ttl=15) is Decision.STANDBY
+    assert decide(HELD, "b", seen_for=15, ttl=15) is Decision.TAKE
+    assert decide(HELD, "b", seen_for=1, ttl=15, holder_dead=True) is Decision.TAKE
 
 
 def test_another_holders_lease_is_taken_only_once_seen_unchanged_for_the_ttl():
