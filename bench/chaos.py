@@ -21,7 +21,8 @@ Then the faults stop, the load stops, the run settles (bounded by `--settle`), t
 SIGTERM and it prints:
 
 - outgoing: sent once / double / lost / in doubt (each message's broadcasts at the fake RapidPro
-  and its CHT task state; in-doubt messages are expected until in-doubt resolution exists);
+  and its CHT task state; a claim cut off by a kill is in doubt until in-doubt resolution, run
+  here `IN_DOUBT_CHECK_AFTER` = 10 s after the claim, settles it);
 - incoming: stored once / twice / missing (docs per RapidPro id in CHT's
   `medic-sms/messages_by_gateway_ref` view). The load generator re-posts a message until it
   gets a 200, standing in for RapidPro's Failure branch + the incoming reconciliation;
@@ -625,11 +626,13 @@ async def settle(couch: CouchTarget, outgoing: OutgoingLoad, incoming: IncomingL
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         docs = await asyncio.to_thread(couch.bulk_get, sorted(outgoing.written))
-        pending = sum(1 for d in docs.values() if d["tasks"][0].get("state") == "pending")
+        # Pending, or in doubt (in-doubt resolution settles those within about a minute).
+        pending = sum(1 for d in docs.values()
+                      if d["tasks"][0].get("state") in ("pending", "forwarded-to-gateway"))
         unanswered = len(incoming.ids) - len(incoming.answered)
         if not pending and not unanswered:
             return
-        log(f"settling: {pending} outgoing pending, {unanswered} incoming not yet answered")
+        log(f"settling: {pending} outgoing pending or in doubt, {unanswered} incoming not yet answered")
         await asyncio.sleep(2)
     log("settle timeout reached")
 
@@ -648,7 +651,8 @@ async def run(args: argparse.Namespace) -> bool:
         env = {"COUCH_URL": couch.db_url, "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN,
                "RAPIDPRO_INCOMING_KEY": INCOMING_KEY, "LOG_LEVEL": "info",
                "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT), "RAPIDPRO_TIMEOUT": "5", "COUCH_TIMEOUT": "5",
-               "SWEEP_INTERVAL": "10", "CHECKPOINT_INTERVAL": "1", "CONCURRENCY": str(args.concurrency),
+               "SWEEP_INTERVAL": "10", "CHECKPOINT_INTERVAL": "1",
+               "IN_DOUBT_CHECK_AFTER": "10", "CONCURRENCY": str(args.concurrency),
                "RAPIDPRO_CALLS_PER_HOUR": str(args.calls_per_hour), "LEASE_TTL": str(args.lease_ttl)}
         workers = Workers(args.workers, env, log_dir)
         await workers.start_all()

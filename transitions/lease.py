@@ -32,6 +32,7 @@ class Lease:
     rev: str | None
     host: str | None = None
     pid: int | None = None
+    process: str | None = None  # a random token per process run: which process wrote it
 
     @property
     def released(self) -> bool:
@@ -54,6 +55,7 @@ def lease_from_doc(doc: Any) -> Lease | None:
         rev=doc.get("_rev") if isinstance(doc.get("_rev"), str) else None,
         host=doc.get("host") if isinstance(doc.get("host"), str) else None,
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        process=doc.get("process") if isinstance(doc.get("process"), str) else None,
     )
 
 
@@ -84,12 +86,13 @@ def decide(lease: Lease | None, me: str, *, seen_for: float, ttl: float,
 
 
 def lease_doc(lease: Lease | None, me: str, *, now: float, ttl: float, take: bool,
-              host: str | None = None, pid: int | None = None) -> dict[str, Any]:
+              host: str | None = None, pid: int | None = None, process: str | None = None) -> dict[str, Any]:
     """The doc to write: a renewal keeps the generation, a take-over bumps it."""
     generation = (lease.generation if lease else 0) + (1 if take else 0)
     doc: dict[str, Any] = {
         "_id": LEASE_DOC_ID, "type": LEASE_TYPE, "holder": me, "generation": generation,
         "expires_at_epoch": now + ttl, "renewed_at_epoch": now, "ttl_s": ttl, "host": host, "pid": pid,
+        "process": process,
     }
     if lease is not None and lease.rev:
         doc["_rev"] = lease.rev

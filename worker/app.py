@@ -253,8 +253,16 @@ class Worker:
                 await self.lease.tick()  # the first decision before saying we are up
                 lease_loop = group.create_task(self.lease.run(), name="lease")
                 sd_status = group.create_task(self.notifier.status_loop(self._status_line), name="sd-status")
-                if self.lease.role != ACTIVE and self.lease.holder not in (None, self.instance_id):
+                if self.lease.role != ACTIVE and self.lease.holder is not None:
                     self.ready.set()  # a standby: up as soon as it serves the webhook
+                elif self._session is not None:
+                    # Active: "started" once the feed's start is fixed (a change written after
+                    # this log line is never skipped), unless the lease or a stop comes first.
+                    waits = {asyncio.ensure_future(self.ready.wait()),
+                             asyncio.ensure_future(self._stop.wait())}
+                    await asyncio.wait({*waits, self._session}, return_when=asyncio.FIRST_COMPLETED)
+                    for waiter in waits:
+                        waiter.cancel()
                 self.notifier.ready(status=await self._status_line())
                 log.info("worker_started", role=self.lease.role, instance_id=self.instance_id,
                          lease_holder=self.lease.holder)

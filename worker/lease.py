@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -78,6 +79,7 @@ class LeaseKeeper:
         self._seen_since = 0.0
         self._poke = asyncio.Event()
         self._stopped = False
+        self._process = uuid.uuid4().hex  # tells this run from another under the same instance id
 
     # ---- what the rest of the worker asks -----------------------------------------------------
 
@@ -134,7 +136,7 @@ class LeaseKeeper:
         seen_for = self._monotonic() - self._seen_since
         holder_dead = (lease is not None and lease.holder is not None and lease.host == HOSTNAME
                        and lease.pid is not None and owner_is_dead(f"{lease.host}:{lease.pid}"))
-        same_process = lease is not None and lease.host == HOSTNAME and lease.pid == os.getpid()
+        same_process = lease is not None and lease.process == self._process
         decision = decide(lease, self.instance_id, seen_for=seen_for, ttl=self.ttl, holder_dead=holder_dead,
                           same_process=same_process)
         if decision is Decision.RENEW and self.role == ACTIVE:
@@ -156,7 +158,7 @@ class LeaseKeeper:
     async def _write(self, lease: Lease | None, *, take: bool, dead_holder: bool = False) -> None:
         sent_at = self._monotonic()
         doc = lease_doc(lease, self.instance_id, now=self._clock(), ttl=self.ttl, take=take,
-                        host=HOSTNAME, pid=os.getpid())
+                        host=HOSTNAME, pid=os.getpid(), process=self._process)
         try:
             async with asyncio.timeout(self._request_timeout):
                 rev = await self._db.put(doc)
