@@ -7,7 +7,6 @@ import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from importlib import metadata
 from typing import Any, TypeVar
 
 from config.env import Config
@@ -37,7 +36,7 @@ from worker.metrics import Metrics
 from worker.outgoing import OutgoingSender
 from worker.own_writes import OwnWrites
 from worker.parking import ParkedChanges
-from worker.rapidpro import RapidProClient
+from worker.rapidpro import RapidProClient, user_agent
 from worker.ratelimit import RateBudget
 from worker.sdnotify import Notifier
 from worker.server import HttpServer, build_app
@@ -55,15 +54,6 @@ EXIT_CRASH = 1
 EXIT_CONFIG = 2
 # The final checkpoint write gets at least this long after the in-flight work is done.
 FINAL_CHECKPOINT_MIN_S = 1.0
-
-
-def user_agent(instance_id: str) -> str:
-    """What every request to RapidPro says: RapidPro's logs (and tests) tell the workers apart."""
-    try:
-        version = metadata.version("cht-rapidpro-worker")
-    except metadata.PackageNotFoundError:  # run from a checkout without installing
-        version = "0+unknown"
-    return f"cht-rapidpro-worker/{version} ({instance_id})"
 
 
 class StartupError(Exception):
@@ -267,6 +257,7 @@ class Worker:
                 log.info("worker_started", role=self.lease.role, instance_id=self.instance_id,
                          lease_holder=self.lease.holder)
                 await self._stop.wait()
+                stop_deadline = time.monotonic() + self.config.shutdown_timeout
                 # 1. stop taking webhook requests; those in progress get the shutdown time
                 http_stop = asyncio.create_task(self.http.stop(self.config.shutdown_timeout))
                 # 2. the active session finishes its in-flight work and writes its checkpoint,
@@ -274,7 +265,9 @@ class Worker:
                 await self._end_session()
                 # 3. then give the lease up, so a standby takes over at once
                 lease_loop.cancel()
-                await self.lease.release(min(self.config.couch_timeout, 3.0))
+                # (bounded like the rest of shutdown: not released, a standby waits out the TTL)
+                await self.lease.release(min(self.config.couch_timeout,
+                                             max(1.0, stop_deadline + 2.0 - time.monotonic())))
                 sd_status.cancel()
         except* Exception as group_error:  # a part crashed: a bug; exit non-zero so systemd restarts us
             for exc in group_error.exceptions:

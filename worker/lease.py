@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -40,6 +41,7 @@ log = get_logger(__name__)
 
 ACTIVE = "active"
 STANDBY = "standby"
+STANDBY_POLL = 1.0  # seconds between a standby's reads of the lease, at most
 
 
 class Fenced(CouchError):
@@ -115,7 +117,9 @@ class LeaseKeeper:
                 except Exception as exc:  # a bug: log it, keep trying (the expiry timer still runs)
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.error("lease_tick_crashed", error=self.last_error, exc_info=True)
-                await asyncio.sleep(self.renew_interval)
+                # A standby reads more often than a holder renews, to notice a release at once.
+                await asyncio.sleep(self.renew_interval if self.role == ACTIVE
+                                    else min(self.renew_interval, STANDBY_POLL))
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -233,10 +237,11 @@ class LeaseKeeper:
                 async with asyncio.timeout(wait):
                     await self._poke.wait()
 
-    def _become_standby(self, reason: str) -> None:
+    def _become_standby(self, reason: str, *, voluntary: bool = False) -> None:
         if self.role != ACTIVE:
             return
-        log.warning("lease_lost", instance_id=self.instance_id, generation=self.generation, reason=reason)
+        log.log(logging.INFO if voluntary else logging.WARNING, "lease_lost", instance_id=self.instance_id,
+                generation=self.generation, reason=reason)
         self.role = STANDBY
         self.generation = None
         self._act_until = 0.0
@@ -252,7 +257,7 @@ class LeaseKeeper:
         self._stopped = True
         was_active = self.role == ACTIVE
         lease = self.lease
-        self._become_standby("shutting down")
+        self._become_standby("shutting down", voluntary=True)
         if not was_active or lease is None or lease.holder != self.instance_id:
             return False
         try:

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -147,6 +148,16 @@ class NotActive(RapidProError):
 
 
 # ---------------------------------------------------------------------- the client
+
+
+def user_agent(instance_id: str) -> str:
+    """What every request to RapidPro says: RapidPro's logs (and tests) tell the workers apart."""
+    try:
+        version = metadata.version("cht-rapidpro-worker")
+    except metadata.PackageNotFoundError:  # run from a checkout without installing
+        version = "0+unknown"
+    return f"cht-rapidpro-worker/{version} ({instance_id})"
+
 
 
 class _CallState:
