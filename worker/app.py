@@ -10,12 +10,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from config.env import Config
-from config.settings import Settings
+from config.settings import SETTINGS_DOC_ID, Settings
 from transitions.base import Transition
 from transitions.dispatch import double_sender_risk
 from transitions.settings_watcher import SettingsWatcher
 from transitions.status import Policy
 from transitions.timestamps import cht_time
+from transitions.translations import MESSAGES_PREFIX
 from transitions.translations_watcher import TranslationsWatcher
 from worker.admin import Admin
 from worker.app_settings import SettingsStore
@@ -54,6 +55,8 @@ EXIT_CRASH = 1
 EXIT_CONFIG = 2
 # The final checkpoint write gets at least this long after the in-flight work is done.
 FINAL_CHECKPOINT_MIN_S = 1.0
+# How often a standby checks whether the settings or translations changed.
+STANDBY_REFRESH_S = 10.0
 
 
 class StartupError(Exception):
@@ -243,6 +246,7 @@ class Worker:
                 await self.lease.tick()  # the first decision before saying we are up
                 lease_loop = group.create_task(self.lease.run(), name="lease")
                 sd_status = group.create_task(self.notifier.status_loop(self._status_line), name="sd-status")
+                refresher = group.create_task(self._standby_refresh_loop(), name="standby-refresh")
                 if self.lease.role != ACTIVE and self.lease.holder is not None:
                     self.ready.set()  # a standby: up as soon as it serves the webhook
                 elif self._session is not None:
@@ -269,6 +273,7 @@ class Worker:
                 await self.lease.release(min(self.config.couch_timeout,
                                              max(1.0, stop_deadline + 2.0 - time.monotonic())))
                 sd_status.cancel()
+                refresher.cancel()
         except* Exception as group_error:  # a part crashed: a bug; exit non-zero so systemd restarts us
             for exc in group_error.exceptions:
                 log.error("worker_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
@@ -281,6 +286,31 @@ class Worker:
         return self._exit_code
 
     # ---- the active role ---------------------------------------------------------------------
+
+    async def _standby_refresh_loop(self) -> None:
+        """A standby follows no feed, yet serves the webhook: it re-reads the settings (SMS forms)
+        and CHT's translation docs when their revisions change, as the feed would have told it."""
+        seen: tuple[Any, Any] | None = None
+        while True:
+            await asyncio.sleep(STANDBY_REFRESH_S)
+            if self.lease.role == ACTIVE:
+                seen = None  # the feed keeps them current
+                continue
+            try:
+                async with asyncio.timeout(self.config.couch_timeout):
+                    settings_doc = await self.medic.get_or_none(SETTINGS_DOC_ID)
+                    rows = (await self.medic.all_docs(start_key=MESSAGES_PREFIX,
+                                                      end_key=MESSAGES_PREFIX + "\ufff0")).get("rows") or []
+                    revs = (settings_doc.get("_rev") if settings_doc else None,
+                            tuple((row.get("id"), (row.get("value") or {}).get("rev")) for row in rows))
+                    current = self.settings.current.rev if self.settings.current else None
+                    if revs[0] != current and (seen is None or revs[0] != seen[0]):
+                        await self.settings.load(self.medic)
+                    if seen is not None and revs[1] != seen[1]:
+                        await self.translations.load(self.medic)
+                    seen = revs
+            except (CouchError, TimeoutError) as exc:
+                log.debug("standby_refresh_failed", error=str(exc) or type(exc).__name__)
 
     def _became_active(self, generation: int) -> None:
         previous = self._session
