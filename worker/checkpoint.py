@@ -80,21 +80,29 @@ class CheckpointStore:
         return self.saved_seq
 
     async def save(self, seq: Any) -> None:
+        if self.generation is not None:
+            # Apache CouchDB does not check `_rev` on `_local` docs (a stale one overwrites), so
+            # the fence reads first. The window between read and write is small, and a late
+            # write that slips through still names only changes its writer had finished.
+            self._fence(await self._db.get_local(self._doc_id))
         try:
             self._rev = await self._db.put_local(self._doc_id, self._doc(seq))
         except Conflict:
             # Our rev was stale (another process, or a restore): take the current one and overwrite,
             # since the checkpoint is ours alone.
             current = await self._db.get_local(self._doc_id)
-            theirs = current.get("generation") if current else None
-            if (self.generation is not None and isinstance(theirs, int)
-                    and not isinstance(theirs, bool) and theirs > self.generation):
-                raise CheckpointFenced(f"the checkpoint belongs to lease generation {theirs}, "
-                                       f"this worker's session is {self.generation}") from None
+            self._fence(current)
             self._rev = current.get("_rev") if current else None
             self._rev = await self._db.put_local(self._doc_id, self._doc(seq))
         self.saved_seq = seq
         self.saved_at = time.time()
+
+    def _fence(self, current: dict[str, Any] | None) -> None:
+        theirs = current.get("generation") if current else None
+        if (self.generation is not None and isinstance(theirs, int)
+                and not isinstance(theirs, bool) and theirs > self.generation):
+            raise CheckpointFenced(f"the checkpoint belongs to lease generation {theirs}, "
+                                   f"this worker's session is {self.generation}")
 
     def _doc(self, seq: Any) -> dict[str, Any]:
         doc: dict[str, Any] = {"seq": seq}
