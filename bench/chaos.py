@@ -1,7 +1,8 @@
 """Chaos run of the worker (run by hand, not in CI): the hard promises under random faults.
 
     .venv/bin/python bench/chaos.py [--duration 180] [--workers 1] [--out-rate 2] [--in-rate 2]
-                                    [--seed N] [--log-dir DIR]
+                                    [--seed N] [--log-dir DIR] [--lease-ttl 15]
+                                    [--couch-restart-cmd 'CMD']
 
 Everything stays on 127.0.0.1. It starts the CouchDB-protocol test server (or uses the Apache
 CouchDB given by TEST_COUCH_URL, in a database of its own that it deletes at the end), the tests'
@@ -10,21 +11,28 @@ operators run it). For `--duration` seconds it keeps a steady load — pending o
 written to CouchDB at `--out-rate`/s, incoming SMS posted to the webhook at `--in-rate`/s — while
 at random moments it:
 
-- kills a worker with SIGKILL, or stops it with SIGTERM (timing the exit), and restarts it;
-- makes RapidPro answer 500, hang, or 429 (with Retry-After) to every call for a few seconds.
+- kills a worker with SIGKILL, or stops it with SIGTERM (timing the exit), and restarts it
+  (with several workers, the lease holder half of the time);
+- makes RapidPro answer 500, hang, or 429 (with Retry-After) to every call for a few seconds;
+- with `--couch-restart-cmd`, restarts CouchDB by running that shell command (for instance one
+  that stops and starts the Apache CouchDB behind TEST_COUCH_URL; the data must survive it).
 
 Then the faults stop, the load stops, the run settles (bounded by `--settle`), the workers get
 SIGTERM and it prints:
 
 - outgoing: sent once / double / lost / in doubt (each message's broadcasts at the fake RapidPro
-  and its CHT task state; in-doubt messages are expected until in-doubt resolution exists);
+  and its CHT task state; a claim cut off by a kill is in doubt until in-doubt resolution, run
+  here `IN_DOUBT_CHECK_AFTER` = 10 s after the claim, settles it);
 - incoming: stored once / twice / missing (docs per RapidPro id in CHT's
   `medic-sms/messages_by_gateway_ref` view). The load generator re-posts a message until it
   gets a 200, standing in for RapidPro's Failure branch + the incoming reconciliation;
 - send latency (doc written -> broadcast at RapidPro) p50 / p99 / max;
 - the longest pause after a RapidPro fault ended (fault end -> next broadcast accepted), over
   faults with no worker restart in between;
-- SIGTERM exit times, and the workers' error-level log events by name.
+- SIGTERM exit times, and the workers' error-level log events by name;
+- the lease: take-overs, the longest gap without an active worker (from the workers' own
+  `lease_acquired` / `lease_lost` log events, a kill -9 ending its victim's activity), and any
+  time two workers believed they were active at once.
 
 The exit status is 1 when a hard promise broke (a double send, a lost message, an incoming SMS
 missing or stored twice). Wall-clock figures depend on the machine: say how busy it was.
@@ -50,6 +58,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -145,11 +154,38 @@ class Lifecycle:
     """What happened to the workers, for the report (times: time.monotonic())."""
 
     restarts: list[float] = field(default_factory=list)  # every stop or kill
+    window: tuple[float, float] = (0.0, 0.0)  # the load's time.time() span, for the lease gaps
     sigterm_exits: list[float] = field(default_factory=list)  # seconds from SIGTERM to exit
     sigterm_codes: Counter[int] = field(default_factory=Counter)
     kills: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # error-level events by name
     stray_lines: int = 0
+    # The lease: (worker, began, ended) of each time a worker was active (times: time.time(),
+    # from the workers' log timestamps); `active_since` for those active now.
+    active: list[tuple[str, float, float]] = field(default_factory=list)
+    active_since: dict[str, float] = field(default_factory=dict)
+    takeovers: int = 0
+
+    def became_active(self, name: str, at: float) -> None:
+        self.became_standby(name, at)
+        self.active_since[name] = at
+        self.takeovers += 1
+
+    def became_standby(self, name: str, at: float) -> None:
+        began = self.active_since.pop(name, None)
+        if began is not None:
+            self.active.append((name, began, at))
+
+    def close(self, at: float) -> None:
+        for name in list(self.active_since):
+            self.became_standby(name, at)
+
+
+def _event_time(event: dict[str, Any]) -> float:
+    try:
+        return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        return time.time()
 
 
 class WorkerProcess:
@@ -189,6 +225,12 @@ class WorkerProcess:
                 continue
             if event.get("event") == "worker_started":
                 self.started.set()
+            if event.get("event") in ("lease_acquired", "lease_lost"):
+                at = _event_time(event)
+                if event["event"] == "lease_acquired":
+                    self.lifecycle.became_active(self.name, at)
+                else:
+                    self.lifecycle.became_standby(self.name, at)
             if event.get("level") in ("error", "critical"):
                 self.lifecycle.errors[str(event.get("event"))] += 1
 
@@ -200,8 +242,11 @@ class WorkerProcess:
         if self.running:
             assert self.process is not None
             self.process.kill()
+            killed_at = time.time()
             self.lifecycle.kills += 1
             self.lifecycle.restarts.append(time.monotonic())
+            await self._reap()
+            self.lifecycle.became_standby(self.name, killed_at)  # nothing of it acts any more
         await self._reap()
 
     async def terminate(self, timeout: float = 60) -> float | None:
@@ -239,7 +284,8 @@ class Workers:
     def __init__(self, count: int, env: dict[str, str], log_dir: Path) -> None:
         self.lifecycle = Lifecycle()
         self._log = open(log_dir / "workers.log", "a")  # closed in close()
-        self.all = [WorkerProcess(f"w{i}", env, self._log, self.lifecycle) for i in range(count)]
+        self.all = [WorkerProcess(f"w{i}", {**env, "INSTANCE_ID": f"w{i}"}, self._log, self.lifecycle)
+                    for i in range(count)]
 
     async def start_all(self) -> None:
         for worker in self.all:
@@ -290,8 +336,15 @@ class OutgoingLoad:
         await asyncio.gather(*tasks)
 
     async def _put(self, doc: dict[str, Any]) -> None:
-        for _ in range(20):
-            status, body = await asyncio.to_thread(couch_request, "PUT", f"{self.db_url}/{doc['_id']}", doc)
+        # Retried through CouchDB restarts (a 409 after a lost answer means it was written).
+        status: Any = None
+        body: Any = None
+        for _ in range(600):
+            try:
+                status, body = await asyncio.to_thread(couch_request, "PUT", f"{self.db_url}/{doc['_id']}",
+                                                       doc, 10.0)
+            except OSError as exc:
+                status, body = type(exc).__name__, str(exc)
             if status in (201, 202, 409):
                 return
             await asyncio.sleep(0.5)
@@ -368,17 +421,20 @@ class FaultInjector:
     ACTIONS = (("kill9", 2), ("sigterm", 2), ("error", 3), ("hang", 2), ("throttle", 2))
 
     def __init__(self, fake: FakeRapidPro, workers: Workers, rng: random.Random,
-                 gap: tuple[float, float] = (4.0, 12.0)) -> None:
+                 gap: tuple[float, float] = (4.0, 12.0), couch_restart_cmd: str | None = None) -> None:
         self.fake = fake
         self.workers = workers
         self.rng = rng
         self.gap = gap
+        self.couch_restart_cmd = couch_restart_cmd
+        self.couch_restarts: list[float] = []  # seconds each restart command took
         self.windows: list[FaultWindow] = []
         self.counts: Counter[str] = Counter()
 
     async def run(self, stop: asyncio.Event) -> None:
-        names = [name for name, _ in self.ACTIONS]
-        weights = [weight for _, weight in self.ACTIONS]
+        actions = list(self.ACTIONS) + ([("couch_restart", 2)] if self.couch_restart_cmd else [])
+        names = [name for name, _ in actions]
+        weights = [weight for _, weight in actions]
         while not stop.is_set():
             try:
                 async with asyncio.timeout(self.rng.uniform(*self.gap)):
@@ -390,6 +446,8 @@ class FaultInjector:
             self.counts[action] += 1
             if action in ("kill9", "sigterm"):
                 await self._restart(action)
+            elif action == "couch_restart":
+                await self._restart_couch()
             else:
                 await self._outage(action)
 
@@ -397,7 +455,9 @@ class FaultInjector:
         candidates = [w for w in self.workers.all if w.running]
         if not candidates:
             return
-        worker = self.rng.choice(candidates)
+        holders = [w for w in candidates if w.name in self.workers.lifecycle.active_since]
+        # With several workers, the holder half of the time: that is where a take-over happens.
+        worker = self.rng.choice(holders if holders and self.rng.random() < 0.5 else candidates)
         if how == "kill9":
             await worker.kill()
             log(f"{worker.name}: kill -9")
@@ -408,6 +468,18 @@ class FaultInjector:
         await asyncio.sleep(self.rng.uniform(0.5, 3.0))
         await worker.start()
         await worker.wait_started()
+
+    async def _restart_couch(self) -> None:
+        assert self.couch_restart_cmd is not None
+        began = time.monotonic()
+        log("CouchDB: restarting")
+        process = await asyncio.create_subprocess_shell(
+            self.couch_restart_cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await process.communicate()
+        took = time.monotonic() - began
+        self.couch_restarts.append(took)
+        log(f"CouchDB: restarted in {took:.1f} s (exit {process.returncode}"
+            f"{': ' + err.decode(errors='replace').strip()[:200] if process.returncode else ''})")
 
     async def _outage(self, kind: str) -> None:
         length = self.rng.uniform(1.0, 5.0)
@@ -463,6 +535,25 @@ def pauses_after_faults(windows: list[FaultWindow], accepted: list[float], resta
     return gaps
 
 
+def lease_gaps(active: list[tuple[str, float, float]], window: tuple[float, float]) -> tuple[float, float]:
+    """(longest time in `window` with no worker active, total time with two or more active)."""
+    begin, end = window
+    points = sorted([(b, 1) for _, b, _ in active] + [(e, -1) for _, _, e in active])
+    longest = overlap = 0.0
+    level, last = 0, begin
+    for at, step in points:
+        at = min(max(at, begin), end)
+        if level == 0:
+            longest = max(longest, at - last)
+        elif level >= 2:
+            overlap += at - last
+        level += step
+        last = at
+    if level == 0:
+        longest = max(longest, end - last)
+    return longest, overlap
+
+
 def report(couch: CouchTarget, fake: FakeRapidPro, outgoing: OutgoingLoad, incoming: IncomingLoad,
            faults: FaultInjector, lifecycle: Lifecycle, args: argparse.Namespace) -> bool:
     """Prints the figures; True when every hard promise held."""
@@ -510,6 +601,13 @@ def report(couch: CouchTarget, fake: FakeRapidPro, outgoing: OutgoingLoad, incom
         print(f"SIGTERM: {len(lifecycle.sigterm_exits)} stops, exit codes {dict(lifecycle.sigterm_codes)}, "
               f"longest {max(lifecycle.sigterm_exits):.2f} s (SHUTDOWN_TIMEOUT {SHUTDOWN_TIMEOUT:.0f} s); "
               f"kill -9: {lifecycle.kills}")
+    if len(faults.workers.all) > 1 or lifecycle.active:
+        gap, overlap = lease_gaps(lifecycle.active, lifecycle.window)
+        print(f"lease: {lifecycle.takeovers} acquisitions; longest gap without an active worker "
+              f"{gap:.2f} s; two workers active at once for {overlap:.2f} s in all")
+    if faults.couch_restarts:
+        print(f"CouchDB restarts: {len(faults.couch_restarts)}, each took "
+              f"{min(faults.couch_restarts):.1f}-{max(faults.couch_restarts):.1f} s")
     print(f"worker error-level events: {dict(lifecycle.errors) or 'none'}"
           f"{f'; {lifecycle.stray_lines} non-JSON lines' if lifecycle.stray_lines else ''}")
     ok = not broken and not twice and not missing
@@ -528,11 +626,13 @@ async def settle(couch: CouchTarget, outgoing: OutgoingLoad, incoming: IncomingL
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         docs = await asyncio.to_thread(couch.bulk_get, sorted(outgoing.written))
-        pending = sum(1 for d in docs.values() if d["tasks"][0].get("state") == "pending")
+        # Pending, or in doubt (in-doubt resolution settles those within about a minute).
+        pending = sum(1 for d in docs.values()
+                      if d["tasks"][0].get("state") in ("pending", "forwarded-to-gateway"))
         unanswered = len(incoming.ids) - len(incoming.answered)
         if not pending and not unanswered:
             return
-        log(f"settling: {pending} outgoing pending, {unanswered} incoming not yet answered")
+        log(f"settling: {pending} outgoing pending or in doubt, {unanswered} incoming not yet answered")
         await asyncio.sleep(2)
     log("settle timeout reached")
 
@@ -551,8 +651,9 @@ async def run(args: argparse.Namespace) -> bool:
         env = {"COUCH_URL": couch.db_url, "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN,
                "RAPIDPRO_INCOMING_KEY": INCOMING_KEY, "LOG_LEVEL": "info",
                "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT), "RAPIDPRO_TIMEOUT": "5", "COUCH_TIMEOUT": "5",
-               "SWEEP_INTERVAL": "10", "CHECKPOINT_INTERVAL": "1", "CONCURRENCY": str(args.concurrency),
-               "RAPIDPRO_CALLS_PER_HOUR": str(args.calls_per_hour)}
+               "SWEEP_INTERVAL": "10", "CHECKPOINT_INTERVAL": "1",
+               "IN_DOUBT_CHECK_AFTER": "10", "CONCURRENCY": str(args.concurrency),
+               "RAPIDPRO_CALLS_PER_HOUR": str(args.calls_per_hour), "LEASE_TTL": str(args.lease_ttl)}
         workers = Workers(args.workers, env, log_dir)
         await workers.start_all()
         log(f"{args.workers} worker(s) up on {couch.kind}; fake RapidPro at {fake.url}; logs in {log_dir}")
@@ -561,12 +662,15 @@ async def run(args: argparse.Namespace) -> bool:
         # Separate generators: the sequence of faults depends on the seed only, not on how many
         # webhook posts happened to be retried in between.
         incoming = IncomingLoad(workers, args.in_rate, random.Random(rng.random()))
-        faults = FaultInjector(fake, workers, random.Random(rng.random()))
+        faults = FaultInjector(fake, workers, random.Random(rng.random()),
+                               couch_restart_cmd=args.couch_restart_cmd)
+        load_began = time.time()
         stop_load, give_up = asyncio.Event(), asyncio.Event()
         tasks = [asyncio.create_task(outgoing.run(stop_load)),
                  asyncio.create_task(incoming.run(stop_load, give_up)),
                  asyncio.create_task(faults.run(stop_load))]
         await asyncio.sleep(args.duration)
+        workers.lifecycle.window = (load_began, time.time())
         stop_load.set()
         fake.outage = None
         await tasks[2]  # a restart in progress completes
@@ -603,6 +707,10 @@ def main() -> None:
                         help="the workspace's RapidPro API budget (worker and fake)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--log-dir", default=None, help="where the workers' logs go (default: a temp dir)")
+    parser.add_argument("--lease-ttl", type=float, default=15.0, help="the workers' LEASE_TTL")
+    parser.add_argument("--couch-restart-cmd", default=None,
+                        help="a shell command that restarts CouchDB (keeping its data); adds CouchDB "
+                             "restarts to the faults")
     args = parser.parse_args()
     if args.seed is None:
         args.seed = random.randrange(10**6)

@@ -15,6 +15,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
+from transitions.lease import default_renew_interval, max_renew_interval
+
 T = TypeVar("T")
 
 DB_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_$()+-/")
@@ -91,6 +93,9 @@ class Config:
     status_tracking_horizon: float
     in_doubt_check_after: float = 120.0
     in_doubt_clock_margin: float = 60.0
+    instance_id: str = ""  # "" = the ledger's owner name (host:pid), see worker/app.py
+    lease_ttl: float = 15.0
+    lease_renew_interval: float = 5.0
 
     @property
     def claim_timeout(self) -> float:
@@ -244,6 +249,19 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
     in_doubt_clock_margin = _get(values, "IN_DOUBT_CLOCK_MARGIN", 60.0, float, lambda v: 60 <= v <= 3600,
                                  "must be a number of seconds from 60 to 3600")
 
+    # Several workers on one CHT: the lease (worker/lease.py). A holder stops acting a quarter of
+    # the TTL before a standby may take over, so it must get at least two renewals in before that.
+    lease_ttl = _get(values, "LEASE_TTL", 15.0, float, lambda v: 1 <= v <= 3600,
+                     "must be a number of seconds from 1 to 3600")
+    lease_renew_interval = _get(values, "LEASE_RENEW_INTERVAL", default_renew_interval(lease_ttl), float,
+                                lambda v: 0 < v <= max_renew_interval(lease_ttl),
+                                f"must be a positive number of seconds, at most a third of LEASE_TTL "
+                                f"({max_renew_interval(lease_ttl):g})")
+    instance_id = values.get("INSTANCE_ID", "").strip()
+    if instance_id and (len(instance_id) > 100 or not instance_id.isprintable() or "(" in instance_id
+                        or ")" in instance_id):
+        raise ConfigError("INSTANCE_ID", "must be at most 100 printable characters without parentheses")
+
     return Config(
         couch=couch,
         worker_db=worker_db,
@@ -281,6 +299,9 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
         status_tracking_horizon=_positive_seconds(values, "STATUS_TRACKING_HORIZON", 7 * 24 * 3600.0),
         in_doubt_check_after=in_doubt_check_after,
         in_doubt_clock_margin=in_doubt_clock_margin,
+        instance_id=instance_id,
+        lease_ttl=lease_ttl,
+        lease_renew_interval=lease_renew_interval,
     )
 
 

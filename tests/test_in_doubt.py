@@ -126,21 +126,25 @@ async def test_a_post_that_never_reached_rapidpro_is_sent_once_after_the_check(
     assert len(fake_rapidpro.broadcasts) == 1
 
 
-async def test_two_workers_resolving_the_same_claim_send_it_once(run_worker, medic_db, fake_rapidpro):
-    # Another service sends while the claims are set up; then both workers take over at once.
+async def test_two_workers_resolving_the_same_claims_send_each_once(run_worker, medic_db, fake_rapidpro):
+    # Another service sends while the claims are set up; then the workers take over at once.
+    # With the lease only the holder resolves; the ledger would still decide between two.
     other = rapidpro_settings(fake_rapidpro.url)
     other["sms"]["outgoing_service"] = "medic-gateway"
     await asyncio.to_thread(put_settings, medic_db.url, other)
-    first = await run_worker()
-    second = await run_worker()
+    first = await run_worker(INSTANCE_ID="first")
+    second = await run_worker(INSTANCE_ID="second")
+    assert (first.lease.role, second.lease.role) == ("active", "standby")
     uuids = [await doc_with_stale_claim(medic_db, f"race-{i}", f"race {i}") for i in range(5)]
     await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
-    await eventually(lambda: all(w.sender.gate.not_in_charge is None for w in (first, second)))
-    # Both look them up at the same moment, besides their own periodic rounds.
-    await asyncio.gather(first.in_doubt.run_once(), second.in_doubt.run_once())
+    await eventually(lambda: first.sender.gate.not_in_charge is None)
+    assert first.in_doubt is not None and second.in_doubt is None
+    # A round at the same moment as the holder's own periodic one.
+    await first.in_doubt.run_once()
     for i in range(5):
         await wait_state(medic_db.url, f"race-{i}", "received-by-gateway", timeout=30)
     assert sorted(texts_sent(fake_rapidpro)) == [f"race {i}" for i in range(5)]
+    assert {r.user_agent.rsplit("(", 1)[-1] for r in fake_rapidpro.requests} == {"first)"}
     for message_uuid in uuids:
         assert ledger_entry(medic_db, message_uuid)["attempts"] == 2
 

@@ -10,33 +10,35 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from config.env import Config
-from config.settings import Settings
+from config.settings import SETTINGS_DOC_ID, Settings
 from transitions.base import Transition
 from transitions.dispatch import double_sender_risk
 from transitions.settings_watcher import SettingsWatcher
 from transitions.status import Policy
 from transitions.timestamps import cht_time
+from transitions.translations import MESSAGES_PREFIX
 from transitions.translations_watcher import TranslationsWatcher
 from worker.admin import Admin
 from worker.app_settings import SettingsStore
 from worker.app_translations import TranslationsStore
 from worker.backoff import Backoff
 from worker.changes import Change
-from worker.checkpoint import CheckpointStore, Watermark
+from worker.checkpoint import CheckpointFenced, CheckpointStore, Watermark
 from worker.couch import CouchError, CouchServer, CouchUnavailable, Unauthorized
 from worker.dispatch import Dispatcher
 from worker.feed import ChangesFollower
 from worker.health_text import status_line
 from worker.in_doubt import InDoubtResolver
 from worker.incoming_reconcile import IncomingReconciler
-from worker.ledger import Ledger
+from worker.lease import ACTIVE, FencedDatabase, LeaseKeeper
+from worker.ledger import OWNER, Ledger
 from worker.logs import get_logger
 from worker.metrics import Metrics
 from worker.outgoing import OutgoingSender
 from worker.own_writes import OwnWrites
 from worker.parking import ParkedChanges
 from worker.public_server import build_public_app
-from worker.rapidpro import RapidProClient
+from worker.rapidpro import RapidProClient, user_agent
 from worker.ratelimit import RateBudget
 from worker.sdnotify import Notifier
 from worker.server import HttpServer, build_app
@@ -54,6 +56,8 @@ EXIT_CRASH = 1
 EXIT_CONFIG = 2
 # The final checkpoint write gets at least this long after the in-flight work is done.
 FINAL_CHECKPOINT_MIN_S = 1.0
+# How often a standby checks whether the settings or translations changed.
+STANDBY_REFRESH_S = 10.0
 
 
 class StartupError(Exception):
@@ -79,9 +83,17 @@ class Worker:
                                        file=config.rapidpro_incoming_key_file, ttl=config.credentials_ttl)
         # A tenth of the budget is only for sends: status tracking never empties it before a burst.
         self.budget = RateBudget(config.rapidpro_calls_per_hour, send_reserve=0.1)
+        # One active worker of several (worker/lease.py): it alone talks to RapidPro and moves
+        # the feed; every worker serves the webhook and the health endpoints.
+        self.instance_id = config.instance_id or OWNER
+        self.lease = LeaseKeeper(self.own_db, self.instance_id, ttl=config.lease_ttl,
+                                 renew_interval=config.lease_renew_interval,
+                                 request_timeout=config.couch_timeout,
+                                 on_active=self._became_active, on_standby=self._became_standby)
         # A call waits at most rapidpro_timeout for the budget, then at most as long for its answer.
         self.rapidpro = RapidProClient(self.budget, timeout=config.rapidpro_timeout,
-                                       max_wait=config.rapidpro_timeout)
+                                       max_wait=config.rapidpro_timeout,
+                                       user_agent=user_agent(self.instance_id), may_call=self.lease.may_act)
         self.ledger = Ledger(self.own_db)
         self.sender = OutgoingSender(
             ledger=self.ledger, client=self.rapidpro, writer=TaskWriter(self.medic),
@@ -90,8 +102,14 @@ class Worker:
             # Longer than any send can take (budget wait + request + recording the outcome).
             claim_timeout=config.claim_timeout,
         )
+        # Status tracking writes through handles fenced by the lease: a deposed holder's late
+        # round writes nothing.
+        status_medic = FencedDatabase(self.couch, config.couch.db_name, self.lease.may_act)
+        status_medic.on_write = self.own_writes.remember
         self.status = StatusTracker(
-            medic=self.medic, own_db=self.own_db, client=self.rapidpro, token=self.outgoing_token,
+            medic=status_medic,
+            own_db=FencedDatabase(self.couch, config.worker_db, self.lease.may_act),
+            client=self.rapidpro, token=self.outgoing_token,
             settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
             policy=Policy(interval=config.status_poll_interval, horizon=config.status_tracking_horizon))
         self.incoming = IncomingWebhook(self.medic, self.incoming_key, lambda: self.settings.current,
@@ -117,6 +135,11 @@ class Worker:
         self.http: HttpServer | None = None
         self.public_http: HttpServer | None = None  # the public door (webhook only), when configured
         self._stop = asyncio.Event()
+        self._session: asyncio.Task[None] | None = None  # the active role's parts, while active
+        self._session_stop = asyncio.Event()  # graceful end of the session (shutdown)
+        self._sessions = 0
+        self._exit_code = EXIT_OK
+        self._abandoned = 0
         self._checkpoint_due = asyncio.Event()
         self._since_checkpoint = 0
         self.started_at = time.time()
@@ -190,24 +213,6 @@ class Worker:
         await self._retry_transient("worker_db", self._ensure_own_db)
         await self._retry_transient("settings", lambda: self.settings.load(self.medic))
         await self._retry_transient("translations", lambda: self.translations.load(self.medic))
-        since = await self._retry_transient("checkpoint", self.checkpoints.load)
-        if since is None:
-            # First start: a big CHT holds millions of old changes; begin at the end of the feed.
-            since = await self._retry_transient("end_seq", self.medic.end_seq)
-            await self._retry_transient("checkpoint", lambda: self.checkpoints.save(since))
-            log.info("checkpoint_initialised", seq=since, reason="first start: following from now")
-        else:
-            log.info("checkpoint_loaded", seq=since)
-
-        watermark = Watermark(since)
-        self.dispatcher = Dispatcher(
-            self.admin.wrap(self._process), self.parked.park, watermark,
-            concurrency=self.config.concurrency, max_pending=self.config.max_pending_changes,
-            max_attempts=self.config.change_max_attempts, own_writes=self.own_writes,
-            on_progress=self._progress, wanted=self._wanted,
-        )
-        self.follower = ChangesFollower(self.medic, self.dispatcher,
-                                        batch_size=self.config.changes_batch_size)
         app = build_app(self.health)
         self.incoming.register(app)
         self.metrics.register(app)
@@ -217,13 +222,6 @@ class Worker:
             self.public_http = HttpServer(
                 build_public_app(self), self.config.webhook_listen_host, self.config.webhook_listen_port,
                 keepalive_timeout=self.config.webhook_read_timeout, door="public")
-        self.sweep = PendingSweep(self.medic, self.dispatcher.submit, self.sender.refresh_gate)
-        self.in_doubt = InDoubtResolver(
-            ledger=self.ledger, medic=self.medic, client=self.rapidpro, token=self.outgoing_token,
-            settings=lambda: self.settings.current, writer=TaskWriter(self.medic),
-            submit=self.dispatcher.submit, in_charge=self.sender.refresh_gate,
-            rapidpro_timeout=self.config.rapidpro_timeout, check_after=self.config.in_doubt_check_after,
-            margin=self.config.in_doubt_clock_margin, claim_timeout=self.config.claim_timeout)
         await self._check_double_sender()
 
     async def _ensure_own_db(self) -> None:
@@ -245,71 +243,211 @@ class Worker:
             log.info("worker_db_created", db=self.own_db.name)
 
     async def _run_parts(self) -> int:
-        assert self.follower is not None and self.dispatcher is not None and self.http is not None
+        """Every worker serves HTTP and keeps the lease; the holder also runs the active session
+        (`_active_session`), started and stopped by the lease's role changes."""
+        assert self.http is not None
         await self.http.start()
         if self.public_http is not None:
             await self.public_http.start()
-        exit_code = EXIT_OK
         http_stop: asyncio.Task[None] | None = None
         public_stop: asyncio.Task[None] | None = None
-        deadline = 0.0  # set at the stop request
         try:
             async with asyncio.TaskGroup() as group:
-                feed = group.create_task(self.follower.run(self.dispatcher.watermark.seq), name="feed")
-                checkpointer = group.create_task(self._checkpoint_loop(), name="checkpointer")
-                assert self.sweep is not None
-                sweeper = group.create_task(self.sweep.run(self.config.sweep_interval), name="sweep")
-                status = group.create_task(self.status.run(self.config.status_poll_interval), name="status")
-                assert self.in_doubt is not None
-                in_doubt = group.create_task(self.in_doubt.run(), name="in-doubt")
-                reconciler = None
-                if self.incoming_reconciler is not None:
-                    reconciler = group.create_task(
-                        self.incoming_reconciler.run(self.config.incoming_reconcile_interval),
-                        name="incoming-reconcile")
+                await self.lease.tick()  # the first decision before saying we are up
+                lease_loop = group.create_task(self.lease.run(), name="lease")
                 sd_status = group.create_task(self.notifier.status_loop(self._status_line), name="sd-status")
-                self.ready.set()
+                refresher = group.create_task(self._standby_refresh_loop(), name="standby-refresh")
+                if self.lease.role != ACTIVE and self.lease.holder is not None:
+                    self.ready.set()  # a standby: up as soon as it serves the webhook
+                elif self._session is not None:
+                    # Active: "started" once the feed's start is fixed (a change written after
+                    # this log line is never skipped), unless the lease or a stop comes first.
+                    waits = {asyncio.ensure_future(self.ready.wait()),
+                             asyncio.ensure_future(self._stop.wait())}
+                    await asyncio.wait({*waits, self._session}, return_when=asyncio.FIRST_COMPLETED)
+                    for waiter in waits:
+                        waiter.cancel()
                 self.notifier.ready(status=await self._status_line())
-                log.info("worker_started")
+                log.info("worker_started", role=self.lease.role, instance_id=self.instance_id,
+                         lease_holder=self.lease.holder)
                 await self._stop.wait()
-                deadline = time.monotonic() + self.config.shutdown_timeout
-                # 1. stop taking changes and webhook requests; those in progress get the same time
+                stop_deadline = time.monotonic() + self.config.shutdown_timeout
+                # 1. stop taking webhook requests; those in progress get the shutdown time
                 http_stop = asyncio.create_task(self.http.stop(self.config.shutdown_timeout))
                 if self.public_http is not None:
                     public_stop = asyncio.create_task(self.public_http.stop(self.config.shutdown_timeout))
-                feed.cancel()
-                sweeper.cancel()
-                status.cancel()
-                in_doubt.cancel()
-                if reconciler is not None:
-                    reconciler.cancel()
-                # 2. finish in-flight work within the deadline, abandon the rest (redone after restart)
-                finished = await self.dispatcher.drain(self.config.shutdown_timeout)
-                abandoned = 0 if finished else await self.dispatcher.abandon()
-                checkpointer.cancel()
+                # 2. the active session finishes its in-flight work and writes its checkpoint,
+                # still under the lease (the renewals go on meanwhile)
+                await self._end_session()
+                # 3. then give the lease up, so a standby takes over at once
+                lease_loop.cancel()
+                # (bounded like the rest of shutdown: not released, a standby waits out the TTL)
+                await self.lease.release(min(self.config.couch_timeout,
+                                             max(1.0, stop_deadline + 2.0 - time.monotonic())))
                 sd_status.cancel()
+                refresher.cancel()
         except* Exception as group_error:  # a part crashed: a bug; exit non-zero so systemd restarts us
             for exc in group_error.exceptions:
                 log.error("worker_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            exit_code = EXIT_CRASH
-            abandoned = await self.dispatcher.abandon()
-        # 3. write the checkpoint (the watermark passes only what is done). Bounded, so shutdown
-        # ends on time with CouchDB away: a checkpoint not written means changes processed again.
-        try:
-            async with asyncio.timeout(max(FINAL_CHECKPOINT_MIN_S, deadline + 1.5 - time.monotonic())):
-                await self._write_checkpoint(final=True)
-        except TimeoutError:
-            log.warning("checkpoint_save_failed", seq=self.dispatcher.watermark.seq,
-                        error="CouchDB did not answer in time at shutdown")
+            self._exit_code = EXIT_CRASH
+            await self._end_session()
         await (http_stop or self.http.stop())
         if public_stop is not None:
             await public_stop
         elif self.public_http is not None:
             await self.public_http.stop()
         await self.rapidpro.close()
-        log.info("worker_stopped", checkpoint=self.checkpoints.saved_seq, abandoned=abandoned,
-                 exit_code=exit_code)
-        return exit_code
+        log.info("worker_stopped", checkpoint=self.checkpoints.saved_seq, abandoned=self._abandoned,
+                 exit_code=self._exit_code)
+        return self._exit_code
+
+    # ---- the active role ---------------------------------------------------------------------
+
+    async def _standby_refresh_loop(self) -> None:
+        """A standby follows no feed, yet serves the webhook: it re-reads the settings (SMS forms)
+        and CHT's translation docs when their revisions change, as the feed would have told it."""
+        seen: tuple[Any, Any] | None = None
+        while True:
+            await asyncio.sleep(STANDBY_REFRESH_S)
+            if self.lease.role == ACTIVE:
+                seen = None  # the feed keeps them current
+                continue
+            try:
+                async with asyncio.timeout(self.config.couch_timeout):
+                    settings_doc = await self.medic.get_or_none(SETTINGS_DOC_ID)
+                    rows = (await self.medic.all_docs(start_key=MESSAGES_PREFIX,
+                                                      end_key=MESSAGES_PREFIX + "\ufff0")).get("rows") or []
+                    revs = (settings_doc.get("_rev") if settings_doc else None,
+                            tuple((row.get("id"), (row.get("value") or {}).get("rev")) for row in rows))
+                    current = self.settings.current.rev if self.settings.current else None
+                    if revs[0] != current and (seen is None or revs[0] != seen[0]):
+                        await self.settings.load(self.medic)
+                    if seen is not None and revs[1] != seen[1]:
+                        await self.translations.load(self.medic)
+                    seen = revs
+            except (CouchError, TimeoutError) as exc:
+                log.debug("standby_refresh_failed", error=str(exc) or type(exc).__name__)
+
+    def _became_active(self, generation: int) -> None:
+        previous = self._session
+        self._session_stop = asyncio.Event()
+        self._session = asyncio.create_task(self._active_session(generation, previous),
+                                            name=f"active-session-{generation}")
+        self._session.add_done_callback(self._session_done)
+
+    def _became_standby(self, reason: str) -> None:
+        # Synchronously: from this moment nothing of the session runs on (in-flight sends are
+        # cancelled; a POST cut off after it left is an in-doubt claim, resolved as usual).
+        if self._session is not None and not self._session.done():
+            self._session.cancel()
+
+    def _session_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # a bug in a part: exit non-zero so systemd restarts us
+            log.error("worker_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            self._exit_code = EXIT_CRASH
+            self.stop()
+
+    async def _end_session(self) -> None:
+        session = self._session
+        if session is None:
+            return
+        self._session_stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({session})
+
+    async def _active_session(self, generation: int, previous: asyncio.Task[None] | None) -> None:
+        """The lease holder's work: feed + checkpoint, sending, sweeps, status tracking, in-doubt
+        resolution, incoming reconciliation. Cancelled the moment the lease is lost."""
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous})  # its cancellation finishing (abandoned work)
+        self._sessions += 1
+        self.checkpoints.generation = generation
+        if self._sessions > 1 or time.time() - self.started_at > self.config.lease_ttl:
+            # A standby does not follow the feed: what changed in the settings and translations
+            # while it stood by is read now (the feed resumes after those changes).
+            await self._retry_transient("settings", lambda: self.settings.load(self.medic))
+            await self._retry_transient("translations", lambda: self.translations.load(self.medic))
+        try:
+            since = await self._retry_transient("checkpoint", self.checkpoints.load)
+            if since is None:
+                # First start: a big CHT holds millions of old changes; begin at the end of the feed.
+                since = await self._retry_transient("end_seq", self.medic.end_seq)
+                await self._retry_transient("checkpoint", lambda: self.checkpoints.save(since))
+                log.info("checkpoint_initialised", seq=since, reason="first start: following from now")
+            else:
+                # Written again under this generation: from now on a deposed holder's late
+                # checkpoint write conflicts and is refused (worker/checkpoint.py).
+                await self._retry_transient("checkpoint", lambda: self.checkpoints.save(since))
+                log.info("checkpoint_loaded", seq=since, generation=generation)
+        except CheckpointFenced as exc:
+            log.warning("checkpoint_fenced", error=str(exc), generation=generation)
+            return
+        dispatcher = Dispatcher(
+            self.admin.wrap(self._process), self.parked.park, Watermark(since),
+            concurrency=self.config.concurrency, max_pending=self.config.max_pending_changes,
+            max_attempts=self.config.change_max_attempts, own_writes=self.own_writes,
+            on_progress=self._progress, wanted=self._wanted,
+        )
+        self.dispatcher = dispatcher
+        self.follower = ChangesFollower(self.medic, dispatcher, batch_size=self.config.changes_batch_size)
+        self.sweep = PendingSweep(self.medic, dispatcher.submit, self.sender.refresh_gate)
+        self.in_doubt = InDoubtResolver(
+            ledger=self.ledger, medic=self.medic, client=self.rapidpro, token=self.outgoing_token,
+            settings=lambda: self.settings.current, writer=TaskWriter(self.medic),
+            submit=dispatcher.submit, in_charge=self.sender.refresh_gate,
+            rapidpro_timeout=self.config.rapidpro_timeout, check_after=self.config.in_doubt_check_after,
+            margin=self.config.in_doubt_clock_margin, claim_timeout=self.config.claim_timeout)
+        if self._sessions > 1:
+            # Another worker tracked statuses meanwhile: what this one knew may be out of date.
+            self.status.trigger_rescan()
+        deadline = 0.0
+        try:
+            async with asyncio.TaskGroup() as group:
+                feed = group.create_task(self.follower.run(dispatcher.watermark.seq), name="feed")
+                checkpointer = group.create_task(self._checkpoint_loop(), name="checkpointer")
+                sweeper = group.create_task(self.sweep.run(self.config.sweep_interval), name="sweep")
+                status = group.create_task(self.status.run(self.config.status_poll_interval), name="status")
+                in_doubt = group.create_task(self.in_doubt.run(), name="in-doubt")
+                reconciler = None
+                if self.incoming_reconciler is not None:
+                    reconciler = group.create_task(
+                        self.incoming_reconciler.run(self.config.incoming_reconcile_interval),
+                        name="incoming-reconcile")
+                self.ready.set()
+                log.info("active_session_started", generation=generation, seq=since)
+                await self._session_stop.wait()
+                deadline = time.monotonic() + self.config.shutdown_timeout
+                for part in (feed, sweeper, status, in_doubt, reconciler):
+                    if part is not None:
+                        part.cancel()
+                # finish in-flight work within the deadline, abandon the rest (redone after restart)
+                finished = await dispatcher.drain(self.config.shutdown_timeout)
+                self._abandoned = 0 if finished else await dispatcher.abandon()
+                checkpointer.cancel()
+        except asyncio.CancelledError:
+            # The lease is lost: stop at once. The next holder resumes from the last checkpoint.
+            self._abandoned = await dispatcher.abandon()
+            log.info("active_session_stopped", generation=generation, reason="lease lost",
+                     abandoned=self._abandoned, checkpoint=self.checkpoints.saved_seq)
+            self.follower = None
+            self.dispatcher = None
+            raise
+        except BaseException:
+            self._abandoned = await dispatcher.abandon()
+            raise
+        # The checkpoint (the watermark passes only what is done). Bounded, so shutdown ends on
+        # time with CouchDB away: a checkpoint not written means changes processed again.
+        try:
+            async with asyncio.timeout(max(FINAL_CHECKPOINT_MIN_S, deadline + 1.5 - time.monotonic())):
+                await self._write_checkpoint(final=True)
+        except TimeoutError:
+            log.warning("checkpoint_save_failed", seq=dispatcher.watermark.seq,
+                        error="CouchDB did not answer in time at shutdown")
+        log.info("active_session_stopped", generation=generation, reason="shutdown",
+                 abandoned=self._abandoned, checkpoint=self.checkpoints.saved_seq)
 
     # ---- settings and sending ----------------------------------------------------------------
 
@@ -380,10 +518,15 @@ class Worker:
         seq = self.dispatcher.watermark.seq
         if seq == self.checkpoints.saved_seq:
             return
+        if not self.lease.may_act(self.checkpoints.generation):
+            log.info("checkpoint_not_saved", seq=seq, reason="not the lease holder any more")
+            return
         try:
             await self.checkpoints.save(seq)
             self._since_checkpoint = 0
-            log.log(20 if final else 10, "checkpoint_saved", seq=seq)
+            log.log(20 if final else 10, "checkpoint_saved", seq=seq, generation=self.checkpoints.generation)
+        except CheckpointFenced as exc:
+            log.warning("checkpoint_fenced", seq=seq, error=str(exc))
         except CouchError as exc:
             # Not fatal: the next write carries it; at worst changes are processed again.
             log.warning("checkpoint_save_failed", seq=seq, error=str(exc))
@@ -413,6 +556,9 @@ class Worker:
         paused = gate.remaining_pause() > 0
         return {
             "status": "ok",
+            "role": self.lease.role,
+            "lease_holder": self.lease.holder,
+            "lease": self.lease.health(),
             "started_at": cht_time(self.started_at),
             "feed": {
                 "connected": feed.connected if feed else False,

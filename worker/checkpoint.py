@@ -12,9 +12,13 @@ import time
 from collections import deque
 from typing import Any
 
-from worker.couch import Conflict, Database
+from worker.couch import Conflict, CouchError, Database
 
 CHECKPOINT_ID = "cht-rapidpro-worker-checkpoint"
+
+
+class CheckpointFenced(CouchError):
+    """A deposed lease holder's late checkpoint write, refused: a newer holder owns the checkpoint."""
 
 
 class Watermark:
@@ -62,6 +66,9 @@ class CheckpointStore:
         self._rev: str | None = None
         self.saved_seq: Any = None
         self.saved_at: float | None = None  # time.time() of the last load or save (for metrics)
+        # The lease generation (worker/lease.py) of the session writing; None: no fencing. Every
+        # write carries it, and a write that finds a newer generation in place is refused.
+        self.generation: int | None = None
 
     async def load(self) -> Any:
         doc = await self._db.get_local(self._doc_id)
@@ -73,19 +80,34 @@ class CheckpointStore:
         return self.saved_seq
 
     async def save(self, seq: Any) -> None:
+        if self.generation is not None:
+            # Apache CouchDB does not check `_rev` on `_local` docs (a stale one overwrites), so
+            # the fence reads first. The window between read and write is small, and a late
+            # write that slips through still names only changes its writer had finished.
+            self._fence(await self._db.get_local(self._doc_id))
         try:
             self._rev = await self._db.put_local(self._doc_id, self._doc(seq))
         except Conflict:
             # Our rev was stale (another process, or a restore): take the current one and overwrite,
             # since the checkpoint is ours alone.
             current = await self._db.get_local(self._doc_id)
+            self._fence(current)
             self._rev = current.get("_rev") if current else None
             self._rev = await self._db.put_local(self._doc_id, self._doc(seq))
         self.saved_seq = seq
         self.saved_at = time.time()
 
+    def _fence(self, current: dict[str, Any] | None) -> None:
+        theirs = current.get("generation") if current else None
+        if (self.generation is not None and isinstance(theirs, int)
+                and not isinstance(theirs, bool) and theirs > self.generation):
+            raise CheckpointFenced(f"the checkpoint belongs to lease generation {theirs}, "
+                                   f"this worker's session is {self.generation}")
+
     def _doc(self, seq: Any) -> dict[str, Any]:
         doc: dict[str, Any] = {"seq": seq}
+        if self.generation is not None:
+            doc["generation"] = self.generation
         if self._rev:
             doc["_rev"] = self._rev
         return doc

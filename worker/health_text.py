@@ -34,6 +34,8 @@ def _sending(health: dict[str, Any]) -> str:
 
 def status_line(health: dict[str, Any]) -> str:
     """e.g. `feed caught up; sending; 3 parked` (systemd shows it in `systemctl status`)."""
+    if health.get("role") == "standby":  # another worker is active (see the lease)
+        return f"standby (active: {health.get('lease_holder') or 'nobody yet'})"[:200]
     parts = [_feed(health), _sending(health)]
     parked = health.get("parked_total")
     if parked:

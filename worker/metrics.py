@@ -145,6 +145,12 @@ class _HealthCollector(Collector):
                                   value=float(reconciler.reconciled_total if reconciler else 0))
         yield _gauge("ready", "1 when CouchDB answers and the settings are loaded.",
                      1 if self._metrics.last_ready else 0)
+        # Several workers on one CHT: the sum over them should be 1 (0 for longer than the lease
+        # TTL means nobody sends).
+        yield _gauge("lease_active", "1 while this worker holds the lease (the active worker).",
+                     1 if worker.lease.role == "active" else 0)
+        yield CounterMetricFamily(PREFIX + "lease_acquisitions", "Times this process took the lease.",
+                                  value=float(worker.lease.acquired))
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -216,6 +222,6 @@ async def readiness_problems(worker: Worker, timeout: float = 3.0) -> list[str]:
     if worker.settings.current is None:
         problems.append("the app settings are not loaded")
     with contextlib.suppress(Exception):
-        if worker.follower is None:
+        if worker.follower is None and worker.lease.role == "active":  # a standby has no feed
             problems.append("the changes feed has not started")
     return problems

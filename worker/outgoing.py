@@ -33,6 +33,7 @@ from worker.ledger import Ledger, owner_is_dead
 from worker.logs import get_logger
 from worker.rapidpro import (
     MessageRejected,
+    NotActive,
     RapidProClient,
     RapidProError,
     SendInDoubt,
@@ -337,6 +338,10 @@ class OutgoingSender:
             self.stats.in_doubt += 1
             log.error("message_in_doubt", message_uuid=message.uuid, error=str(exc))
             return projection(entry)
+        except NotActive:
+            # Deposed before the request left (worker/lease.py): nothing was sent, no pause.
+            await self._record(self._ledger.release, claim, "not the active worker")
+            raise
         except RapidProError as exc:
             # The answer proves nothing was created: release the claim and pause sending.
             self.stats.send_errors += 1

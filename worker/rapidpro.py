@@ -23,8 +23,9 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -139,7 +140,24 @@ class RapidProNoAnswer(RapidProError):
     transient = True
 
 
+class NotActive(RapidProError):
+    """Not sent: this worker is not (or no longer) the active one (see worker/lease.py). Nothing
+    left this process, so a send's claim can be released."""
+
+    transient = True
+
+
 # ---------------------------------------------------------------------- the client
+
+
+def user_agent(instance_id: str) -> str:
+    """What every request to RapidPro says: RapidPro's logs (and tests) tell the workers apart."""
+    try:
+        version = metadata.version("cht-rapidpro-worker")
+    except metadata.PackageNotFoundError:  # run from a checkout without installing
+        version = "0+unknown"
+    return f"cht-rapidpro-worker/{version} ({instance_id})"
+
 
 
 class _CallState:
@@ -169,6 +187,7 @@ class RapidProClient:
         max_wait: float = DEFAULT_MAX_WAIT,
         keepalive_timeout: float = 4.0,
         user_agent: str = "cht-rapidpro-worker",
+        may_call: Callable[[], bool] | None = None,
     ) -> None:
         """`timeout` bounds each HTTP request as a whole (connect + send + answer); `max_wait`
         bounds, per call, the wait for the budget and for 429s (a call can override it)."""
@@ -180,6 +199,9 @@ class RapidProClient:
         self.max_wait = max_wait
         self.keepalive_timeout = keepalive_timeout
         self._headers = {"Accept": "application/json", "User-Agent": user_agent}
+        # Consulted right before each request (after the budget wait, which can be long): with
+        # several workers only the lease holder may talk to RapidPro.
+        self.may_call = may_call
         self._session: aiohttp.ClientSession | None = None
         # Calls by (endpoint, HTTP status or "error"), for the metrics.
         self.requests: Counter[tuple[str, str]] = Counter()
@@ -340,6 +362,8 @@ class RapidProClient:
         deadline = time.monotonic() + limit
         while True:
             await self._acquire(priority, deadline)
+            if self.may_call is not None and not self.may_call():
+                raise NotActive("not the active worker (the lease is not held)")
             answer = await self._request(method, url, token, data)
             if answer.status != 429:
                 self.budget.record_success()

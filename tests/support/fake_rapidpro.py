@@ -124,6 +124,7 @@ class RecordedRequest:
     time: float  # fake.clock() when the request arrived
     body: bytes = b""
     status: int | None = None  # None while in flight, and for hung/dropped requests
+    user_agent: str | None = None  # tells several workers apart
 
 
 @dataclass
@@ -542,6 +543,7 @@ class FakeRapidPro:
             token=_token_of(request.headers.get("Authorization")),
             time=self._clock(),
             body=body,
+            user_agent=request.headers.get("User-Agent"),
         )
         self.requests.append(record)
         self.calls[(request.method, request.path)] += 1

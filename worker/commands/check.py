@@ -21,7 +21,7 @@ from transitions.dispatch import double_sender_risk, not_sending_reason
 from worker.commands import Command
 from worker.couch import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
 from worker.logs import configure_logging
-from worker.rapidpro import RapidProClient, RapidProError, RapidProUnauthorized, WrongUrl
+from worker.rapidpro import RapidProClient, RapidProError, RapidProUnauthorized, WrongUrl, user_agent
 from worker.ratelimit import RateBudget
 from worker.vault import Credential, Vault
 
@@ -242,7 +242,8 @@ async def _credential(credential: Credential) -> str | None:
 
 async def _check_rapidpro(config: Config, url: str, token: str, report: Report) -> None:
     client = RapidProClient(RateBudget(config.rapidpro_calls_per_hour),
-                            timeout=min(config.rapidpro_timeout, 15), max_wait=5)
+                            timeout=min(config.rapidpro_timeout, 15), max_wait=5,
+                            user_agent=user_agent(f"{config.instance_id or 'check'} check"))
     try:
         workspace = await client.get_workspace(url, token)
         report.add(OK, "rapidpro", f"{url}: the token belongs to workspace {workspace.get('name')!r}")
