@@ -208,3 +208,19 @@ def test_a_client_hanging_up_mid_request_is_a_warning_not_an_error(medic_db):
         assert event["level"] == "warning"
         assert daemon.terminate_and_wait()[0] == 0
     assert not error_lines(daemon)
+
+
+def test_a_busy_listen_port_is_one_clear_error_and_exit_1(medic_db):
+    # Another process holds the port: one error event naming it, no traceback, exit 1 (a
+    # service manager restarts the daemon later), the lease not taken.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with Daemon({"COUCH_URL": medic_db.url, "LISTEN_PORT": str(port)}) as daemon:
+            event = daemon.wait_event("http_listen_failed")
+            assert daemon.process is not None
+            assert daemon.process.wait(15) == 1
+            assert f"127.0.0.1:{port}" in event["error"] and event["level"] == "error"
+            assert not daemon.stray_lines, daemon.stray_lines  # no traceback
+            assert not [e for e in daemon.events if e.get("event") in ("worker_crashed", "lease_acquired")]

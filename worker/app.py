@@ -41,7 +41,7 @@ from worker.public_server import build_public_app
 from worker.rapidpro import RapidProClient, user_agent
 from worker.ratelimit import RateBudget
 from worker.sdnotify import Notifier
-from worker.server import HttpServer, build_app
+from worker.server import HttpServer, ListenError, build_app
 from worker.status import StatusTracker
 from worker.sweep import PendingSweep
 from worker.task_writer import TaskWriter
@@ -246,9 +246,17 @@ class Worker:
         """Every worker serves HTTP and keeps the lease; the holder also runs the active session
         (`_active_session`), started and stopped by the lease's role changes."""
         assert self.http is not None
-        await self.http.start()
-        if self.public_http is not None:
-            await self.public_http.start()
+        try:
+            await self.http.start()
+            if self.public_http is not None:
+                await self.public_http.start()
+        except ListenError as exc:
+            # Nothing can serve the webhook: exit non-zero, and a service manager tries again
+            # later (RestartSec), when a previous run may have let the port go.
+            log.error("http_listen_failed", error=str(exc))
+            await self.http.stop()
+            await self.rapidpro.close()
+            return EXIT_CRASH
         http_stop: asyncio.Task[None] | None = None
         public_stop: asyncio.Task[None] | None = None
         try:

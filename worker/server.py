@@ -44,6 +44,10 @@ def build_app(health: HealthProvider) -> web.Application:
     return app
 
 
+class ListenError(Exception):
+    """The server could not bind its address."""
+
+
 class HttpServer:
     """aiohttp's AppRunner + TCPSite: the server is one part of a bigger program."""
 
@@ -78,7 +82,12 @@ class HttpServer:
     async def start(self) -> None:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # the port is taken (often by a previous run still stopping)
+            await self._runner.cleanup()
+            raise ListenError(f"cannot listen on {self._host}:{self._port} ({self._door} door): "
+                              f"{exc.strerror or exc}") from None
         server = site._server  # the bound socket tells the real port when 0 was asked for
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
