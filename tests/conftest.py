@@ -1,4 +1,5 @@
 pytest_plugins = [
     "tests.support.couch_fixtures",
     "tests.support.rapidpro_fixtures",
+    "tests.support.workers",
 ]

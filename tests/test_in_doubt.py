@@ -9,16 +9,16 @@ import subprocess
 import sys
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from config.env import load_config
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.daemon import ROOT
 from tests.support.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN
 from tests.support.waiting import eventually
+from tests.support.workers import InProcessWorkers
 from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, task, wait_state
 from transitions.phone import mask_phone
 from worker.app import Worker
@@ -34,20 +34,10 @@ def worker_env(medic_db, **env: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def run_worker(medic_db) -> AsyncIterator[Any]:
-    started: list[tuple[Worker, asyncio.Task[int]]] = []
-
+def run_worker(medic_db, in_process_workers: InProcessWorkers) -> Callable[..., Awaitable[Worker]]:
     async def start(**env: str) -> Worker:
-        worker = Worker(load_config(worker_env(medic_db, **env)))
-        task_ = asyncio.create_task(worker.run())
-        await asyncio.wait_for(worker.ready.wait(), 20)
-        started.append((worker, task_))
-        return worker
-
-    yield start
-    for worker, task_ in started:
-        worker.stop()
-        assert await asyncio.wait_for(task_, 15) == 0
+        return await in_process_workers.start(worker_env(medic_db, **env))
+    return start
 
 
 def ledger_url(medic_db, message_uuid: str = "") -> str:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid as uuidlib
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from config.credentials import encrypt_credential
-from config.env import load_config
 from tests.support.couch_fixtures import couch_request, create_db, put_settings
 from tests.support.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.waiting import eventually
+from tests.support.workers import InProcessWorkers
 from transitions.dispatch import IN_DOUBT_DETAILS
 from worker.app import Worker
 
@@ -54,27 +54,16 @@ async def wait_state(db_url: str, doc_id: str, state: str, kind: str = "tasks", 
     return await eventually(check, timeout)
 
 
-def start_worker(medic_db, **env: str) -> Worker:
-    values = {"COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN,
-              "CHECKPOINT_INTERVAL": "0.2", "CREDENTIALS_TTL": "0", "RAPIDPRO_TIMEOUT": "2", **env}
-    return Worker(load_config(values))
+def worker_env(medic_db, **env: str) -> dict[str, str]:
+    return {"COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN,
+            "CHECKPOINT_INTERVAL": "0.2", "CREDENTIALS_TTL": "0", "RAPIDPRO_TIMEOUT": "2", **env}
 
 
 @pytest.fixture
-async def run_worker(medic_db) -> AsyncIterator[Any]:
-    started: list[tuple[Worker, asyncio.Task[int]]] = []
-
+def run_worker(medic_db, in_process_workers: InProcessWorkers) -> Callable[..., Awaitable[Worker]]:
     async def start(**env: str) -> Worker:
-        worker = start_worker(medic_db, **env)
-        task_ = asyncio.create_task(worker.run())
-        await asyncio.wait_for(worker.ready.wait(), 20)
-        started.append((worker, task_))
-        return worker
-
-    yield start
-    for worker, task_ in started:
-        worker.stop()
-        assert await asyncio.wait_for(task_, 15) == 0
+        return await in_process_workers.start(worker_env(medic_db, **env))
+    return start
 
 
 async def test_sendable_tasks_are_sent_once_each_and_recorded(run_worker, medic_db, fake_rapidpro):

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
 from config.credentials import encrypt_credential
-from config.env import load_config
 from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
 from tests.support.http_proxy import CountingProxy
 from tests.support.waiting import eventually
+from tests.support.workers import InProcessWorkers
 from worker.app import Worker
 from worker.webhook import V1_PATH, V2_PATH
 
@@ -25,23 +25,15 @@ FORMS = {"V": {"meta": {"code": "V"}, "fields": {"n": {"type": "string", "positi
 
 
 @pytest.fixture
-async def start_worker(medic_db: MedicDb) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
+async def start_worker(medic_db: MedicDb, in_process_workers: InProcessWorkers
+                       ) -> Callable[..., Awaitable[Worker]]:
     await asyncio.to_thread(put_settings, medic_db.url, {"default_country_code": 254, "forms": FORMS})
-    started: list[tuple[Worker, asyncio.Task[int]]] = []
 
     async def start(**env: str) -> Worker:
-        values = {"COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "WEBHOOK_LISTEN_HOST": "0.0.0.0",
-                  "WEBHOOK_LISTEN_PORT": "0", "RAPIDPRO_INCOMING_KEY": KEY, **env}
-        worker = Worker(load_config(values))
-        task = asyncio.create_task(worker.run())
-        await asyncio.wait_for(worker.ready.wait(), 20)
-        started.append((worker, task))
-        return worker
-
-    yield start
-    for worker, task in started:
-        worker.stop()
-        assert await asyncio.wait_for(task, 15) == 0
+        return await in_process_workers.start({
+            "COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "WEBHOOK_LISTEN_HOST": "0.0.0.0",
+            "WEBHOOK_LISTEN_PORT": "0", "RAPIDPRO_INCOMING_KEY": KEY, **env})
+    return start
 
 
 def _ports(worker: Worker) -> tuple[int, int]:

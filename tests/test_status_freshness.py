@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +17,8 @@ import pytest
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.waiting import eventually
-from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, start_worker
+from tests.support.workers import InProcessWorkers
+from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, worker_env
 from worker.app import Worker
 from worker.rapidpro import RapidProClient
 from worker.ratelimit import RateBudget
@@ -43,18 +44,13 @@ async def broadcasts(fake: FakeRapidPro, count: int) -> list[int]:
 
 
 @pytest.fixture
-async def worker_at_interval_1(medic_db) -> AsyncIterator[Callable[[], Awaitable[Worker]]]:
-    started: list[tuple[Worker, asyncio.Task[int]]] = []
-
+def worker_at_interval_1(medic_db, in_process_workers: InProcessWorkers
+                         ) -> Callable[[], Awaitable[Worker]]:
     async def start() -> Worker:
-        worker = start_worker(medic_db, STATUS_POLL_INTERVAL="1")
-        started.append((worker, asyncio.create_task(worker.run())))
-        return worker
-
-    yield start
-    for worker, task in started:
-        worker.stop()
-        assert await asyncio.wait_for(task, 15) == 0
+        # Not waited for: the tests count their time from the start.
+        return await in_process_workers.start(worker_env(medic_db, STATUS_POLL_INTERVAL="1"),
+                                              wait_ready=False)
+    return start
 
 
 async def task_of(db_url: str, doc_id: str) -> dict[str, Any]:
