@@ -129,14 +129,9 @@ class LeaseKeeper:
         """Read the lease once and act on it: renew, take over, or stay a standby."""
         if self._stopped:
             return
-        try:
-            async with asyncio.timeout(self._request_timeout):
-                doc = await self._db.get_or_none(LEASE_DOC_ID)
-        except (CouchError, TimeoutError) as exc:
-            self._failed("read", exc)
+        read, lease = await self._read()
+        if not read:
             return
-        lease = lease_from_doc(doc)
-        self._observe(lease)
         seen_for = self._monotonic() - self._seen_since
         holder_dead = (lease is not None and lease.holder is not None and lease.host == HOSTNAME
                        and lease.pid is not None and owner_is_dead(f"{lease.host}:{lease.pid}"))
@@ -194,15 +189,23 @@ class LeaseKeeper:
             if self.on_active is not None:
                 self.on_active(written.generation)
 
-    async def _after_conflict(self) -> None:
+    async def _read(self) -> tuple[bool, Lease | None]:
+        """The lease as CouchDB holds it now, noted as seen; (False, None) when the read failed
+        (logged)."""
         try:
             async with asyncio.timeout(self._request_timeout):
                 doc = await self._db.get_or_none(LEASE_DOC_ID)
         except (CouchError, TimeoutError) as exc:
             self._failed("read", exc)
+            return False, None
+        lease = lease_from_doc(doc)
+        self._observe(lease)
+        return True, lease
+
+    async def _after_conflict(self) -> None:
+        read, current = await self._read()
+        if not read:
             return
-        current = lease_from_doc(doc)
-        self._observe(current)
         if (self.role == ACTIVE and current is not None and current.holder == self.instance_id
                 and current.generation == self.generation):
             self.lease = current  # our own write landed after all: renew on top of it next time
