@@ -238,10 +238,7 @@ class IncomingStore:
                 del groups[message_id]
         if not docs:
             return
-        results = await self._db.server.request_json("POST", f"{self._db_path}/_bulk_docs",
-                                                     body={"docs": docs}, timeout=self.timeout)
-        if not isinstance(results, list) or len(results) != len(docs):
-            raise CouchUnavailable("unexpected _bulk_docs response")
+        results = await self._db.bulk_docs(docs, timeout=self.timeout)
         for doc, result, group in zip(docs, results, groups.values(), strict=True):
             error = result.get("error") if isinstance(result, dict) else "invalid"
             if error is None:
