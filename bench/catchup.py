@@ -1,6 +1,7 @@
 """Catch-up benchmark (run by hand, not in CI).
 
-    .venv/bin/python bench/catchup.py [--changes 20000] [--batch-size 200]
+    .venv/bin/python bench/catchup.py [--changes 20000] [--batch-size 200] [--catchup-batch-size 2000]
+                                      [--repeat 3]
 
 Writes --changes docs into a fresh CHT-like `medic` database (CHT's design docs, settings that
 put the worker in charge of sending, a RapidPro stand-in that is never called): mostly contacts
@@ -14,7 +15,8 @@ and reports no transition acts on, some reports whose messages were delivered lo
 
 The figure that counts is raw time / worker time (1.0: catching up costs what reading costs).
 Against the project's in-memory test server, or an Apache CouchDB 3 given as TEST_COUCH_URL.
-The raw read runs after the worker's memory was measured, so its own memory is not counted.
+The raw read runs after the worker's memory was measured, so its own memory is not counted;
+with --repeat, each run is a process of its own, so no run's peak memory is another's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -131,7 +134,8 @@ async def run(args: argparse.Namespace, server_url: str) -> dict[str, float]:
 
     worker = Worker(load_config({
         "COUCH_URL": db_url, "LISTEN_PORT": "0", "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN, "LOG_LEVEL": "warning",
-        "CHANGES_BATCH_SIZE": str(args.batch_size), "STATUS_POLL_INTERVAL": "3600"}))
+        "CHANGES_BATCH_SIZE": str(args.batch_size),
+        "CHANGES_CATCHUP_BATCH_SIZE": str(args.catchup_batch_size), "STATUS_POLL_INTERVAL": "3600"}))
     task = asyncio.create_task(worker.run())
     try:
         await worker.ready.wait()
@@ -152,24 +156,34 @@ async def run(args: argparse.Namespace, server_url: str) -> dict[str, float]:
         await fake.stop()
     raw_s, raw_rows = await raw_read(db_url, since, args.changes, None)
     paged_s, _ = await raw_read(db_url, since, args.changes, args.batch_size)
+    paged_catchup_s, _ = await raw_read(db_url, since, args.changes, args.catchup_batch_size)
     delete_db(db_url)
     delete_db(db_url + "-rapidpro")
     ratio = raw_s / worker_s
-    print(f"catch-up of {args.changes} changes (batch {args.batch_size}): worker {worker_s:.2f} s "
+    print(f"catch-up of {args.changes} changes (batch {args.batch_size}, catch-up batch "
+          f"{args.catchup_batch_size}): worker {worker_s:.2f} s "
           f"({args.changes / worker_s:.0f} changes/s; processed {processed}, skipped {skipped})")
     print(f"  raw _changes?include_docs=true read of the same range: {raw_s:.2f} s ({raw_rows} rows); "
-          f"paged by {args.batch_size}: {paged_s:.2f} s")
+          f"paged by {args.batch_size}: {paged_s:.2f} s; "
+          f"by {args.catchup_batch_size}: {paged_catchup_s:.2f} s")
     print(f"  ratio raw/worker {ratio:.2f} (target >= {TARGET_RATIO})   "
           f"RSS {rss_now:.0f} MB now, peak {rss_peak:.0f} MB (before the worker {rss_before:.0f} MB; "
           f"target <= {TARGET_RSS_MB} MB)")
     return {"worker_s": worker_s, "raw_s": raw_s, "ratio": ratio, "rss_peak": rss_peak}
 
 
-async def run_all(args: argparse.Namespace, server_url: str) -> None:
-    results = [await run(args, server_url) for _ in range(args.repeat)]
-    if args.repeat > 1:
-        print(f"median of {args.repeat}: " + ", ".join(
-            f"{key} {statistics.median(r[key] for r in results):.2f}" for key in results[0]))
+def repeat_in_processes(args: argparse.Namespace) -> None:
+    """Each run in a process of its own (fresh memory figures); then the medians."""
+    results = []
+    for _ in range(args.repeat):
+        command = [sys.executable, __file__, "--changes", str(args.changes), "--batch-size",
+                   str(args.batch_size), "--catchup-batch-size", str(args.catchup_batch_size), "--json"]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        lines = output.strip().splitlines()
+        print("\n".join(lines[:-1]), flush=True)
+        results.append(json.loads(lines[-1]))
+    print(f"median of {args.repeat}: " + ", ".join(
+        f"{key} {statistics.median(r[key] for r in results):.2f}" for key in results[0]))
 
 
 def main() -> None:
@@ -177,16 +191,23 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--changes", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--catchup-batch-size", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, figures as JSON
     args = parser.parse_args()
+    if args.repeat > 1:
+        repeat_in_processes(args)
+        return
     with open(os.devnull, "w") as devnull:  # the worker's log lines would drown the figures
         configure_logging("warning", "json", stream=devnull)
         external = os.environ.get("TEST_COUCH_URL", "").strip().rstrip("/")
         if external:
-            asyncio.run(run_all(args, external))
+            result = asyncio.run(run(args, external))
         else:
             with CouchTestServer() as server:
-                asyncio.run(run_all(args, server.url))
+                result = asyncio.run(run(args, server.url))
+    if args.json:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

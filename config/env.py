@@ -72,6 +72,7 @@ class Config:
     couch_timeout: float
     couch_threads: int
     changes_batch_size: int
+    changes_catchup_batch_size: int
     concurrency: int
     max_pending_changes: int
     checkpoint_every: int
@@ -276,6 +277,7 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
         couch_timeout=_positive_seconds(values, "COUCH_TIMEOUT", 10.0),
         couch_threads=_positive_int(values, "COUCH_THREADS", 8),
         changes_batch_size=_positive_int(values, "CHANGES_BATCH_SIZE", 200),
+        changes_catchup_batch_size=_positive_int(values, "CHANGES_CATCHUP_BATCH_SIZE", 2000),
         concurrency=_positive_int(values, "CONCURRENCY", 8),
         max_pending_changes=_positive_int(values, "MAX_PENDING_CHANGES", 2000),
         checkpoint_every=_positive_int(values, "CHECKPOINT_EVERY", 500),

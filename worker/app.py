@@ -400,7 +400,9 @@ class Worker:
             on_progress=self._progress, wanted=self._wanted,
         )
         self.dispatcher = dispatcher
-        self.follower = ChangesFollower(self.medic, dispatcher, batch_size=self.config.changes_batch_size)
+        self.follower = ChangesFollower(
+            self.medic, dispatcher, batch_size=self.config.changes_batch_size,
+            catchup_batch_size=self.config.changes_catchup_batch_size)
         self.sweep = PendingSweep(self.medic, dispatcher.submit, self.sender.refresh_gate)
         self.in_doubt = InDoubtResolver(
             ledger=self.ledger, medic=self.medic, client=self.rapidpro, token=self.outgoing_token,

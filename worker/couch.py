@@ -121,6 +121,7 @@ class ChangesPage:
     results: list[dict[str, Any]]
     last_seq: Any
     pending: int | None
+    size: int | None = None  # bytes of the response, when known (sizes the next page)
 
 
 class CouchServer:
@@ -177,6 +178,11 @@ class CouchServer:
     async def request_json(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                            body: Any = None, timeout: float | None = None) -> Any:
         """A raw JSON request with aiohttp (for calls the SDK cannot cancel or does not offer)."""
+        return (await self.request_json_sized(method, path, params=params, body=body, timeout=timeout))[0]
+
+    async def request_json_sized(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                                 body: Any = None, timeout: float | None = None) -> tuple[Any, int]:
+        """`request_json`'s answer and the size of the response body in bytes."""
         url = f"{self.connection.server_url}/{path.lstrip('/')}"
         client_timeout = aiohttp.ClientTimeout(total=timeout or self.timeout, connect=min(5.0, self.timeout))
         data = None if body is None else json.dumps(body)
@@ -190,7 +196,7 @@ class CouchServer:
                     reason = f"{response.status}: {raw[:200].decode(errors='replace')}"
                     raise _error_for(response.status, reason, retry_after)
                 # CouchDB-compatible servers do not always label JSON as JSON: parse regardless.
-                return json.loads(raw or b"null")
+                return json.loads(raw or b"null"), len(raw)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise CouchUnavailable(f"{type(exc).__name__}: {exc}") from None
         except json.JSONDecodeError as exc:
@@ -303,13 +309,13 @@ class Database:
             params["timeout"] = str(timeout_ms)
             # Above the server's timeout, so a quiet feed ends with an empty page, not an error.
             request_timeout = timeout_ms / 1000 + 15
-        body = await self.server.request_json("GET", f"{quote(self.name, safe='')}/_changes", params=params,
-                                              timeout=request_timeout)
+        body, size = await self.server.request_json_sized(
+            "GET", f"{quote(self.name, safe='')}/_changes", params=params, timeout=request_timeout)
         if not isinstance(body, dict) or not isinstance(body.get("results"), list):
             raise CouchUnavailable("unexpected _changes response")
         pending = body.get("pending")
         return ChangesPage(results=body["results"], last_seq=body.get("last_seq"),
-                           pending=pending if isinstance(pending, int) else None)
+                           pending=pending if isinstance(pending, int) else None, size=size)
 
     async def end_seq(self) -> Any:
         """The seq at the current end of the feed (where a first start begins)."""

@@ -22,6 +22,21 @@ from worker.logs import get_logger
 log = get_logger(__name__)
 
 UNAUTHORIZED_RETRY_S = 120.0
+# While behind, pages grow up to this much JSON (estimated from the last page's bytes per row):
+# each `_changes` request costs CouchDB a fixed amount, so small pages make a catch-up slower
+# than reading; bounding the bytes keeps memory flat for feeds of large docs.
+CATCHUP_PAGE_BYTES = 4 * 1024 * 1024
+
+
+def next_page_limit(batch_size: int, catchup_batch_size: int, page: ChangesPage, caught_up: bool) -> int:
+    """How many changes to ask for after `page` (pure): `batch_size` when caught up; while
+    behind, up to `catchup_batch_size` as long as the page stays within CATCHUP_PAGE_BYTES."""
+    if caught_up or catchup_batch_size <= batch_size:
+        return batch_size
+    limit = catchup_batch_size
+    if page.size and page.results:
+        limit = min(limit, int(CATCHUP_PAGE_BYTES * len(page.results) / page.size))
+    return max(batch_size, limit)
 
 
 @dataclass
@@ -35,10 +50,12 @@ class FeedStatus:
 
 class ChangesFollower:
     def __init__(self, db: Database, dispatcher: Dispatcher, *, batch_size: int = 200,
-                 longpoll_timeout_ms: int = 25_000, retry_cap: float = 60.0) -> None:
+                 catchup_batch_size: int | None = None, longpoll_timeout_ms: int = 25_000,
+                 retry_cap: float = 60.0) -> None:
         self._db = db
         self._dispatcher = dispatcher
         self._batch_size = batch_size
+        self._catchup_batch_size = catchup_batch_size or batch_size
         self._longpoll_timeout_ms = longpoll_timeout_ms
         self._backoff = Backoff(base=0.5, cap=retry_cap)
         self.status = FeedStatus()
@@ -94,10 +111,11 @@ class ChangesFollower:
             caught_up = (page.pending == 0 if page.pending is not None
                          else len(page.results) < self._batch_size)
             if not caught_up and page.last_seq is not None:
-                # Behind: the next page is read while this one is handed over (two pages in
-                # memory at most), so catching up costs about what reading costs.
+                # Behind: the next page, larger, is read while this one is handed over (two pages
+                # in memory at most), so catching up costs about what reading costs.
+                limit = next_page_limit(self._batch_size, self._catchup_batch_size, page, caught_up)
                 self._ahead = asyncio.create_task(self._db.changes(
-                    page.last_seq, limit=self._batch_size, include_docs=True), name="feed-ahead")
+                    page.last_seq, limit=limit, include_docs=True), name="feed-ahead")
                 await asyncio.sleep(0)  # let the request go out before the handover, which may not yield
             for row in page.results:
                 change = Change.from_row(row)

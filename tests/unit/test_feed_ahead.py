@@ -7,7 +7,7 @@ import contextlib
 from typing import Any
 
 from worker.couch import ChangesPage, CouchUnavailable
-from worker.feed import ChangesFollower
+from worker.feed import CATCHUP_PAGE_BYTES, ChangesFollower, next_page_limit
 
 
 class Pages:
@@ -77,3 +77,65 @@ async def test_a_failed_read_ahead_is_retried_from_where_the_feed_is():
     _, handover = await follow(pages)
     assert handover.submitted == [f"d{n}" for n in range(1, 7)]
     assert pages.calls[:3] == [("0", False), ("2", False), ("2", False)]
+
+
+class LimitPages:
+    """A `_changes` stand-in 10 pages behind that records the limit of each request."""
+
+    def __init__(self, row_bytes: int) -> None:
+        self.limits: list[int] = []
+        self.calls = self.limits  # what Handover counts
+        self.row_bytes = row_bytes
+        self.quiet = asyncio.Event()
+
+    async def changes(self, since: Any, *, limit: int, include_docs: bool = True, longpoll: bool = False,
+                      timeout_ms: int = 25_000) -> ChangesPage:
+        self.limits.append(limit)
+        start = 0 if since == "0" else int(since)
+        remaining = 10_000 - start
+        if remaining <= 0:
+            self.quiet.set()
+            await asyncio.Event().wait()
+        count = min(limit, remaining)
+        rows = [{"seq": str(n), "id": f"d{n}", "doc": {"_id": f"d{n}", "_rev": "1-a"}}
+                for n in range(start + 1, start + count + 1)]
+        return ChangesPage(results=rows, last_seq=str(start + count), pending=remaining - count,
+                           size=count * self.row_bytes)
+
+
+async def follow_limits(pages: LimitPages, batch_size: int, catchup: int) -> list[int]:
+    handover = Handover(pages)  # type: ignore[arg-type]
+    follower = ChangesFollower(pages, handover, batch_size=batch_size,  # type: ignore[arg-type]
+                               catchup_batch_size=catchup, retry_cap=0.01)
+    task = asyncio.create_task(follower.run("0"))
+    await asyncio.wait_for(pages.quiet.wait(), 5)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert len(handover.submitted) == 10_000
+    return pages.limits
+
+
+async def test_behind_pages_grow_to_the_catchup_size_and_shrink_when_caught_up():
+    limits = await follow_limits(LimitPages(row_bytes=700), batch_size=200, catchup=2000)
+    # The first page at the normal size, then catch-up pages, then a longpoll at the normal size.
+    assert limits == [200, 2000, 2000, 2000, 2000, 2000, 200]  # the last page holds 1,800
+
+
+async def test_large_docs_keep_catchup_pages_within_their_byte_budget():
+    row_bytes = 16 * 1024
+    limits = await follow_limits(LimitPages(row_bytes=row_bytes), batch_size=100, catchup=2000)
+    expected = CATCHUP_PAGE_BYTES // row_bytes  # 256 rows of 16 KB
+    assert limits[0] == 100 and limits[-1] == 100
+    assert set(limits[1:-1]) == {expected}
+
+
+def test_the_next_page_limit_rule():
+    page = ChangesPage(results=[{}] * 100, last_seq="x", pending=10, size=100 * 1000)
+    assert next_page_limit(200, 2000, page, caught_up=True) == 200
+    assert next_page_limit(200, 2000, page, caught_up=False) == 2000
+    assert next_page_limit(200, 100, page, caught_up=False) == 200  # catch-up below the batch: off
+    huge = ChangesPage(results=[{}] * 10, last_seq="x", pending=10, size=10 * CATCHUP_PAGE_BYTES)
+    assert next_page_limit(200, 2000, huge, caught_up=False) == 200  # never below the batch size
+    unknown = ChangesPage(results=[], last_seq="x", pending=10)
+    assert next_page_limit(200, 2000, unknown, caught_up=False) == 2000
