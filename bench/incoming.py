@@ -1,12 +1,13 @@
 """Benchmark of the incoming-SMS webhook (run by hand, not in CI).
 
-    .venv/bin/python -m bench.incoming [-n 3000] [-c 32] [--data DIR] [--inprocess]
+    .venv/bin/python -m bench.incoming [-n 3000] [-c 32] [--data DIR] [--inprocess] [--repeat 3]
 
 Starts the project's CouchDB test server (tests/support/couchserver.py) and the webhook app on
 127.0.0.1, posts N messages with unique ids from a separate client process (RapidPro is another
 machine; `--inprocess` runs the client in the worker's event loop instead), then prints
-messages/s and p50/p99 latency, and checks each id was stored exactly once. Logging is on (to
-/dev/null), as in production. Set TEST_COUCH_URL to bench against a real CouchDB instead.
+messages/s and p50/p99 latency, the CPU each message cost the worker, the client and the rest of
+the machine (CouchDB), and checks each id was stored exactly once; with --repeat, the medians.
+Logging is on (to /dev/null), as in production. Set TEST_COUCH_URL to bench against a real CouchDB instead.
 """
 
 from __future__ import annotations
@@ -72,7 +73,17 @@ async def post_all(url: str, ids: list[str], concurrency: int) -> tuple[list[flo
 
 
 def _client_process(url: str, ids: list[str], concurrency: int, out: Any) -> None:
-    out.send(asyncio.run(post_all(url, ids, concurrency)))
+    cpu_before = time.process_time()
+    result = asyncio.run(post_all(url, ids, concurrency))
+    out.send((*result, time.process_time() - cpu_before))
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores of this machine spent busy since boot (Linux /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -80,7 +91,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(args: argparse.Namespace, server_url: str) -> int:
+async def run(args: argparse.Namespace, server_url: str) -> dict[str, float]:
     db_name = f"medic-bench{uuid.uuid4().hex[:6]}"
     db_url = f"{server_url}/{db_name}"
     create_db(db_url)
@@ -104,6 +115,8 @@ async def run(args: argparse.Namespace, server_url: str) -> int:
         # a short warm-up builds the view index and opens connections (not measured)
         await post_all(url, [f"warmup-{uuid.uuid4()}" for _ in range(50)], 8)
         ids = [f"bench-{uuid.uuid4()}" for _ in range(args.n)]
+        busy_before, worker_cpu_before = machine_busy_s(), time.process_time()
+        client_cpu = 0.0
         if args.inprocess:
             latencies, statuses, elapsed = await post_all(url, ids, args.c)
         else:
@@ -111,8 +124,10 @@ async def run(args: argparse.Namespace, server_url: str) -> int:
             receive, send = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_client_process, args=(url, ids, args.c, send))
             proc.start()
-            latencies, statuses, elapsed = await asyncio.to_thread(receive.recv)
+            latencies, statuses, elapsed, client_cpu = await asyncio.to_thread(receive.recv)
             await asyncio.to_thread(proc.join)
+        busy = machine_busy_s() - busy_before
+        worker_cpu = time.process_time() - worker_cpu_before
 
         # Exactly once: one incoming row per id in CHT's view, and the doc under the derived id.
         counts: dict[str, int] = {}
@@ -134,16 +149,29 @@ async def run(args: argparse.Namespace, server_url: str) -> int:
         print(f"throughput: {rate:.0f} messages/s  ({elapsed:.2f} s)   target >= 500 messages/s")
         print(f"latency: p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {max(latencies) * 1000:.1f} ms  "
               f"mean {statistics.fmean(latencies) * 1000:.1f} ms   target p99 <= 50 ms")
+        per_msg = 1000 / len(ids)
+        print(f"CPU per message: worker {worker_cpu * per_msg:.2f} ms, client {client_cpu * per_msg:.2f} ms, "
+              f"everything else (CouchDB, ...) {max(0.0, busy - worker_cpu - client_cpu) * per_msg:.2f} ms; "
+              f"machine {busy / elapsed / (os.cpu_count() or 1) * 100:.0f}% busy over {os.cpu_count()} cores")
         print(f"statuses: {statuses}  counters: "
               f"{ {k: v for k, v in webhook.counters.items() if v} }")
         print(f"stored exactly once: {stored_once}/{len(ids)}")
         ok = stored_once == len(ids) and statuses == {200: len(ids)}
-        print("OK" if ok else "FAILED")
-        return 0 if ok else 1
+        print("OK" if ok else "FAILED", flush=True)
+        return {"ok": float(ok), "msg_per_s": rate, "p50_ms": p50, "p99_ms": p99,
+                "couchdb_cpu_ms_per_msg": max(0.0, busy - worker_cpu - client_cpu) * per_msg}
     finally:
         await runner.cleanup()
         await couch.close()
         delete_db(db_url)
+
+
+async def run_all(args: argparse.Namespace, server_url: str) -> int:
+    results = [await run(args, server_url) for _ in range(args.repeat)]
+    if args.repeat > 1:
+        print(f"median of {args.repeat}: " + ", ".join(
+            f"{key} {statistics.median(r[key] for r in results):.2f}" for key in results[0] if key != "ok"))
+    return 0 if all(r["ok"] for r in results) else 1
 
 
 def main() -> int:
@@ -153,15 +181,16 @@ def main() -> int:
     parser.add_argument("-c", type=int, default=32, help="requests in flight (default 32)")
     parser.add_argument("--data", type=Path, help="LevelDB dir for the test server (default: in memory)")
     parser.add_argument("--inprocess", action="store_true", help="run the client in the worker's loop")
+    parser.add_argument("--repeat", type=int, default=1, help="runs (each on a fresh database)")
     args = parser.parse_args()
     devnull = open(os.devnull, "w")  # for the life of the process
     configure_logging("info", "json", stream=devnull)
     external = os.environ.get("TEST_COUCH_URL", "").strip().rstrip("/")
     args.external = bool(external)
     if external:
-        return asyncio.run(run(args, external))
+        return asyncio.run(run_all(args, external))
     with CouchTestServer(data_dir=args.data) as server:
-        return asyncio.run(run(args, server.url))
+        return asyncio.run(run_all(args, server.url))
 
 
 if __name__ == "__main__":
