@@ -26,6 +26,9 @@ UNAUTHORIZED_RETRY_S = 120.0
 # each `_changes` request costs CouchDB a fixed amount, so small pages make a catch-up slower
 # than reading; bounding the bytes keeps memory flat for feeds of large docs.
 CATCHUP_PAGE_BYTES = 4 * 1024 * 1024
+# A catch-up page that fails (e.g. too slow for COUCH_TIMEOUT on a slow CouchDB) halves the
+# catch-up size; it doubles again after this many pages in a row succeed at the smaller size.
+CATCHUP_REGROW_AFTER = 8
 
 
 def next_page_limit(batch_size: int, catchup_batch_size: int, page: ChangesPage, caught_up: bool) -> int:
@@ -56,6 +59,9 @@ class ChangesFollower:
         self._dispatcher = dispatcher
         self._batch_size = batch_size
         self._catchup_batch_size = catchup_batch_size or batch_size
+        self._catchup_cap = self._catchup_batch_size  # lowered by failed catch-up pages
+        self._catchup_ok = 0  # catch-up pages in a row that succeeded below the configured size
+        self._ahead_limit = 0
         self._longpoll_timeout_ms = longpoll_timeout_ms
         self._backoff = Backoff(base=0.5, cap=retry_cap)
         self.status = FeedStatus()
@@ -95,7 +101,14 @@ class ChangesFollower:
             except CouchError as exc:
                 self._disconnected(str(exc))
                 delay = self._backoff.next_delay(getattr(exc, "retry_after", None))
-                log.warning("feed_error", error=str(exc), retry_in_s=round(delay, 2))
+                event: dict[str, Any] = {}
+                if self._ahead_limit > self._batch_size:
+                    # A large page failed: the next ones are smaller, in case it was its size.
+                    self._catchup_cap = max(self._batch_size, self._ahead_limit // 2)
+                    self._catchup_ok = 0
+                    event["catchup_limit"] = self._catchup_cap
+                self._ahead_limit = 0
+                log.warning("feed_error", error=str(exc), retry_in_s=round(delay, 2), **event)
                 await asyncio.sleep(delay)
                 continue
 
@@ -105,6 +118,12 @@ class ChangesFollower:
             self.status.last_error = None
             self.status.last_page_at = time.time()
             self._backoff.reset()
+            if self._ahead_limit and self._catchup_cap < self._catchup_batch_size:
+                self._catchup_ok += 1
+                if self._catchup_ok >= CATCHUP_REGROW_AFTER:
+                    self._catchup_cap = min(self._catchup_batch_size, self._catchup_cap * 2)
+                    self._catchup_ok = 0
+            self._ahead_limit = 0
 
             # Caught up when CouchDB says nothing is pending, or (servers without `pending`)
             # when the page came back short.
@@ -113,7 +132,8 @@ class ChangesFollower:
             if not caught_up and page.last_seq is not None:
                 # Behind: the next page, larger, is read while this one is handed over (two pages
                 # in memory at most), so catching up costs about what reading costs.
-                limit = next_page_limit(self._batch_size, self._catchup_batch_size, page, caught_up)
+                limit = next_page_limit(self._batch_size, self._catchup_cap, page, caught_up)
+                self._ahead_limit = limit
                 self._ahead = asyncio.create_task(self._db.changes(
                     page.last_seq, limit=limit, include_docs=True), name="feed-ahead")
                 await asyncio.sleep(0)  # let the request go out before the handover, which may not yield

@@ -139,3 +139,30 @@ def test_the_next_page_limit_rule():
     assert next_page_limit(200, 2000, huge, caught_up=False) == 200  # never below the batch size
     unknown = ChangesPage(results=[], last_seq="x", pending=10)
     assert next_page_limit(200, 2000, unknown, caught_up=False) == 2000
+
+
+class TooLargeFails(LimitPages):
+    """Any request for more than `max_ok` changes fails, as one too slow for COUCH_TIMEOUT would."""
+
+    def __init__(self, max_ok: int) -> None:
+        super().__init__(row_bytes=700)
+        self.max_ok = max_ok
+        self.failed: list[int] = []
+
+    async def changes(self, since: Any, *, limit: int, include_docs: bool = True, longpoll: bool = False,
+                      timeout_ms: int = 25_000) -> ChangesPage:
+        if limit > self.max_ok:
+            self.failed.append(limit)
+            raise CouchUnavailable("TimeoutError")
+        return await super().changes(since, limit=limit, include_docs=include_docs, longpoll=longpoll,
+                                     timeout_ms=timeout_ms)
+
+
+async def test_catchup_pages_that_fail_shrink_and_every_change_still_arrives_once():
+    pages = TooLargeFails(max_ok=500)
+    await follow_limits(pages, batch_size=200, catchup=2000)  # asserts all 10,000 handed over
+    assert pages.failed[:2] == [2000, 1000]  # halved after each failure
+    served = [limit for limit in pages.limits if limit <= 500]
+    assert served.count(500) > len(pages.failed)  # most of the catch-up ran at the size that works
+    # Growing back is tried only after a run of successes: few failures for 10,000 changes.
+    assert len(pages.failed) <= 2 + 10_000 // (500 * 8) + 1
