@@ -1,7 +1,7 @@
 """Catch-up benchmark (run by hand, not in CI).
 
     .venv/bin/python bench/catchup.py [--changes 20000] [--batch-size 200] [--catchup-batch-size 2000]
-                                      [--repeat 3]
+                                      [--repeat 3] [--pad-kb 16]
 
 Writes --changes docs into a fresh CHT-like `medic` database (CHT's design docs, settings that
 put the worker in charge of sending, a RapidPro stand-in that is never called): mostly contacts
@@ -57,7 +57,7 @@ TARGET_RATIO = 0.8
 TARGET_RSS_MB = 100
 
 
-def cht_doc(i: int) -> dict[str, Any]:
+def cht_doc(i: int, pad_kb: int = 0) -> dict[str, Any]:
     """A doc shaped like most of a CHT feed: contacts and reports, a few with old, final messages."""
     parent = {"_id": f"hc-{i % 50}", "parent": {"_id": f"district-{i % 5}"}}
     kind = i % 10
@@ -70,6 +70,8 @@ def cht_doc(i: int) -> dict[str, Any]:
         "contact": parent, "reported_date": 1_700_000_000_000 + i, "from": f"+2547{i:08d}",
         "fields": {"patient_id": f"{i:05d}", "lmp_date": "2024-01-01", "edd": "2024-10-07",
                    "danger_signs": "none", "visit": {"count": i % 7, "notes": "routine visit " * 4}}}
+    if pad_kb:  # large reports (long free-text answers, attachments' metadata)
+        doc["fields"]["notes"] = "x" * (pad_kb * 1024)
     if kind == 9:  # a report whose reminder went out long ago: matches the sender, nothing to send
         doc["tasks"] = [{"state": "delivered", "messages": [
             {"uuid": str(uuid.UUID(int=i)), "to": f"+2547{i:08d}", "message": "Reminder: visit due"}],
@@ -119,7 +121,7 @@ async def run(args: argparse.Namespace, server_url: str) -> dict[str, float]:
     status, body = couch_request("GET", f"{db_url}/_changes?since=now&limit=1")
     since = body["last_seq"]
     for start in range(0, args.changes, 1000):
-        docs = [cht_doc(i) for i in range(start, min(args.changes, start + 1000))]
+        docs = [cht_doc(i, args.pad_kb) for i in range(start, min(args.changes, start + 1000))]
         status, _ = couch_request("POST", f"{db_url}/_bulk_docs", {"docs": docs}, timeout=120)
         assert status == 201, status
     # CouchDB 3 indexes design docs in the background after writes (ken), and CHT queries its
@@ -177,7 +179,8 @@ def repeat_in_processes(args: argparse.Namespace) -> None:
     results = []
     for _ in range(args.repeat):
         command = [sys.executable, __file__, "--changes", str(args.changes), "--batch-size",
-                   str(args.batch_size), "--catchup-batch-size", str(args.catchup_batch_size), "--json"]
+                   str(args.batch_size), "--catchup-batch-size", str(args.catchup_batch_size),
+                   "--pad-kb", str(args.pad_kb), "--json"]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         lines = output.strip().splitlines()
         print("\n".join(lines[:-1]), flush=True)
@@ -193,6 +196,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--catchup-batch-size", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--pad-kb", type=int, default=0, help="make each report this many KB larger")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, figures as JSON
     args = parser.parse_args()
     if args.repeat > 1:

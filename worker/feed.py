@@ -22,23 +22,35 @@ from worker.logs import get_logger
 log = get_logger(__name__)
 
 UNAUTHORIZED_RETRY_S = 120.0
-# While behind, pages grow up to this much JSON (estimated from the last page's bytes per row):
-# each `_changes` request costs CouchDB a fixed amount, so small pages make a catch-up slower
-# than reading; bounding the bytes keeps memory flat for feeds of large docs.
-CATCHUP_PAGE_BYTES = 4 * 1024 * 1024
+# While behind, pages grow towards CHANGES_CATCHUP_BATCH_SIZE: each `_changes` request costs
+# CouchDB a fixed amount, so small pages make a catch-up slower than reading. They grow at most
+# twofold a page and stay near this much JSON, judged by the largest recent bytes per row, so a
+# feed whose docs turn large does not bring a huge page into memory.
+CATCHUP_PAGE_BYTES = 2 * 1024 * 1024
 # A catch-up page that fails (e.g. too slow for COUCH_TIMEOUT on a slow CouchDB) halves the
 # catch-up size; it doubles again after this many pages in a row succeed at the smaller size.
 CATCHUP_REGROW_AFTER = 8
 
 
-def next_page_limit(batch_size: int, catchup_batch_size: int, page: ChangesPage, caught_up: bool) -> int:
+def row_bytes_estimate(previous: float, page: ChangesPage) -> float:
+    """Bytes per row to plan the next page by (pure): this page's, or more while the recent
+    pages' larger figure fades (halving each page), so one page of small docs does not
+    invite a page of large ones."""
+    if not page.size or not page.results:
+        return previous
+    return max(page.size / len(page.results), previous / 2)
+
+
+def next_page_limit(batch_size: int, catchup_batch_size: int, page: ChangesPage, caught_up: bool,
+                    row_bytes: float = 0.0) -> int:
     """How many changes to ask for after `page` (pure): `batch_size` when caught up; while
-    behind, up to `catchup_batch_size` as long as the page stays within CATCHUP_PAGE_BYTES."""
+    behind, up to twice this page's rows, `catchup_batch_size` at most, and about
+    CATCHUP_PAGE_BYTES at `row_bytes` per row."""
     if caught_up or catchup_batch_size <= batch_size:
         return batch_size
-    limit = catchup_batch_size
-    if page.size and page.results:
-        limit = min(limit, int(CATCHUP_PAGE_BYTES * len(page.results) / page.size))
+    limit = min(catchup_batch_size, 2 * max(len(page.results), batch_size))
+    if row_bytes > 0:
+        limit = min(limit, int(CATCHUP_PAGE_BYTES / row_bytes))
     return max(batch_size, limit)
 
 
@@ -62,6 +74,7 @@ class ChangesFollower:
         self._catchup_cap = self._catchup_batch_size  # lowered by failed catch-up pages
         self._catchup_ok = 0  # catch-up pages in a row that succeeded below the configured size
         self._ahead_limit = 0
+        self._row_bytes = 0.0
         self._longpoll_timeout_ms = longpoll_timeout_ms
         self._backoff = Backoff(base=0.5, cap=retry_cap)
         self.status = FeedStatus()
@@ -132,7 +145,8 @@ class ChangesFollower:
             if not caught_up and page.last_seq is not None:
                 # Behind: the next page, larger, is read while this one is handed over (two pages
                 # in memory at most), so catching up costs about what reading costs.
-                limit = next_page_limit(self._batch_size, self._catchup_cap, page, caught_up)
+                self._row_bytes = row_bytes_estimate(self._row_bytes, page)
+                limit = next_page_limit(self._batch_size, self._catchup_cap, page, caught_up, self._row_bytes)
                 self._ahead_limit = limit
                 self._ahead = asyncio.create_task(self._db.changes(
                     page.last_seq, limit=limit, include_docs=True), name="feed-ahead")

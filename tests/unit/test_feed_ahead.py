@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from typing import Any
 
 from worker.couch import ChangesPage, CouchUnavailable
-from worker.feed import CATCHUP_PAGE_BYTES, ChangesFollower, next_page_limit
+from worker.feed import (
+    CATCHUP_PAGE_BYTES,
+    CATCHUP_REGROW_AFTER,
+    ChangesFollower,
+    next_page_limit,
+    row_bytes_estimate,
+)
 
 
 class Pages:
@@ -118,27 +125,59 @@ async def follow_limits(pages: LimitPages, batch_size: int, catchup: int) -> lis
 
 async def test_behind_pages_grow_to_the_catchup_size_and_shrink_when_caught_up():
     limits = await follow_limits(LimitPages(row_bytes=700), batch_size=200, catchup=2000)
-    # The first page at the normal size, then catch-up pages, then a longpoll at the normal size.
-    assert limits == [200, 2000, 2000, 2000, 2000, 2000, 200]  # the last page holds 1,800
+    # The first page at the normal size, then growing twofold to the catch-up size, then a
+    # longpoll at the normal size once caught up.
+    assert limits[:5] == [200, 400, 800, 1600, 2000]
+    assert set(limits[5:-1]) == {2000} and limits[-1] == 200
 
 
 async def test_large_docs_keep_catchup_pages_within_their_byte_budget():
     row_bytes = 16 * 1024
     limits = await follow_limits(LimitPages(row_bytes=row_bytes), batch_size=100, catchup=2000)
-    expected = CATCHUP_PAGE_BYTES // row_bytes  # 256 rows of 16 KB
+    expected = CATCHUP_PAGE_BYTES // row_bytes  # 128 rows of 16 KB
     assert limits[0] == 100 and limits[-1] == 100
     assert set(limits[1:-1]) == {expected}
+
+
+class GrowingDocs(LimitPages):
+    """Small docs for the first 1,000 changes, then docs of 64 KB."""
+
+    async def changes(self, since: Any, *, limit: int, include_docs: bool = True, longpoll: bool = False,
+                      timeout_ms: int = 25_000) -> ChangesPage:
+        page = await super().changes(since, limit=limit, include_docs=include_docs, longpoll=longpoll,
+                                     timeout_ms=timeout_ms)
+        first = int(page.results[0]["seq"]) if page.results else 0
+        size = sum(300 if first + i <= 1000 else 64 * 1024 for i in range(len(page.results)))
+        return ChangesPage(results=page.results, last_seq=page.last_seq, pending=page.pending, size=size)
+
+
+async def test_a_page_is_never_more_than_twice_the_last_one_when_docs_turn_large():
+    pages = GrowingDocs(row_bytes=0)
+    limits = await follow_limits(pages, batch_size=100, catchup=2000)
+    assert all(later <= 2 * max(earlier, 100) for earlier, later in itertools.pairwise(limits))
+    assert max(limits) > 100  # it did grow over the small docs
+    # Once the large docs came (32 of them make the byte budget), pages fall to the batch size.
+    assert set(limits[-20:]) == {100}
 
 
 def test_the_next_page_limit_rule():
     page = ChangesPage(results=[{}] * 100, last_seq="x", pending=10, size=100 * 1000)
     assert next_page_limit(200, 2000, page, caught_up=True) == 200
-    assert next_page_limit(200, 2000, page, caught_up=False) == 2000
+    assert next_page_limit(200, 2000, page, caught_up=False) == 400  # twice the batch at most
+    full = ChangesPage(results=[{}] * 1500, last_seq="x", pending=10, size=1500 * 100)
+    assert next_page_limit(200, 2000, full, caught_up=False) == 2000
     assert next_page_limit(200, 100, page, caught_up=False) == 200  # catch-up below the batch: off
-    huge = ChangesPage(results=[{}] * 10, last_seq="x", pending=10, size=10 * CATCHUP_PAGE_BYTES)
-    assert next_page_limit(200, 2000, huge, caught_up=False) == 200  # never below the batch size
-    unknown = ChangesPage(results=[], last_seq="x", pending=10)
-    assert next_page_limit(200, 2000, unknown, caught_up=False) == 2000
+    assert next_page_limit(200, 2000, full, caught_up=False, row_bytes=10 * CATCHUP_PAGE_BYTES) == 200
+    assert next_page_limit(200, 2000, full, caught_up=False, row_bytes=CATCHUP_PAGE_BYTES / 500) == 500
+
+
+def test_the_bytes_per_row_estimate_fades_slowly():
+    small = ChangesPage(results=[{}] * 100, last_seq="x", pending=10, size=100 * 300)
+    large = ChangesPage(results=[{}] * 100, last_seq="x", pending=10, size=100 * 64_000)
+    assert row_bytes_estimate(0.0, large) == 64_000
+    assert row_bytes_estimate(64_000, small) == 32_000  # one page of small docs halves it only
+    assert row_bytes_estimate(1_000, small) == 500
+    assert row_bytes_estimate(700.0, ChangesPage(results=[], last_seq="x", pending=0)) == 700.0
 
 
 class TooLargeFails(LimitPages):
@@ -161,8 +200,9 @@ class TooLargeFails(LimitPages):
 async def test_catchup_pages_that_fail_shrink_and_every_change_still_arrives_once():
     pages = TooLargeFails(max_ok=500)
     await follow_limits(pages, batch_size=200, catchup=2000)  # asserts all 10,000 handed over
-    assert pages.failed[:2] == [2000, 1000]  # halved after each failure
+    assert pages.failed[0] == 800  # 200, 400, then 800 is too large
+    assert all(limit > 500 for limit in pages.failed)
     served = [limit for limit in pages.limits if limit <= 500]
-    assert served.count(500) > len(pages.failed)  # most of the catch-up ran at the size that works
+    assert served.count(400) > 2 * len(pages.failed)  # most of it ran at the halved size
     # Growing back is tried only after a run of successes: few failures for 10,000 changes.
-    assert len(pages.failed) <= 2 + 10_000 // (500 * 8) + 1
+    assert len(pages.failed) <= 2 + 10_000 // (400 * CATCHUP_REGROW_AFTER)
