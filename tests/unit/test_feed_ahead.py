@@ -56,9 +56,11 @@ class Handover:
         self.marked.append(seq)
 
 
-async def follow(pages: Pages) -> tuple[ChangesFollower, Handover]:
+async def follow(pages: Pages, batch_size: int = 2,
+                 catchup: int | None = None) -> tuple[ChangesFollower, Handover]:
     handover = Handover(pages)
-    follower = ChangesFollower(pages, handover, batch_size=2, retry_cap=0.01)  # type: ignore[arg-type]
+    follower = ChangesFollower(pages, handover, batch_size=batch_size,  # type: ignore[arg-type]
+                               catchup_batch_size=catchup, retry_cap=0.01)
     task = asyncio.create_task(follower.run("0"))
     await asyncio.wait_for(pages.quiet.wait(), 5)
     task.cancel()
@@ -111,14 +113,7 @@ class LimitPages:
 
 
 async def follow_limits(pages: LimitPages, batch_size: int, catchup: int) -> list[int]:
-    handover = Handover(pages)  # type: ignore[arg-type]
-    follower = ChangesFollower(pages, handover, batch_size=batch_size,  # type: ignore[arg-type]
-                               catchup_batch_size=catchup, retry_cap=0.01)
-    task = asyncio.create_task(follower.run("0"))
-    await asyncio.wait_for(pages.quiet.wait(), 5)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    _, handover = await follow(pages, batch_size, catchup)  # type: ignore[arg-type]
     assert len(handover.submitted) == 10_000
     return pages.limits
 
