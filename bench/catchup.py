@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.figures import medians_line
 from config.env import load_config
 from tests.support.couch_fixtures import (
     couch_request,
@@ -185,8 +185,7 @@ def repeat_in_processes(args: argparse.Namespace) -> None:
         lines = output.strip().splitlines()
         print("\n".join(lines[:-1]), flush=True)
         results.append(json.loads(lines[-1]))
-    print(f"median of {args.repeat}: " + ", ".join(
-        f"{key} {statistics.median(r[key] for r in results):.2f}" for key in results[0]))
+    print(medians_line(results))
 
 
 def main() -> None:

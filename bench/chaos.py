@@ -67,6 +67,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.figures import percentile  # noqa: E402
 from tests.support.couch_fixtures import (  # noqa: E402
     couch_request,
     create_db,
@@ -81,11 +82,6 @@ from worker.webhook import V2_PATH  # noqa: E402
 
 INCOMING_KEY = "chaos-incoming-key"
 SHUTDOWN_TIMEOUT = 3.0
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def free_port() -> int:

@@ -32,6 +32,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.figures import medians_line  # noqa: E402
 from config.env import parse_couch_url  # noqa: E402
 from config.settings import parse_settings  # noqa: E402
 from tests.support.couch_fixtures import (  # noqa: E402
@@ -207,8 +208,7 @@ async def run(args: argparse.Namespace, server_url: str) -> dict[str, float]:
 async def run_all(args: argparse.Namespace, server_url: str) -> int:
     results = [await run(args, server_url) for _ in range(args.repeat)]
     if args.repeat > 1:
-        print(f"median of {args.repeat}: " + ", ".join(
-            f"{key} {statistics.median(r[key] for r in results):.2f}" for key in results[0] if key != "ok"))
+        print(medians_line(results, skip=("ok",)))
     return 0 if all(r["ok"] for r in results) else 1
 
 

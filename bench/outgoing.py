@@ -32,6 +32,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.figures import percentile
 from config.env import load_config
 from tests.support.couch_fixtures import couch_request, create_db, delete_db, put_settings
 from tests.support.couchserver import CouchTestServer
@@ -45,11 +46,6 @@ def pending_doc(doc_id: str, text: str) -> dict:
     return {"_id": doc_id, "type": "data_record",
             "tasks": [{"state": "pending", "messages": [
                 {"uuid": str(uuid.uuid4()), "to": "+254700000001", "message": text}]}]}
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 async def watch_states(db_url: str, since: str, seen: dict[str, float], stop: asyncio.Event) -> None:
