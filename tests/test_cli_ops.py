@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from config.env import load_config
 from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
 from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.waiting import eventually
+from tests.support.workers import InProcessWorkers
 from worker.app import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,17 +158,14 @@ class Failing:
 
 
 @pytest.fixture
-async def running(medic_db: MedicDb) -> AsyncIterator[tuple[Worker, Failing, dict[str, str]]]:
+async def running(medic_db: MedicDb, in_process_workers: InProcessWorkers,
+                  ) -> AsyncIterator[tuple[Worker, Failing, dict[str, str]]]:
     env = {"COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "CHANGE_MAX_ATTEMPTS": "1",
            "CHECKPOINT_INTERVAL": "0.2", "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN}
     failing = Failing()
-    worker = Worker(load_config(env), extra_transitions=[failing])
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.ready.wait(), 20)
+    worker = await in_process_workers.start(env, extra_transitions=[failing])
     assert worker.http is not None
     yield worker, failing, {"COUCH_URL": medic_db.url, "LISTEN_PORT": str(worker.http.port)}
-    worker.stop()
-    assert await asyncio.wait_for(task, 15) == 0
 
 
 async def test_status_summarises_the_running_daemon(running, tmp_path):

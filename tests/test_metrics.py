@@ -16,11 +16,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from config.env import load_config
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
+from tests.support.workers import InProcessWorkers
 from worker.app import Worker
 from worker.metrics import PAUSE_REASONS, pause_reason_label
 from worker.rapidpro import RapidProClient
@@ -68,22 +68,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def start(couch_url: str, **env: str) -> tuple[Worker, asyncio.Task[int]]:
+async def start(workers: InProcessWorkers, couch_url: str, **env: str) -> Worker:
     values = {"COUCH_URL": couch_url, "LISTEN_PORT": "0", "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN,
               "RAPIDPRO_INCOMING_KEY": KEY, "CHECKPOINT_INTERVAL": "0.2", "RAPIDPRO_TIMEOUT": "2",
               "STATUS_POLL_INTERVAL": "0.3", **env}
-    worker = Worker(load_config(values))
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.ready.wait(), 20)
-    return worker, task
+    return await workers.start(values)
 
 
-async def stop(worker: Worker, task: asyncio.Task[int]) -> None:
-    worker.stop()
-    assert await asyncio.wait_for(task, 15) == 0
-
-
-async def test_metrics_move_as_messages_are_sent_tracked_and_received(medic_db, fake_rapidpro, http):
+async def test_metrics_move_as_messages_are_sent_tracked_and_received(medic_db, fake_rapidpro, http,
+                                                                     in_process_workers):
     await asyncio.to_thread(put_settings, medic_db.url, settings_for(fake_rapidpro.url))
     # A message sent an hour ago by someone, now delivered: status tracking will learn it.
     async with RapidProClient(RateBudget(3600)) as client:
@@ -97,69 +90,63 @@ async def test_metrics_move_as_messages_are_sent_tracked_and_received(medic_db, 
     status, body = await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/tracked", tracked)
     assert status in (201, 202), body
 
-    worker, task = await start(medic_db.url)
-    try:
-        assert worker.http is not None
-        metrics = Scraper(http, f"http://127.0.0.1:{worker.http.port}")
-        first = await metrics.scrape()
-        assert first[("cht_rapidpro_messages_total", (("outcome", "sent"),))] == 0
-        assert first[("cht_rapidpro_ready", ())] == 1
-        assert first[("cht_rapidpro_sending_paused", (("reason", "other_gateway"),))] == 0
-        assert sum(v for (name, _), v in first.items() if name == "cht_rapidpro_sending_paused") == 0
-        for name in ("cht_rapidpro_feed_backlog", "cht_rapidpro_checkpoint_age_seconds",
-                     "cht_rapidpro_rate_budget_remaining", "cht_rapidpro_status_tracked",
-                     "cht_rapidpro_incoming_reconciled_total", "cht_rapidpro_webhook_duration_seconds_count",
-                     "cht_rapidpro_status_freshness_seconds_count"):
-            assert (name, ()) in first, name
+    worker = await start(in_process_workers, medic_db.url)
+    assert worker.http is not None
+    metrics = Scraper(http, f"http://127.0.0.1:{worker.http.port}")
+    first = await metrics.scrape()
+    assert first[("cht_rapidpro_messages_total", (("outcome", "sent"),))] == 0
+    assert first[("cht_rapidpro_ready", ())] == 1
+    assert first[("cht_rapidpro_sending_paused", (("reason", "other_gateway"),))] == 0
+    assert sum(v for (name, _), v in first.items() if name == "cht_rapidpro_sending_paused") == 0
+    for name in ("cht_rapidpro_feed_backlog", "cht_rapidpro_checkpoint_age_seconds",
+                 "cht_rapidpro_rate_budget_remaining", "cht_rapidpro_status_tracked",
+                 "cht_rapidpro_incoming_reconciled_total", "cht_rapidpro_webhook_duration_seconds_count",
+                 "cht_rapidpro_status_freshness_seconds_count"):
+        assert (name, ()) in first, name
 
-        # Status tracking learns "delivered" (a rescan asks at once, whatever the schedule says):
-        # the freshness histogram gets an observation.
-        worker.status.trigger_rescan()
-        assert await eventually(
-            lambda: metrics.value("cht_rapidpro_status_freshness_seconds_count"), timeout=15) == 1
-        samples = await metrics.scrape()
-        assert samples[("cht_rapidpro_status_freshness_seconds_bucket", (("le", "+Inf"),))] == 1
-        assert samples[("cht_rapidpro_status_freshness_seconds_sum", ())] >= 0
-        # Delivered is final: no longer tracked (the count is refreshed by the next round).
-        assert await eventually(lambda: _equals(metrics.value("cht_rapidpro_status_tracked"), 0), timeout=15)
-        assert samples[("cht_rapidpro_rapidpro_requests_total",
-                        (("endpoint", "messages"), ("status", "200")))] >= 1
+    # Status tracking learns "delivered" (a rescan asks at once, whatever the schedule says):
+    # the freshness histogram gets an observation.
+    worker.status.trigger_rescan()
+    assert await eventually(
+        lambda: metrics.value("cht_rapidpro_status_freshness_seconds_count"), timeout=15) == 1
+    samples = await metrics.scrape()
+    assert samples[("cht_rapidpro_status_freshness_seconds_bucket", (("le", "+Inf"),))] == 1
+    assert samples[("cht_rapidpro_status_freshness_seconds_sum", ())] >= 0
+    # Delivered is final: no longer tracked (the count is refreshed by the next round).
+    assert await eventually(lambda: _equals(metrics.value("cht_rapidpro_status_tracked"), 0), timeout=15)
+    assert samples[("cht_rapidpro_rapidpro_requests_total",
+                    (("endpoint", "messages"), ("status", "200")))] >= 1
 
-        # A message sent: the outcome, the RapidPro call and the feed's changes all count it.
-        await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/out1", pending_doc("out1", "hello"))
-        assert await eventually(
-            lambda: metrics.value("cht_rapidpro_messages_total", outcome="sent"), timeout=15) == 1
-        samples = await metrics.scrape()
-        assert samples[("cht_rapidpro_rapidpro_requests_total",
-                        (("endpoint", "broadcasts"), ("status", "201")))] == 1
-        assert samples[("cht_rapidpro_changes_total", (("result", "processed"),))] >= 1
-        assert samples[("cht_rapidpro_rate_budget_remaining", ())] < 3600
+    # A message sent: the outcome, the RapidPro call and the feed's changes all count it.
+    await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/out1", pending_doc("out1", "hello"))
+    assert await eventually(
+        lambda: metrics.value("cht_rapidpro_messages_total", outcome="sent"), timeout=15) == 1
+    samples = await metrics.scrape()
+    assert samples[("cht_rapidpro_rapidpro_requests_total",
+                    (("endpoint", "broadcasts"), ("status", "201")))] == 1
+    assert samples[("cht_rapidpro_changes_total", (("result", "processed"),))] >= 1
+    assert samples[("cht_rapidpro_rate_budget_remaining", ())] < 3600
 
-        # Webhook requests: counted by outcome, and timed.
-        url = f"http://127.0.0.1:{worker.http.port}/api/v2/sms/rapidpro/incoming-messages"
-        body = {"id": str(uuidlib.uuid4()), "from": "+254700000002", "content": "hi"}
-        for authorization in (f"Token {KEY}", "Token wrong"):
-            async with http.post(url, data=json.dumps(body), headers={"Authorization": authorization}):
-                pass
-        samples = await metrics.scrape()
-        assert samples[("cht_rapidpro_webhook_requests_total", (("outcome", "saved"),))] == 1
-        assert samples[("cht_rapidpro_webhook_requests_total", (("outcome", "wrong_token"),))] == 1
-        assert samples[("cht_rapidpro_webhook_duration_seconds_count", ())] == 2
-    finally:
-        await stop(worker, task)
+    # Webhook requests: counted by outcome, and timed.
+    url = f"http://127.0.0.1:{worker.http.port}/api/v2/sms/rapidpro/incoming-messages"
+    body = {"id": str(uuidlib.uuid4()), "from": "+254700000002", "content": "hi"}
+    for authorization in (f"Token {KEY}", "Token wrong"):
+        async with http.post(url, data=json.dumps(body), headers={"Authorization": authorization}):
+            pass
+    samples = await metrics.scrape()
+    assert samples[("cht_rapidpro_webhook_requests_total", (("outcome", "saved"),))] == 1
+    assert samples[("cht_rapidpro_webhook_requests_total", (("outcome", "wrong_token"),))] == 1
+    assert samples[("cht_rapidpro_webhook_duration_seconds_count", ())] == 2
 
 
-async def test_sending_paused_names_the_reason(medic_db, fake_rapidpro, http):
+async def test_sending_paused_names_the_reason(medic_db, fake_rapidpro, http, in_process_workers):
     await asyncio.to_thread(put_settings, medic_db.url,
                             {"sms": {"outgoing_service": "medic-gateway"}, "default_country_code": 254})
-    worker, task = await start(medic_db.url)
-    try:
-        assert worker.http is not None
-        metrics = Scraper(http, f"http://127.0.0.1:{worker.http.port}")
-        assert await metrics.value("cht_rapidpro_sending_paused", reason="other_gateway") == 1
-        assert await metrics.value("cht_rapidpro_sending_paused", reason="no_token") == 0
-    finally:
-        await stop(worker, task)
+    worker = await start(in_process_workers, medic_db.url)
+    assert worker.http is not None
+    metrics = Scraper(http, f"http://127.0.0.1:{worker.http.port}")
+    assert await metrics.value("cht_rapidpro_sending_paused", reason="other_gateway") == 1
+    assert await metrics.value("cht_rapidpro_sending_paused", reason="no_token") == 0
 
 
 def test_pause_reasons_are_a_bounded_set() -> None:
@@ -171,12 +158,12 @@ def test_pause_reasons_are_a_bounded_set() -> None:
     assert {pause_reason_label({"not_sending_reason": r}) for r in ("x", "y")} <= set(PAUSE_REASONS)
 
 
-async def test_readyz_is_503_while_couchdb_is_down_then_200(medic_db, http):
+async def test_readyz_is_503_while_couchdb_is_down_then_200(medic_db, http, in_process_workers):
     target = urlsplit(medic_db.server_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5984)
     await proxy.start()
     credentials = f"{target.username}:{target.password}@" if target.username else ""
-    worker, task = await start(f"http://{credentials}127.0.0.1:{proxy.port}/{medic_db.name}",
+    worker = await start(in_process_workers, f"http://{credentials}127.0.0.1:{proxy.port}/{medic_db.name}",
                                COUCH_TIMEOUT="2")
     try:
         assert worker.http is not None
@@ -197,7 +184,7 @@ async def test_readyz_is_503_while_couchdb_is_down_then_200(medic_db, http):
         assert await eventually(lambda: _ok(get), timeout=10)
     finally:
         proxy.set_mode("up")
-        await stop(worker, task)
+        await in_process_workers.stop_all()  # the worker stops while CouchDB still answers
         await proxy.stop()
 
 
@@ -210,7 +197,7 @@ async def _equals(value: Any, expected: float) -> bool:
     return await value == expected
 
 
-async def test_alert_rules_parse_and_name_only_metrics_the_worker_exports(medic_db, http):
+async def test_alert_rules_parse_and_name_only_metrics_the_worker_exports(medic_db, http, in_process_workers):
     groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
     assert len(rules) >= 8
@@ -220,13 +207,10 @@ async def test_alert_rules_parse_and_name_only_metrics_the_worker_exports(medic_
         assert rule["annotations"]["summary"]
         names.update(re.findall(r"\bcht_rapidpro_\w+", rule["expr"]))
     # Every metric an alert names is one the worker really exports (a typo would never fire).
-    worker, task = await start(medic_db.url)
-    try:
-        assert worker.http is not None
-        async with http.get(f"http://127.0.0.1:{worker.http.port}/metrics") as response:
-            text = await response.text()
-    finally:
-        await stop(worker, task)
+    worker = await start(in_process_workers, medic_db.url)
+    assert worker.http is not None
+    async with http.get(f"http://127.0.0.1:{worker.http.port}/metrics") as response:
+        text = await response.text()
     # Families are listed (HELP, TYPE) even before their first sample.
     exported = {family.name for family in text_string_to_metric_families(text)}
     assert names, "no metric named"

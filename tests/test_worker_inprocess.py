@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from config.env import load_config
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.waiting import eventually
 from worker.app import Worker
@@ -45,16 +44,12 @@ async def wait_until(condition, predicate, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
-async def running(medic_db) -> AsyncIterator[tuple[Worker, Recording]]:
+async def running(medic_db, in_process_workers) -> AsyncIterator[tuple[Worker, Recording]]:
     recording = Recording(fail_ids={"always-fails"})
-    config = load_config({"COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "CHANGE_MAX_ATTEMPTS": "3",
-                          "CHECKPOINT_INTERVAL": "0.1"})
-    worker = Worker(config, extra_transitions=[recording])
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.ready.wait(), 20)
+    worker = await in_process_workers.start({"COUCH_URL": medic_db.url, "LISTEN_PORT": "0",
+                                             "CHANGE_MAX_ATTEMPTS": "3", "CHECKPOINT_INTERVAL": "0.1"},
+                                            extra_transitions=[recording])
     yield worker, recording
-    worker.stop()
-    assert await asyncio.wait_for(task, 15) == 0
 
 
 async def put(db_url: str, doc: dict[str, Any]) -> None:
