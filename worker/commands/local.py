@@ -12,8 +12,8 @@ from config.env import Config
 from worker.admin import admin_token
 
 
-class DaemonUnreachable(Exception):
-    pass
+class DaemonProblem(Exception):
+    """The daemon did not answer, or not as asked: the text says which (printed after `problem: `)."""
 
 
 def add_url_argument(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +33,11 @@ def daemon_url(config: Config, override: str | None) -> str:
     return f"http://{host}:{config.listen_port}"
 
 
-def call(config: Config, base: str, method: str, path: str, body: Any = None,
-         timeout: float = 10.0) -> tuple[int, Any]:
-    """One request to the daemon; (status, JSON body). Raises DaemonUnreachable."""
+def call(config: Config, override: str | None, method: str, path: str, body: Any = None, *,
+         expect: int, label: str = "the daemon", want_object: bool = False, timeout: float = 10.0) -> Any:
+    """One request to the daemon (at `daemon_url(config, override)`): its JSON body when the
+    status is `expect` (and the body an object, with `want_object`); else DaemonProblem."""
+    base = daemon_url(config, override)
     data = None if body is None else json.dumps(body).encode()
     headers = {"Accept": "application/json", "Authorization": f"Bearer {admin_token(config)}"}
     if data is not None:
@@ -48,9 +50,12 @@ def call(config: Config, base: str, method: str, path: str, body: Any = None,
         status, raw = err.code, err.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DaemonUnreachable(f"the daemon does not answer at {base} ({reason}); is it running? "
-                                "(systemctl status cht-rapidpro-worker)") from None
+        raise DaemonProblem(f"the daemon does not answer at {base} ({reason}); is it running? "
+                            "(systemctl status cht-rapidpro-worker)") from None
     try:
-        return status, json.loads(raw) if raw.strip() else None
+        answer = json.loads(raw) if raw.strip() else None
     except ValueError:
-        return status, raw.decode(errors="replace")
+        answer = raw.decode(errors="replace")
+    if status != expect or (want_object and not isinstance(answer, dict)):
+        raise DaemonProblem(f"{label} answered {status}: {answer}")
+    return answer

@@ -16,7 +16,7 @@ from pathlib import Path
 from config.env import Config
 from worker.admin import PARKED_RETRY_PATH
 from worker.commands import Command
-from worker.commands.local import DaemonUnreachable, add_url_argument, call, daemon_url
+from worker.commands.local import DaemonProblem, add_url_argument, call
 from worker.couch import CouchError, CouchServer
 from worker.parking import ParkedChanges
 
@@ -84,12 +84,9 @@ def _retry(args: argparse.Namespace, config: Config) -> int:
         return 2
     body = {"all": True} if args.all else {"doc_ids": args.doc_ids}
     try:
-        status, result = call(config, daemon_url(config, args.url), "POST", PARKED_RETRY_PATH, body)
-    except DaemonUnreachable as exc:
+        result = call(config, args.url, "POST", PARKED_RETRY_PATH, body, expect=202, want_object=True)
+    except DaemonProblem as exc:
         print(f"problem: {exc}", file=sys.stderr)
-        return 1
-    if status != 202 or not isinstance(result, dict):
-        print(f"problem: the daemon answered {status}: {result}", file=sys.stderr)
         return 1
     for doc_id in result.get("retrying", []):
         print(f"ok: {doc_id} handed to the daemon again (its entry goes once it is processed)")

@@ -8,18 +8,15 @@ import sys
 from config.env import Config
 from worker.admin import RESCAN_PATH
 from worker.commands import Command
-from worker.commands.local import DaemonUnreachable, add_url_argument, call, daemon_url
+from worker.commands.local import DaemonProblem, add_url_argument, call
 
 
 def main(args: argparse.Namespace, config: Config | None) -> int:
     assert config is not None
     try:
-        status, body = call(config, daemon_url(config, args.url), "POST", RESCAN_PATH, {})
-    except DaemonUnreachable as exc:
+        call(config, args.url, "POST", RESCAN_PATH, {}, expect=202)
+    except DaemonProblem as exc:
         print(f"problem: {exc}", file=sys.stderr)
-        return 1
-    if status != 202:
-        print(f"problem: the daemon answered {status}: {body}", file=sys.stderr)
         return 1
     print("ok: rescan started; follow it in the log (status_round) or with `status`")
     return 0

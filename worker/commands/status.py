@@ -8,7 +8,7 @@ import sys
 
 from config.env import Config
 from worker.commands import Command
-from worker.commands.local import DaemonUnreachable, add_url_argument, call, daemon_url
+from worker.commands.local import DaemonProblem, add_url_argument, call
 from worker.health_text import summary
 
 
@@ -20,12 +20,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, config: Config | None) -> int:
     assert config is not None
     try:
-        status, health = call(config, daemon_url(config, args.url), "GET", "/healthz")
-    except DaemonUnreachable as exc:
+        health = call(config, args.url, "GET", "/healthz", expect=200, label="/healthz", want_object=True)
+    except DaemonProblem as exc:
         print(f"problem: {exc}", file=sys.stderr)
-        return 1
-    if status != 200 or not isinstance(health, dict):
-        print(f"problem: /healthz answered {status}: {health}", file=sys.stderr)
         return 1
     print(json.dumps(health, indent=2, sort_keys=True) if args.json else summary(health))
     return 0
