@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-BASE_ENV = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.getcwd()}
+from tests.support.daemon import child_env
+
+BASE_ENV = child_env({"PYTHONPATH": os.getcwd()})
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: str | None = None):

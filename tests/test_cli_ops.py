@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
+from tests.support.daemon import child_env
 from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
@@ -27,7 +27,7 @@ KEY = "incoming-key"
 
 def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "worker", *args],
-                          env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **env},
+                          env=child_env(env),
                           capture_output=True, text=True, timeout=60, cwd=cwd)
 
 

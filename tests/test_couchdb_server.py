@@ -111,6 +111,7 @@ def put_doc(db_url: str, doc: dict[str, Any]) -> str:
     return body["rev"]
 
 
+# Literal dates here are view keys and stored values of the test server's views: the literal is the point.
 def message_doc(doc_id: str) -> dict[str, Any]:
     """A CHT data_record with one sent task, one pending task and one scheduled task."""
     return {

@@ -14,13 +14,15 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, put_settings
-from tests.support.daemon import ROOT
+from tests.support.daemon import ROOT, child_env
 from tests.support.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, task, wait_state
 from transitions.phone import mask_phone
+from transitions.timestamps import cht_time
 from worker.app import Worker
 from worker.ledger import HOSTNAME
 
@@ -59,7 +61,7 @@ async def doc_with_stale_claim(medic_db, doc_id: str, text: str, *, owner: str =
     assert status in (201, 202, 412)  # 412: it exists
     claimed = time.time() - age
     entry = {"type": "dispatch", "uuid": message_uuid, "doc_id": doc_id, "urn": URN, "state": "claimed",
-             "claimed_at": "2026-01-01T00:00:00.000Z", "claimed_at_epoch": claimed, "owner": owner,
+             "claimed_at": cht_time(claimed), "claimed_at_epoch": claimed, "owner": owner,
              "attempts": 1, **claim}
     status, body = await asyncio.to_thread(couch_request, "PUT", ledger_url(medic_db, message_uuid), entry)
     assert status == 201, body
@@ -173,7 +175,7 @@ async def test_ambiguous_cases_stay_in_doubt_for_an_operator(run_worker, medic_d
 
 
 def cli(medic_db, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "COUCH_URL": medic_db.url, "LOG_LEVEL": "info"}
+    env = child_env({"COUCH_URL": medic_db.url, "LOG_LEVEL": "info"})
     return subprocess.run([sys.executable, "-m", "worker", *args], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
 
@@ -181,7 +183,7 @@ def cli(medic_db, *args: str) -> subprocess.CompletedProcess[str]:
 async def test_the_operator_command_lists_and_resolves_each_kind_while_the_daemon_runs(
         run_worker, medic_db, fake_rapidpro):
     await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
-    reason = {"reason": "2 broadcasts to this number", "since": "2026-01-01T00:00:00.000Z"}
+    reason = {"reason": "2 broadcasts to this number", "since": iso_ago()}
     waiting = {"state": "in-doubt", "needs_operator": reason}
     sent = await doc_with_stale_claim(medic_db, "op-sent", "went out", **waiting)
     resend = await doc_with_stale_claim(medic_db, "op-resend", "never went", **waiting)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.tcp_proxy import TcpProxy
@@ -38,7 +39,7 @@ def pending_doc(doc_id: str, text: str) -> dict[str, Any]:
     return {"_id": doc_id, "type": "data_record",
             "tasks": [{"state": "pending", "messages": [{"uuid": str(uuidlib.uuid4()), "to": "+254700000001",
                                                          "message": text}],
-                       "state_history": [{"state": "pending", "timestamp": "2026-11-24T10:00:00.000Z"}]}]}
+                       "state_history": [{"state": "pending", "timestamp": iso_ago()}]}]}
 
 
 class Scraper:
@@ -86,7 +87,7 @@ async def test_metrics_move_as_messages_are_sent_tracked_and_received(medic_db, 
     tracked = {"_id": "tracked", "type": "data_record", "tasks": [{
         "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": earlier.id,
         "messages": [{"uuid": str(uuidlib.uuid4()), "to": "+254700000009", "message": "earlier"}],
-        "state_history": [{"state": "received-by-gateway", "timestamp": "2026-11-24T10:00:00.000Z"}]}]}
+        "state_history": [{"state": "received-by-gateway", "timestamp": iso_ago(3600)}]}]}
     status, body = await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/tracked", tracked)
     assert status in (201, 202), body
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -17,8 +16,9 @@ from typing import Any
 import aiohttp
 
 from config.credentials import encrypt_credential
+from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, child_env
 from tests.support.fake_rapidpro import FakeRapidPro
 from tests.support.http_proxy import CountingProxy
 from worker.webhook import V1_PATH, V2_PATH
@@ -45,7 +45,7 @@ def _free_port() -> int:
 
 def _task(to: str, text: str) -> dict[str, Any]:
     return {"state": "pending", "messages": [{"uuid": str(uuid.uuid4()), "to": to, "message": text}],
-            "state_history": [{"state": "pending", "timestamp": "2026-11-24T10:00:00.000Z"}]}
+            "state_history": [{"state": "pending", "timestamp": iso_ago()}]}
 
 
 async def test_nothing_secret_or_a_full_phone_number_leaves(medic_db: MedicDb, fake_rapidpro: FakeRapidPro,
@@ -74,7 +74,7 @@ async def test_nothing_secret_or_a_full_phone_number_leaves(medic_db: MedicDb, f
     try:
         await asyncio.to_thread(daemon.start)
         await asyncio.to_thread(daemon.wait_event, "worker_started", 30)
-        cli_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **env}
+        cli_env = child_env(env)
 
         async def cli(*args: str, environment: dict[str, str] = cli_env) -> None:
             result = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "worker", *args],

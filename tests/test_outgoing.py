@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from config.credentials import encrypt_credential
+from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, create_db, put_settings
 from tests.support.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.waiting import eventually
@@ -28,7 +29,7 @@ def rapidpro_settings(url: str, **extra: Any) -> dict[str, Any]:
 
 def task(state: str, to: str = "+254700000001", text: str = "Visit due", **extra: Any) -> dict[str, Any]:
     return {"state": state, "messages": [{"uuid": str(uuidlib.uuid4()), "to": to, "message": text}],
-            "state_history": [{"state": state, "timestamp": "2026-11-24T10:00:00.000Z"}], **extra}
+            "state_history": [{"state": state, "timestamp": iso_ago()}], **extra}
 
 
 def get_doc(db_url: str, doc_id: str) -> dict[str, Any]:

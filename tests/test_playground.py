@@ -183,8 +183,10 @@ def project_copy(tmp_path: Path) -> Path:
 
 
 def _base_env(**extra: str) -> dict[str, str]:
+    # libfaketime's variables too, so a suite run under `faketime` moves the playground's clocks.
     env = {name: value for name, value in os.environ.items()
-           if name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")}
+           if name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_PRELOAD")
+           or name.startswith("FAKETIME")}
     env.update(extra)
     return env
 

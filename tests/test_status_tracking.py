@@ -123,7 +123,8 @@ class Env:
 @pytest.fixture
 async def env(medic_db: MedicDb, fake_rapidpro_factory: Any) -> AsyncIterator[Env]:
     clock = FakeClock(start=CLOCK_START)
-    fake = await fake_rapidpro_factory(clock=clock)
+    # The fake's dates follow the fake clock, so created_on and the tracker's windows agree.
+    fake = await fake_rapidpro_factory(clock=clock, wall_start=clock())
     fake.rate_limit = 10**9
     await asyncio.to_thread(create_db, f"{medic_db.url}-rapidpro")
     couch = CouchServer(parse_couch_url(medic_db.url), timeout=10.0)

@@ -292,6 +292,7 @@ async def test_an_id_stored_earlier_by_cht_is_a_repeat(
         medic: Database, settings: Settings, serve: Serve, http: aiohttp.ClientSession,
         couch: CouchServer, medic_db: MedicDb) -> None:
     cht_doc = {"_id": str(uuid.uuid4()), "type": "data_record", "from": "+254712345678", "errors": [],
+               # A record CHT stored earlier: its reported_date is data the worker never judges.
                "tasks": [], "fields": {}, "reported_date": 1_700_000_000_000,
                "sms_message": {"type": "sms_message", "message": "Hi", "from": "+254712345678",
                                "gateway_ref": "cht-stored-1"}}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.couch_fixtures import couch_request, put_settings
+from tests.support.daemon import child_env
 from tests.support.waiting import eventually
 from worker.app import Worker
 
@@ -120,7 +120,7 @@ async def test_failing_change_is_retried_then_parked_and_others_go_on(running, m
     # Operators list them from the command line.
     listed = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "worker", "parked"], capture_output=True, text=True,
-        timeout=30, env={"PATH": os.environ.get("PATH", ""), "COUCH_URL": medic_db.url})
+        timeout=30, env=child_env({"COUCH_URL": medic_db.url}))
     assert listed.returncode == 0, listed.stderr
     [line] = listed.stdout.splitlines()
     assert json.loads(line)["doc_id"] == "always-fails"

@@ -16,10 +16,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for a worker subprocess: PATH, the project on PYTHONPATH, and `env`.
+
+    A suite run under `faketime` keeps its moved clock in the children too: libfaketime's
+    LD_PRELOAD and FAKETIME* variables (FAKETIME_SHARED keeps one start time across processes)
+    pass through, so the daemon and the tests read the same time.
+    """
+    clock = {k: v for k, v in os.environ.items() if k == "LD_PRELOAD" or k.startswith("FAKETIME")}
+    return {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **clock, **(env or {})}
+
+
 class Daemon:
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "LISTEN_PORT": "0",
-                    "LOG_LEVEL": "debug", "CHECKPOINT_INTERVAL": "0.2", **env}
+        self.env = child_env({"LISTEN_PORT": "0", "LOG_LEVEL": "debug", "CHECKPOINT_INTERVAL": "0.2", **env})
         self.process: subprocess.Popen[str] | None = None
         self.events: list[dict[str, Any]] = []
         self.stray_lines: list[str] = []

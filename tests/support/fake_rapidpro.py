@@ -8,6 +8,8 @@ Time: everything time-dependent (rate-limit window, message visibility, ``create
 injectable clock (``clock``: a callable returning seconds; ``time.monotonic`` by default), so tests
 can use :class:`FakeClock` and jump hours ahead without sleeping. Wall timestamps are derived from
 it: ``created_on`` = the wall time when the fake was built + clock seconds elapsed since then.
+A test whose clock reads epoch seconds (a FakeClock standing for a moment in time) passes
+``wall_start=clock()`` so the fake's dates are the clock's own, whatever the real date.
 """
 
 from __future__ import annotations
@@ -232,12 +234,13 @@ class FakeRapidPro:
         clock: Clock = time.monotonic,
         host: str = "127.0.0.1",
         port: int = 0,
+        wall_start: float | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self._clock: Clock = clock
         self._base_clock = clock()
-        self._base_wall = datetime.now(UTC)
+        self._base_wall = datetime.now(UTC) if wall_start is None else datetime.fromtimestamp(wall_start, UTC)
 
         # --- Knobs -------------------------------------------------------------------------
         self.valid_tokens: set[str] = set(tokens)

@@ -81,6 +81,7 @@ def test_3_incorrect_types_come_before_missing_fields() -> None:
     assert [e["code"] for e in doc["errors"]] == ["sys.incorrect_type", "sys.missing_fields"]
 
 
+# Literal dates below: calendar and parser vectors measured on CHT; no clock is read.
 # 4. ------------------------------------------------------------------ Bikram Sambat
 def test_4_bs_2081_chaitra_as_bikram_sambat_1_8_1_counts_it() -> None:
     assert record("YYYT 2 2081-12-2")["fields"]["lmp_date"] == 1741996800000  # 2025-03-15

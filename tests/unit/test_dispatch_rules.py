@@ -14,6 +14,7 @@ from transitions.dispatch import (
 )
 from worker.task_writer import apply_updates
 
+# An injected clock: the rules take `now`, and history stamps are compared literally.
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 IN_CHARGE = Settings(outgoing_service="rapidpro", rapidpro_url="https://textit.com")
 

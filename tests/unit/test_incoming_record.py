@@ -102,6 +102,7 @@ def test_doc_ids_are_stable_across_releases() -> None:
 # ---------------------------------------------------------------------------- the record
 def test_a_plain_message_is_stored_as_cht_stores_it() -> None:
     message = IncomingMessage(id="rp-1", sender="0712345678", content="Hello there")
+    # An injected receipt time: the record must carry exactly it.
     record = build_record(message, SETTINGS, 1_764_000_000_123)
     assert record == {
         "_id": doc_id_for("rp-1"),

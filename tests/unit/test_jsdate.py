@@ -9,6 +9,7 @@ import pytest
 from transitions.smsforms.dates import moment_parse
 from transitions.smsforms.jsdate import js_date_parse
 
+# Literal dates: parser vectors, the text itself is the point (no clock is read).
 NODE_UTC = [
     ("1", 978307200000),
     ("0", 946684800000),
@@ -93,6 +94,7 @@ def test_forms_without_an_offset_are_local_time_except_the_iso_date() -> None:
 
 # `moment(text).valueOf()` (moment 2.31, Node.js 20, TZ=UTC): its ISO shapes, and the texts it
 # hands to `Date` (including ISO shapes whose format it refuses, such as a time after YYYY-MM).
+# Literal dates: parser vectors, as moment reads them.
 MOMENT_UTC = [
     ("2012", 1325376000000),
     ("2012-03", 1330560000000),

@@ -75,5 +75,6 @@ def test_phone_numbers_inside_free_text_are_masked():
                                      "error": "400: Invalid URN: tel:+254712345678. Ensure phone numbers..."})
     assert event["error"] == "400: Invalid URN: tel:+2547******78. Ensure phone numbers..."
     # Not a phone number: seqs, ids, times.
+    # Literal texts that merely contain digit runs: the point is that they are not masked as phones.
     for text in ("4-g1AAAA123456789", "broadcast 123456789", "2026-11-30T20:51:58+00:00"):
         assert redact(None, "info", {"event": "x", "detail": text})["detail"] == text

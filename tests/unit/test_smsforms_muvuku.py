@@ -64,6 +64,7 @@ def test_fields_past_the_end_are_absent_but_parents_exist():
 def test_empty_values_are_null():
     form = {"meta": {"code": "Z"}, "fields": {
         "one": {"type": "string"}, "two": {"type": "string"}, "birth": {"type": "date"}}}
+    # A parser vector: the date's text is the point.
     result = parse("1!Z!##2012-03-12", {"forms": {"Z": form}})
     assert result.fields == {"one": None, "two": None, "birth": 1331510400000}
 

@@ -22,6 +22,7 @@ N_FORM = {
 REF = {"meta": {"code": "REF"}, "facility_reference": "rc",
        "fields": {"rc": {"type": "string"}, "n": {"type": "integer"}}}
 SETTINGS = {"forms": {"FORM": FORM, "N": N_FORM, "REF": REF}, "locale": "en"}
+# A fixed receipt time handed to the parser (an injected clock); the dates below are parser vectors.
 NOW = 1700000000000
 
 

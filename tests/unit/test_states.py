@@ -13,6 +13,7 @@ from transitions.states import (
     set_task_state,
 )
 
+# An injected clock: the state rule takes `now`, and the stamps it writes are compared literally.
 NOW = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
 STAMP = "2026-11-24T10:00:00.123Z"
 OLD = "2026-11-24T09:00:00.000Z"
@@ -213,6 +214,7 @@ def test_non_dict_last_history_entry_does_not_match():
 
 
 def test_other_task_keys_untouched():
+    # `due` is opaque here: the point is that it is left untouched.
     task = sent_task(due="2026-11-25T08:00:00.000Z")
     set_task_state(task, "sent", "Sent", 123456, now=NOW)
     assert task["due"] == "2026-11-25T08:00:00.000Z"

@@ -43,6 +43,7 @@ from transitions.timestamps import parse_time, rapidpro_time
 
 P = Policy()
 T0 = 1_800_000_000.0
+# An injected clock (T0, NOW): the rules take the time as an argument, so no test reads the real one.
 NOW = datetime(2027, 1, 15, 8, 0, tzinfo=UTC)
 
 
@@ -508,5 +509,6 @@ def test_cht_time_writes_like_javascript_to_iso_string():
     from transitions.states import format_timestamp
     from transitions.timestamps import cht_time
 
+    # A formatting vector: the literal is the point.
     assert cht_time(1764000000.1239) == "2025-11-24T16:00:00.123Z"
     assert cht_time(1764000000.1239) == format_timestamp(datetime.fromtimestamp(1764000000.1239, UTC))
