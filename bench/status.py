@@ -159,7 +159,7 @@ async def simulate(work: Workload, args: argparse.Namespace, server_url: str) ->
     await fake.start()
     couch = CouchServer(parse_couch_url(db_url), timeout=30.0)
     medic = couch.db(name)
-    budget = RateBudget(args.calls_per_hour, clock=clock, send_reserve=0.1)
+    budget = RateBudget(args.calls_per_hour, clock=clock)
     client = RapidProClient(budget, timeout=10.0)
     settings = Settings(outgoing_service="rapidpro", rapidpro_url=fake.url)
     policy = Policy(interval=interval, horizon=args.horizon)

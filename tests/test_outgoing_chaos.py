@@ -34,7 +34,10 @@ async def test_kill_9_during_a_burst_never_sends_a_message_twice(medic_db, fake_
     # IN_DOUBT_CHECK_AFTER at its lowest (twice RAPIDPRO_TIMEOUT): claims the kills left without
     # an outcome are looked up in RapidPro within seconds.
     env = {"COUCH_URL": medic_db.url, "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN, "LOG_LEVEL": "info",
-           "RAPIDPRO_TIMEOUT": "2", "COUCH_TIMEOUT": "3", "SWEEP_INTERVAL": "1", "IN_DOUBT_CHECK_AFTER": "4"}
+           "RAPIDPRO_TIMEOUT": "2", "COUCH_TIMEOUT": "3", "SWEEP_INTERVAL": "1", "IN_DOUBT_CHECK_AFTER": "4",
+           # 300 sends in a burst; a fresh worker has ten seconds of its budget (the rate is not
+           # the subject here).
+           "RAPIDPRO_CALLS_PER_HOUR": "1000000"}
     docs = [pending_doc(i) for i in range(COUNT)]
     # Half is pending before the first start (found by the sweep), half arrives through the feed.
     await asyncio.to_thread(couch_request, "POST", f"{medic_db.url}/_bulk_docs", {"docs": docs[:150]})

@@ -600,7 +600,8 @@ async def test_short_budget_delays_status_never_sends_and_healthz_says_so(env: E
         env.fake.set_status(bid, "delivered")
     await env.put_tasks([(f"b{i:02d}", env.task("sent", bid, "Sent", sent_ago=(i + 1) * 4 * HOUR))
                          for i, bid in enumerate(ids)])
-    budget = RateBudget(40, clock=env.clock, send_reserve=0.5)  # status may use 20 of 40
+    # Status may use 20 of 40 (half an hour of sends kept back; no floor, which is not the subject).
+    budget = RateBudget(40, clock=env.clock, start_seconds=HOUR, send_reserve_seconds=HOUR / 2, floor_share=0)
     client = RapidProClient(budget, timeout=5.0)
     tracker = StatusTracker(medic=env.medic, own_db=env.own, client=client, token=StaticToken(),
                             settings=lambda: env.settings["current"], clock=env.clock, max_wait=0.0,

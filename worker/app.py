@@ -81,8 +81,9 @@ class Worker:
                                          file=config.rapidpro_api_token_file, ttl=config.credentials_ttl)
         self.incoming_key = Credential(self.vault, "rapidpro:incoming", value=config.rapidpro_incoming_key,
                                        file=config.rapidpro_incoming_key_file, ttl=config.credentials_ttl)
-        # A tenth of the budget is only for sends: status tracking never empties it before a burst.
-        self.budget = RateBudget(config.rapidpro_calls_per_hour, send_reserve=0.1)
+        # Sends first, with a minute of the rate kept for them; a tenth of the rate is guaranteed
+        # to in-doubt lookups, status tracking and reconciliation (worker/ratelimit.py).
+        self.budget = RateBudget(config.rapidpro_calls_per_hour)
         # One active worker of several (worker/lease.py): it alone talks to RapidPro and moves
         # the feed; every worker serves the webhook and the health endpoints.
         self.instance_id = config.instance_id or OWNER
@@ -604,6 +605,7 @@ class Worker:
                 "in_doubt_waiting_operator": last_in_doubt.waiting_operator if last_in_doubt else None,
                 "in_doubt_found": self.in_doubt.totals["found"] if self.in_doubt else 0,
                 "in_doubt_resent": self.in_doubt.totals["resent"] if self.in_doubt else 0,
+                "in_doubt_lookups": self.in_doubt.health() if self.in_doubt else None,
                 "reprojected": self.sender.stats.reprojected,
                 "send_errors": self.sender.stats.send_errors,
                 "last_sweep_docs": self.sweep.last_count if self.sweep else None,

@@ -3,8 +3,8 @@
 
 A round: read the claims without outcome from the ledger (view `unresolved`), take those due
 (`IN_DOUBT_CHECK_AFTER` old), read their messages' texts from the CHT docs, list RapidPro's
-broadcasts once per group of nearby windows (status priority in the shared budget), then per
-claim write the decision with the `_rev` read before the listing:
+broadcasts once per group of nearby windows (in the shared budget, after sends and before status
+tracking), then per claim write the decision with the `_rev` read before the listing:
 
 - found: the ledger records the broadcast as the outcome, the task goes `received-by-gateway`;
 - resend: the ledger entry is released and the doc handed to the dispatcher, which claims and
@@ -48,6 +48,7 @@ from worker.changes import Change
 from worker.couch import CouchError, Database
 from worker.ledger import Ledger, owner_is_dead
 from worker.logs import get_logger
+from worker.progress import Progress
 from worker.rapidpro import RapidProClient, RapidProError
 from worker.ratelimit import Priority
 from worker.task_writer import TaskWriter
@@ -56,6 +57,7 @@ from worker.vault import Credential
 log = get_logger(__name__)
 
 MAX_PAGES = 400  # 100,000 broadcasts in one window: beyond that, give up this round
+STALL_ROUNDS = 3  # intervals without a completed round that make a stall
 
 
 @dataclass
@@ -66,6 +68,7 @@ class RoundResult:
     resent: int = 0
     operator: int = 0
     resolved: set[str] = field(default_factory=set)  # found or resent this round
+    lookups_failed: int = 0  # RapidPro listings that failed (429, budget, errors): not complete
     marked: set[str] = field(default_factory=set)  # waiting for an operator from this round
 
 
@@ -118,6 +121,10 @@ class InDoubtResolver:
         self.last: RoundResult | None = None
         self.totals: Counter[str] = Counter()  # since start: found, resent, operator
         self.last_error: str | None = None
+        # Rounds that looked up every due claim (or had none due) complete; a few intervals
+        # without one is a stall (/healthz, metrics, `check`), allowing a listing its budget
+        # wait and its answer.
+        self.progress = Progress(stall_after=STALL_ROUNDS * self.interval + 2 * rapidpro_timeout)
 
     @property
     def interval(self) -> float:
@@ -128,14 +135,26 @@ class InDoubtResolver:
     def trigger(self) -> None:
         self._wake.set()
 
+    def health(self) -> dict[str, Any]:
+        return self.progress.health(self._clock())
+
     async def run(self) -> None:
+        self.progress.started(self._clock())
+        try:
+            await self._run_rounds()
+        finally:
+            self.progress.stopped()
+
+    async def _run_rounds(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
             self._wake.clear()
             try:
-                await self.run_once()
+                result = await self.run_once()
+                if not result.lookups_failed:
+                    self.progress.completed(self._clock())
                 self.last_error = None
             except (CouchError, RapidProError) as exc:
                 self.last_error = str(exc)
@@ -188,6 +207,7 @@ class InDoubtResolver:
             except RapidProError as exc:
                 if self._failing_since is None:
                     self._failing_since = now
+                result.lookups_failed += 1
                 log.warning("in_doubt_lookup_failed", error=str(exc), claims=len(uuids))
                 if listing_failed_too_long(self._failing_since, now):
                     for uuid in uuids:
@@ -213,12 +233,13 @@ class InDoubtResolver:
         started = self._clock()
         results: list[dict[str, Any]] = []
         page = await self._client.list_broadcasts(base_url, token, after=rapidpro_time(window.start),
-                                                  before=rapidpro_time(window.end), priority=Priority.STATUS)
+                                                  before=rapidpro_time(window.end),
+                                                  priority=Priority.IN_DOUBT)
         results.extend(page.results)
         pages = 1
         while page.next is not None and pages < MAX_PAGES:
             page = await self._client.list_broadcasts(base_url, token, cursor_url=page.next,
-                                                      priority=Priority.STATUS)
+                                                      priority=Priority.IN_DOUBT)
             results.extend(page.results)
             pages += 1
         log.debug("in_doubt_listing", broadcasts=len(results), pages=pages)

@@ -1,16 +1,25 @@
-"""The RapidPro call budget, shared by every caller in the process (sending, status polling,
-incoming reconciliation).
+"""The RapidPro call budget, shared by every caller in the process (sending, in-doubt lookups,
+status tracking, incoming reconciliation).
 
 RapidPro limits calls per *workspace* over a sliding one-hour window (3,600/h today), and answers
 429 beyond it. Pacing ourselves is cheaper than running into 429s, so every call first takes a
 token here:
 
-- `TokenBucket` is the pure arithmetic (time is an argument): it holds the whole hourly budget,
-  so bursts are allowed as RapidPro's sliding window allows them, and refills at budget/3600 per
-  second. A 429 pauses it.
-- `RateBudget` is the async gate in front of it: callers wait in priority order (sends before
-  status polling and incoming reconciliation), sleeping until the next token is due or until
-  something changes — never polling.
+- `TokenBucket` is the pure arithmetic (time is an argument). It earns tokens at budget/3600 per
+  second and saves up to the whole hourly budget while unused, so a quiet worker may burst as
+  RapidPro's window allows. It does *not* start full: a restarted worker cannot know what its
+  predecessor used of the window, so it starts with ten seconds' worth and goes on at the rate.
+  A 429 pauses it, and it resumes with one token, again at the rate.
+- `RateBudget` is the async gate in front of it. Callers go in priority order (sends, then
+  in-doubt lookups, then status tracking, then incoming reconciliation), with two rules that
+  keep both promises — sends first, and no one else stalled:
+  * the *send reserve*: a minute of the rate (60 tokens at 3,600/h) that status tracking and
+    reconciliation leave in the bucket, so a burst of sends finds tokens;
+  * the *floor*: a tenth of the rate is guaranteed to the other callers even while the reserve
+    is refilling or sends are waiting (a second, small bucket earns it). After a 429 this is what
+    gives in-doubt lookups and status tracking calls within seconds instead of after the reserve
+    has refilled; under sustained sending it keeps a tenth of the calls for them.
+  Waiters sleep until their token is due or something changes — never polling.
 """
 
 from __future__ import annotations
@@ -34,25 +43,37 @@ Clock = Callable[[], float]
 # Float rounding must not turn "a token is due now" into an endless series of tiny waits.
 _EPSILON = 1e-9
 
+HOUR = 3600.0
+START_SECONDS = 10.0  # a fresh bucket holds this many seconds' worth of the rate
+SEND_RESERVE_SECONDS = 60.0  # what status tracking and reconciliation leave for sends
+FLOOR_SHARE = 0.1  # of the rate, guaranteed to the callers after sends
+FLOOR_BURST_SECONDS = 60.0  # the floor saves up at most this many seconds of its rate
+
 
 class Priority(IntEnum):
-    """Lower goes first. A waiting caller blocks every caller of a lower priority (higher value)."""
+    """Lower goes first. A waiting caller blocks every caller of a lower priority (higher value),
+    except through the floor (see the module docstring)."""
 
     SEND = 0  # outgoing broadcasts: a person is waiting for that SMS
-    STATUS = 1  # status polling
-    INCOMING = 2  # incoming reconciliation (the webhook is the main path; this is the safety net)
+    IN_DOUBT = 1  # looking up a send in doubt: it may be an SMS nobody received
+    STATUS = 2  # status tracking
+    INCOMING = 3  # incoming reconciliation (the webhook is the main path; this is the safety net)
 
 
 class TokenBucket:
     """A token bucket on an explicit clock: every method takes `now` (seconds, any origin).
 
-    `calls_per_hour` may be `math.inf` (no limit, e.g. for benchmarks).
+    `calls_per_hour` may be `math.inf` (no limit, e.g. for benchmarks). `burst_seconds` bounds
+    what is saved up (default: the whole hour, as RapidPro's window allows); `start_seconds` is
+    what the bucket holds before its first use (at least one token).
     """
 
-    def __init__(self, calls_per_hour: float) -> None:
+    def __init__(self, calls_per_hour: float, *, burst_seconds: float = HOUR,
+                 start_seconds: float = START_SECONDS) -> None:
         _check_rate(calls_per_hour)
         self._calls_per_hour = float(calls_per_hour)
-        self._tokens = self.capacity  # start full: the hourly budget is available
+        self._burst_seconds = burst_seconds
+        self._tokens = self._start_level(start_seconds)
         self._updated: float | None = None  # last refill time; None until first used
         self._paused_until: float | None = None
 
@@ -62,13 +83,13 @@ class TokenBucket:
 
     @property
     def capacity(self) -> float:
-        # At least one token, or a budget under one call an hour could never be used.
-        return max(self._calls_per_hour, 1.0)
+        # At least one token, or a budget under one call per burst could never be used.
+        return max(self.rate * self._burst_seconds, 1.0)
 
     @property
     def rate(self) -> float:
         """Tokens per second."""
-        return self._calls_per_hour / 3600.0
+        return self._calls_per_hour / HOUR
 
     def tokens(self, now: float) -> float:
         self._refill(now)
@@ -80,15 +101,12 @@ class TokenBucket:
     def try_take(self, now: float, keep: float = 0.0) -> float:
         """Take one token, leaving at least `keep` in the bucket: 0.0 when taken, else the
         seconds until one can be (nothing taken)."""
-        if self._paused_until is not None:
-            if now < self._paused_until:
-                return self._paused_until - now
-            self._paused_until = None
-        self._refill(now)
-        if self._tokens >= 1.0 + keep - _EPSILON:
-            self._tokens = max(0.0, self._tokens - 1.0)
-            return 0.0
-        return max((1.0 + keep - self._tokens) / self.rate, _EPSILON)
+        wait = self.time_until_token(now, keep)
+        if wait > 0:
+            return wait
+        self._paused_until = None
+        self._tokens = max(0.0, self._tokens - 1.0)
+        return 0.0
 
     def time_until_token(self, now: float, keep: float = 0.0) -> float:
         """What `try_take(now, keep)` would answer, without taking anything."""
@@ -123,9 +141,14 @@ class TokenBucket:
         if math.isinf(self._calls_per_hour):
             self._tokens = math.inf
         elif math.isinf(self._tokens):
-            self._tokens = self.capacity  # from unlimited to limited: start full
+            self._tokens = self._start_level(START_SECONDS)  # from unlimited to limited: start over
         else:
             self._tokens = min(self._tokens, self.capacity)
+
+    def _start_level(self, seconds: float) -> float:
+        if math.isinf(self._calls_per_hour):
+            return math.inf
+        return min(self.capacity, max(1.0, self.rate * seconds))
 
     def _refill(self, now: float) -> None:
         if self._updated is None:
@@ -156,12 +179,100 @@ class _Waiter:
         return (self.priority, self.seq)
 
 
+@dataclass(frozen=True)
+class Grant:
+    """Who may take a token now (`waiter` set, `floor` when through the floor), or how long until
+    anyone may (`wait`)."""
+
+    waiter: _Waiter | None
+    floor: bool = False
+    wait: float = 0.0
+
+
+class BudgetPolicy:
+    """The pure decision: which waiter takes the next token, on an explicit clock.
+
+    The main bucket is RapidPro's budget; the floor bucket earns `floor_share` of its rate and
+    lets the first non-send waiter take a main token when the queue order or the send reserve
+    would hold it back. Every token taken comes out of the main bucket, so together the callers
+    never exceed the budget.
+    """
+
+    def __init__(self, calls_per_hour: float, *, send_reserve_seconds: float = SEND_RESERVE_SECONDS,
+                 floor_share: float = FLOOR_SHARE, start_seconds: float = START_SECONDS) -> None:
+        if not 0.0 <= floor_share < 1.0:
+            raise ValueError(f"floor_share must be in [0, 1), not {floor_share!r}")
+        if send_reserve_seconds < 0:
+            raise ValueError(f"send_reserve_seconds must be >= 0, not {send_reserve_seconds!r}")
+        self.main = TokenBucket(calls_per_hour, start_seconds=start_seconds)
+        self._floor_share = floor_share
+        self._floor = TokenBucket(self._floor_rate(calls_per_hour), burst_seconds=FLOOR_BURST_SECONDS,
+                                  start_seconds=FLOOR_BURST_SECONDS) if floor_share > 0 else None
+        self._send_reserve_seconds = send_reserve_seconds
+
+    def _floor_rate(self, calls_per_hour: float) -> float:
+        return calls_per_hour * self._floor_share
+
+    def set_calls_per_hour(self, calls_per_hour: float, now: float) -> None:
+        self.main.set_calls_per_hour(calls_per_hour, now)
+        if self._floor is not None:
+            self._floor.set_calls_per_hour(self._floor_rate(calls_per_hour), now)
+
+    def keep(self, priority: int) -> float:
+        """Tokens a caller of `priority` must leave in the main bucket: the send reserve for
+        status tracking and reconciliation; nothing for sends and in-doubt lookups."""
+        if priority <= Priority.IN_DOUBT or math.isinf(self.main.calls_per_hour):
+            return 0.0
+        return min(self.main.rate * self._send_reserve_seconds, max(self.main.capacity - 1.0, 0.0))
+
+    def _floor_wait(self, now: float) -> float:
+        if self._floor is None or math.isinf(self.main.calls_per_hour):
+            return math.inf
+        return max(self.main.time_until_token(now), self._floor.time_until_token(now))
+
+    def time_until_token(self, priority: int, now: float) -> float:
+        """Seconds until a caller of `priority` could take a token, ignoring other waiters."""
+        normal = self.main.time_until_token(now, self.keep(priority))
+        if priority <= Priority.SEND:
+            return normal
+        return min(normal, self._floor_wait(now))
+
+    def choose(self, queue: list[_Waiter], now: float) -> Grant:
+        """`queue` sorted by (priority, arrival). Takes nothing: `take` does, for the grant."""
+        if not queue:
+            return Grant(None, wait=math.inf)
+        head = queue[0]
+        other = next((w for w in queue if w.priority > Priority.SEND), None)
+        floor_ready = other is not None and self._floor_wait(now) <= 0
+        head_wait = self.main.time_until_token(now, self.keep(head.priority))
+        if head_wait <= 0:
+            # The head goes, unless it is a send that would leave no token for a waiting caller
+            # the floor is owed to (the floor must hold under sustained sending too).
+            if head.priority <= Priority.SEND and floor_ready and other is not None \
+                    and self.main.tokens(now) < 2.0 + self.keep(other.priority) - _EPSILON:
+                return Grant(other, floor=True)
+            return Grant(head)
+        if floor_ready:
+            return Grant(other, floor=True)
+        wait = head_wait
+        if other is not None:
+            wait = min(wait, self._floor_wait(now))
+        return Grant(None, wait=wait)
+
+    def take(self, grant: Grant, now: float) -> None:
+        assert grant.waiter is not None
+        taken = self.main.try_take(now, 0.0 if grant.floor else self.keep(grant.waiter.priority))
+        assert taken == 0.0, "a granted token must be there"
+        if grant.floor and self._floor is not None:
+            self._floor.try_take(now)
+
+
 class RateBudget:
     """The process-wide RapidPro call budget (async; see the module docstring).
 
-    Only the first waiter in (priority, arrival) order watches the bucket: it sleeps until the
-    next token is due, takes it, and hands over to the next waiter. The others sleep on their own
-    event until they are first. A newcomer that outranks the first waiter simply becomes first.
+    The first waiter in (priority, arrival) order keeps the timer: it sleeps until the next grant
+    is due. Whoever runs the decision wakes the waiter it grants; the others sleep on their own
+    event. A newcomer that outranks the first waiter simply becomes first.
     """
 
     def __init__(
@@ -170,15 +281,14 @@ class RateBudget:
         *,
         clock: Clock = time.monotonic,
         throttle_backoff: Backoff | None = None,
-        send_reserve: float = 0.0,
+        send_reserve_seconds: float = SEND_RESERVE_SECONDS,
+        floor_share: float = FLOOR_SHARE,
+        start_seconds: float = START_SECONDS,
     ) -> None:
-        """`send_reserve`: the share of the hourly budget only sends may use, so a burst of sends
-        never finds the bucket emptied by status tracking or reconciliation."""
-        if not 0.0 <= send_reserve < 1.0:
-            raise ValueError(f"send_reserve must be in [0, 1), not {send_reserve!r}")
         self._clock = clock
-        self._bucket = TokenBucket(calls_per_hour)
-        self._send_reserve = send_reserve
+        self._policy = BudgetPolicy(calls_per_hour, send_reserve_seconds=send_reserve_seconds,
+                                    floor_share=floor_share, start_seconds=start_seconds)
+        self._bucket = self._policy.main
         # For 429s without Retry-After: grows per 429, back to its base after a call gets through.
         self._backoff = throttle_backoff or Backoff(base=2.0, cap=60.0)
         self._queue: list[_Waiter] = []  # sorted by (priority, seq)
@@ -192,7 +302,7 @@ class RateBudget:
 
     @calls_per_hour.setter
     def calls_per_hour(self, value: float) -> None:
-        self._bucket.set_calls_per_hour(value, self._clock())
+        self._policy.set_calls_per_hour(value, self._clock())
         self.wake()
 
     @property
@@ -215,12 +325,7 @@ class RateBudget:
 
     def next_token_in(self, priority: Priority = Priority.SEND) -> float:
         """Seconds until a token is free for `priority` (ignoring callers already waiting)."""
-        return self._bucket.time_until_token(self._clock(), self._keep(priority))
-
-    def _keep(self, priority: int) -> float:
-        if priority <= Priority.SEND or self._send_reserve <= 0 or math.isinf(self._bucket.calls_per_hour):
-            return 0.0
-        return self._send_reserve * self._bucket.capacity
+        return self._policy.time_until_token(priority, self._clock())
 
     # ------------------------------------------------------------------ taking tokens
 
@@ -230,20 +335,23 @@ class RateBudget:
         bisect.insort(self._queue, waiter, key=lambda w: w.key)
         try:
             while True:
-                if self._queue[0] is waiter:
-                    wait = self._bucket.try_take(self._clock(), self._keep(waiter.priority))
-                    if wait <= 0:
-                        return
-                    # Sleep until the token is due, unless woken earlier (budget changed, a
-                    # higher-priority caller arrived and we must re-check our place, ...).
-                    waiter.wake.clear()
+                now = self._clock()
+                grant = self._policy.choose(self._queue, now)
+                if grant.waiter is waiter:
+                    self._policy.take(grant, now)
+                    return
+                waiter.wake.clear()
+                if grant.waiter is not None:
+                    grant.waiter.wake.set()  # it takes its token when it runs
+                if self._queue[0] is waiter and grant.waiter is None:
+                    # Sleep until a grant is due, unless woken earlier (budget changed, a
+                    # caller arrived or left, ...).
                     try:
-                        async with asyncio.timeout(wait):
+                        async with asyncio.timeout(grant.wait if math.isfinite(grant.wait) else None):
                             await waiter.wake.wait()
                     except TimeoutError:
                         pass
                 else:
-                    waiter.wake.clear()
                     await waiter.wake.wait()
         finally:
             # Runs on success, cancellation and errors alike: no stale waiter blocks the queue.
