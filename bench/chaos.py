@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/chaos.py [--duration 180] [--workers 1] [--out-rate 2] [--in-rate 2]
                                     [--seed N] [--log-dir DIR] [--lease-ttl 15]
+                                    [--status-interval 5] [--no-final-throttle]
                                     [--couch-restart-cmd 'CMD']
 
 Everything stays on 127.0.0.1. It starts the CouchDB-protocol test server (or uses the Apache
@@ -13,13 +14,21 @@ at random moments it:
 
 - kills a worker with SIGKILL, or stops it with SIGTERM (timing the exit), and restarts it
   (with several workers, the lease holder half of the time);
-- makes RapidPro answer 500, hang, or 429 (with Retry-After) to every call for a few seconds;
+- makes RapidPro answer 500, hang, or 429 (half the time with Retry-After, half without) to
+  every call for a few seconds; and, unless `--no-final-throttle`, one more 429 window in the
+  last seconds of the load, so the run ends right after RapidPro throttled;
 - with `--couch-restart-cmd`, restarts CouchDB by running that shell command (for instance one
   that stops and starts the Apache CouchDB behind TEST_COUCH_URL; the data must survive it).
+
+RapidPro's messages move queued -> wired -> sent -> delivered, a step per status query, so
+status tracking (every `--status-interval` s) has something to learn throughout.
 
 Then the faults stop, the load stops, the run settles (bounded by `--settle`), the workers get
 SIGTERM and it prints:
 
+- settled: whether every send was final or resolved (in doubt = 0) within `IN_DOUBT_CHECK_AFTER`
+  + 60 s of the faults stopping, and every task `delivered` within 6 status intervals of the
+  last broadcast (the statuses a stalled status tracking would leave behind);
 - outgoing: sent once / double / lost / in doubt (each message's broadcasts at the fake RapidPro
   and its CHT task state; a claim cut off by a kill is in doubt until in-doubt resolution, run
   here `IN_DOUBT_CHECK_AFTER` = 10 s after the claim, settles it);
@@ -35,7 +44,8 @@ SIGTERM and it prints:
   time two workers believed they were active at once.
 
 The exit status is 1 when a hard promise broke (a double send, a lost message, an incoming SMS
-missing or stored twice). Wall-clock figures depend on the machine: say how busy it was.
+missing or stored twice) or the run did not settle. Wall-clock figures depend on the machine:
+say how busy it was.
 
 The pieces (`CouchTarget`, `WorkerProcess`, `Workers`, `OutgoingLoad`, `IncomingLoad`,
 `FaultInjector`, `report`) are meant to be reused, e.g. with several workers on one CHT.
@@ -82,6 +92,7 @@ from worker.webhook import V2_PATH  # noqa: E402
 
 INCOMING_KEY = "chaos-incoming-key"
 SHUTDOWN_TIMEOUT = 3.0
+IN_DOUBT_CHECK_AFTER = 10.0
 
 
 def free_port() -> int:
@@ -406,7 +417,7 @@ class IncomingLoad:
 
 @dataclass
 class FaultWindow:
-    kind: str  # "error" | "hang" | "throttle"
+    kind: str  # "error" | "hang" | "throttle" | "throttle without Retry-After"
     began: float
     ended: float
 
@@ -426,6 +437,7 @@ class FaultInjector:
         self.couch_restarts: list[float] = []  # seconds each restart command took
         self.windows: list[FaultWindow] = []
         self.counts: Counter[str] = Counter()
+        self._one_at_a_time = asyncio.Lock()
 
     async def run(self, stop: asyncio.Event) -> None:
         actions = list(self.ACTIONS) + ([("couch_restart", 2)] if self.couch_restart_cmd else [])
@@ -439,13 +451,24 @@ class FaultInjector:
             except TimeoutError:
                 pass
             action = self.rng.choices(names, weights)[0]
-            self.counts[action] += 1
-            if action in ("kill9", "sigterm"):
-                await self._restart(action)
-            elif action == "couch_restart":
-                await self._restart_couch()
-            else:
-                await self._outage(action)
+            async with self._one_at_a_time:
+                if stop.is_set():
+                    return
+                self.counts[action] += 1
+                if action in ("kill9", "sigterm"):
+                    await self._restart(action)
+                elif action == "couch_restart":
+                    await self._restart_couch()
+                else:
+                    await self._outage(action)
+
+    async def final_throttle(self, at: float) -> None:
+        """A 429 window in the last seconds of the load (at `at`, time.monotonic()), with or
+        without Retry-After as the seed says: the run ends right after RapidPro throttled."""
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        async with self._one_at_a_time:
+            self.counts["final throttle"] += 1
+            await self._outage("throttle")
 
     async def _restart(self, how: str) -> None:
         candidates = [w for w in self.workers.all if w.running]
@@ -480,12 +503,16 @@ class FaultInjector:
     async def _outage(self, kind: str) -> None:
         length = self.rng.uniform(1.0, 5.0)
         self.fake.outage_retry_after = self.rng.randint(1, 3)
+        # RapidPro sometimes throttles without a Retry-After header: the worker backs off alone.
+        self.fake.retry_after_header = kind != "throttle" or self.rng.random() < 0.5
+        label = kind if self.fake.retry_after_header else f"{kind} without Retry-After"
         self.fake.outage = kind
         began = time.monotonic()
-        log(f"RapidPro: {kind} for {length:.1f} s")
+        log(f"RapidPro: {label} for {length:.1f} s")
         await asyncio.sleep(length)
         self.fake.outage = None
-        self.windows.append(FaultWindow(kind, began, time.monotonic()))
+        self.fake.retry_after_header = True
+        self.windows.append(FaultWindow(label, began, time.monotonic()))
 
 
 # ---------------------------------------------------------------------------- report
@@ -551,7 +578,7 @@ def lease_gaps(active: list[tuple[str, float, float]], window: tuple[float, floa
 
 
 def report(couch: CouchTarget, fake: FakeRapidPro, outgoing: OutgoingLoad, incoming: IncomingLoad,
-           faults: FaultInjector, lifecycle: Lifecycle, args: argparse.Namespace) -> bool:
+           faults: FaultInjector, lifecycle: Lifecycle, args: argparse.Namespace, settling: Settling) -> bool:
     """Prints the figures; True when every hard promise held."""
     ids = sorted(outgoing.written)
     docs = couch.bulk_get(ids)
@@ -606,7 +633,8 @@ def report(couch: CouchTarget, fake: FakeRapidPro, outgoing: OutgoingLoad, incom
               f"{min(faults.couch_restarts):.1f}-{max(faults.couch_restarts):.1f} s")
     print(f"worker error-level events: {dict(lifecycle.errors) or 'none'}"
           f"{f'; {lifecycle.stray_lines} non-JSON lines' if lifecycle.stray_lines else ''}")
-    ok = not broken and not twice and not missing
+    settled = report_settling(settling, fake, in_doubt, args)
+    ok = not broken and not twice and not missing and settled
     if broken:
         print(f"BROKEN outgoing: {broken[:20]}")
     if missing:
@@ -614,23 +642,69 @@ def report(couch: CouchTarget, fake: FakeRapidPro, outgoing: OutgoingLoad, incom
     return ok
 
 
+def report_settling(settling: Settling, fake: FakeRapidPro, in_doubt: int, args: argparse.Namespace) -> bool:
+    """The settle line; True when sends and statuses settled within their targets."""
+    sends_target = IN_DOUBT_CHECK_AFTER + 60.0
+    last_broadcast = max((b.time for b in fake.broadcasts), default=settling.faults_stopped)
+    statuses_target = 6 * args.status_interval
+    sends_s = None if settling.sends_final_at is None else settling.sends_final_at - settling.faults_stopped
+    statuses_s = None if settling.statuses_final_at is None else \
+        max(0.0, settling.statuses_final_at - max(last_broadcast, settling.faults_stopped))
+    unsettled = sum(settling.unsettled.values())
+
+    def seconds(value: float | None) -> str:
+        return "never" if value is None else f"{value:.1f} s"
+
+    sends_ok = sends_s is not None and sends_s <= sends_target and in_doubt == 0
+    statuses_ok = statuses_s is not None and statuses_s <= statuses_target and unsettled == 0
+    print(f"settled: in_doubt={in_doubt} unsettled={unsettled}"
+          f"{f' {dict(settling.unsettled)}' if unsettled else ''}; sends final "
+          f"{seconds(sends_s)} after the faults stopped (target <= {sends_target:.0f} s: "
+          f"{'met' if sends_ok else 'NOT MET'}); every status delivered {seconds(statuses_s)} after the "
+          f"last broadcast (target <= {statuses_target:.0f} s, 6 status intervals: "
+          f"{'met' if statuses_ok else 'NOT MET'})")
+    return sends_ok and statuses_ok
+
+
 # ---------------------------------------------------------------------------- the run
 
 
-async def settle(couch: CouchTarget, outgoing: OutgoingLoad, incoming: IncomingLoad, timeout: float) -> None:
-    """Until no outgoing message is pending and every incoming one was answered 200, or timeout."""
+@dataclass
+class Settling:
+    """When, after the faults stopped (time.monotonic()), each part of the run was settled."""
+
+    faults_stopped: float
+    sends_final_at: float | None = None  # nothing pending or in doubt
+    statuses_final_at: float | None = None  # every task delivered
+    unsettled: Counter[str] = field(default_factory=Counter)  # task states left at the end
+
+
+async def settle(couch: CouchTarget, outgoing: OutgoingLoad, incoming: IncomingLoad, timeout: float,
+                 faults_stopped: float) -> Settling:
+    """Until every send is final and delivered and every incoming SMS was answered 200, or timeout."""
+    result = Settling(faults_stopped)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         docs = await asyncio.to_thread(couch.bulk_get, sorted(outgoing.written))
-        # Pending, or in doubt (in-doubt resolution settles those within about a minute).
-        pending = sum(1 for d in docs.values()
-                      if d["tasks"][0].get("state") in ("pending", "forwarded-to-gateway"))
+        states = Counter(str(d["tasks"][0].get("state")) for d in docs.values())
+        now = time.monotonic()
+        # Pending, or in doubt (in-doubt resolution settles those within IN_DOUBT_CHECK_AFTER + 60 s).
+        pending = states["pending"] + states["forwarded-to-gateway"]
+        if not pending and result.sends_final_at is None:
+            result.sends_final_at = now
+        not_delivered = sum(count for state, count in states.items() if state != "delivered")
+        if not not_delivered and result.statuses_final_at is None:
+            result.statuses_final_at = now
         unanswered = len(incoming.ids) - len(incoming.answered)
-        if not pending and not unanswered:
-            return
-        log(f"settling: {pending} outgoing pending or in doubt, {unanswered} incoming not yet answered")
+        result.unsettled = Counter({s: c for s, c in states.items() if s != "delivered"})
+        if not not_delivered and not unanswered:
+            return result
+        if now >= deadline:
+            log("settle timeout reached")
+            return result
+        log(f"settling: {pending} outgoing pending or in doubt, {not_delivered} not yet delivered, "
+            f"{unanswered} incoming not yet answered")
         await asyncio.sleep(2)
-    log("settle timeout reached")
 
 
 async def run(args: argparse.Namespace) -> bool:
@@ -640,6 +714,8 @@ async def run(args: argparse.Namespace) -> bool:
     couch = CouchTarget()
     fake = FakeRapidPro()
     fake.rate_limit = args.calls_per_hour
+    # A step per status query, so status tracking has something to learn all along.
+    fake.default_status_script = ["wired", "sent", "delivered"]
     await fake.start()
     workers: Workers | None = None
     try:
@@ -648,7 +724,8 @@ async def run(args: argparse.Namespace) -> bool:
                "RAPIDPRO_INCOMING_KEY": INCOMING_KEY, "LOG_LEVEL": "info",
                "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT), "RAPIDPRO_TIMEOUT": "5", "COUCH_TIMEOUT": "5",
                "SWEEP_INTERVAL": "10", "CHECKPOINT_INTERVAL": "1",
-               "IN_DOUBT_CHECK_AFTER": "10", "CONCURRENCY": str(args.concurrency),
+               "IN_DOUBT_CHECK_AFTER": str(IN_DOUBT_CHECK_AFTER), "CONCURRENCY": str(args.concurrency),
+               "STATUS_POLL_INTERVAL": str(args.status_interval),
                "RAPIDPRO_CALLS_PER_HOUR": str(args.calls_per_hour), "LEASE_TTL": str(args.lease_ttl)}
         workers = Workers(args.workers, env, log_dir)
         await workers.start_all()
@@ -665,21 +742,25 @@ async def run(args: argparse.Namespace) -> bool:
         tasks = [asyncio.create_task(outgoing.run(stop_load)),
                  asyncio.create_task(incoming.run(stop_load, give_up)),
                  asyncio.create_task(faults.run(stop_load))]
+        if args.final_throttle:
+            # Begins 2-6 s before the load ends (the window lasts 1-5 s).
+            final_at = time.monotonic() + args.duration - faults.rng.uniform(2.0, 6.0)
+            tasks.append(asyncio.create_task(faults.final_throttle(final_at)))
         await asyncio.sleep(args.duration)
         workers.lifecycle.window = (load_began, time.time())
         stop_load.set()
+        await asyncio.gather(*tasks[2:])  # a restart or the final 429 window in progress completes
         fake.outage = None
-        await tasks[2]  # a restart in progress completes
         for worker in workers.all:
             if not worker.running:
                 await worker.start()
                 await worker.wait_started()
         log("load and faults stopped; settling")
-        await settle(couch, outgoing, incoming, args.settle)
+        settling = await settle(couch, outgoing, incoming, args.settle, time.monotonic())
         give_up.set()
         await asyncio.gather(*tasks)
         await workers.stop_all()
-        return report(couch, fake, outgoing, incoming, faults, workers.lifecycle, args)
+        return report(couch, fake, outgoing, incoming, faults, workers.lifecycle, args, settling)
     finally:
         if workers is not None:
             await workers.kill_all()
@@ -692,7 +773,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=180.0, help="seconds of load and faults")
-    parser.add_argument("--settle", type=float, default=120.0, help="at most this long to settle after")
+    parser.add_argument("--settle", type=float, default=180.0, help="at most this long to settle after")
+    parser.add_argument("--status-interval", type=float, default=5.0,
+                        help="the workers' STATUS_POLL_INTERVAL")
+    parser.add_argument("--no-final-throttle", dest="final_throttle", action="store_false",
+                        help="no 429 window in the last seconds of the load")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out-rate", type=float, default=2.0, help="outgoing messages per second")
     parser.add_argument("--in-rate", type=float, default=2.0, help="incoming SMS per second")

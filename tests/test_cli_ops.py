@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
 from tests.support.daemon import child_env
 from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
@@ -54,7 +57,15 @@ def lines_of(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, s
 @pytest.fixture
 def base_env(medic_db: MedicDb, fake_rapidpro: FakeRapidPro) -> dict[str, str]:
     put_settings(medic_db.url, rapidpro_settings(fake_rapidpro.url))
-    return {"COUCH_URL": medic_db.url, "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN, "RAPIDPRO_INCOMING_KEY": KEY}
+    # A listener port nobody uses: `check` also asks a daemon running there.
+    return {"COUCH_URL": medic_db.url, "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN, "RAPIDPRO_INCOMING_KEY": KEY,
+            "LISTEN_PORT": str(unused_port())}
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------- check
@@ -64,8 +75,9 @@ async def test_check_passes_and_writes_nothing(base_env, medic_db, fake_rapidpro
     checks = lines_of(result)
     assert {level for level, _ in checks.values()} == {"ok"}, result.stdout
     for name in ("config", "couchdb", "medic", "vault", "worker_db", "settings", "forms", "token",
-                 "incoming_key", "outgoing", "rapidpro", "double_sender"):
+                 "incoming_key", "outgoing", "rapidpro", "daemon", "double_sender"):
         assert name in checks, name
+    assert "no daemon answers" in checks["daemon"][1]
     assert "created at start" in checks["worker_db"][1]
     assert "Fake workspace" in checks["rapidpro"][1]
     # Read-only: one GET to RapidPro, no POST; the worker db was not created.
@@ -285,3 +297,24 @@ async def test_check_reports_the_rights_a_non_admin_user_lacks(base_env, medic_d
         status, current = await asyncio.to_thread(couch_request, "GET", user_url)
         if status == 200:
             await asyncio.to_thread(couch_request, "DELETE", f"{user_url}?rev={current['_rev']}")
+
+
+async def test_check_warns_when_the_running_daemon_has_a_stalled_job(base_env, medic_db, fake_rapidpro,
+                                                                    in_process_workers, tmp_path):
+    tracked = {"_id": "tracked", "type": "data_record", "tasks": [{
+        "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": 12,
+        "messages": [{"uuid": "m-tracked", "to": "+254700000009", "message": "x"}],
+        "state_history": [{"state": "received-by-gateway", "timestamp": iso_ago(60)}]}]}
+    status, body = await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/tracked", tracked)
+    assert status == 201, body
+    fake_rapidpro.fail_next(10**6, path="/api/v2/messages.json")  # status rounds never complete
+    worker = await in_process_workers.start({**base_env, "LISTEN_PORT": "0", "STATUS_POLL_INTERVAL": "0.2"})
+    assert worker.http is not None
+    await eventually(lambda: worker.status.progress.stalled(time.time()), 15)
+    result = await acli("check", env={**base_env, "LISTEN_PORT": str(worker.http.port)}, cwd=tmp_path)
+    checks = lines_of(result)
+    assert result.returncode == 0, result.stdout  # a warning, not a problem
+    assert checks["daemon"] == ("ok", f"answers at http://127.0.0.1:{worker.http.port} (active)")
+    level, detail = checks["status_tracking"]
+    assert level == "warning" and "no run completed" in detail and "stale" in detail
+    assert "in_doubt" not in checks

@@ -217,3 +217,40 @@ async def test_alert_rules_parse_and_name_only_metrics_the_worker_exports(medic_
     assert names, "no metric named"
     for name in names:
         assert re.sub(r"_(total|bucket|count|sum)$", "", name) in exported, name
+
+
+async def test_a_status_tracking_stall_shows_in_healthz_and_metrics_and_clears(
+        medic_db, fake_rapidpro, http, in_process_workers):
+    await asyncio.to_thread(put_settings, medic_db.url, settings_for(fake_rapidpro.url))
+    async with RapidProClient(RateBudget(3600)) as client:
+        earlier = await client.send_broadcast(fake_rapidpro.url, DEFAULT_TOKEN, "tel:+254700000009", "x")
+    tracked = {"_id": "tracked", "type": "data_record", "tasks": [{
+        "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": earlier.id,
+        "messages": [{"uuid": str(uuidlib.uuid4()), "to": "+254700000009", "message": "x"}],
+        "state_history": [{"state": "received-by-gateway", "timestamp": iso_ago(60)}]}]}
+    status, body = await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/tracked", tracked)
+    assert status in (201, 202), body
+    # RapidPro answers every status question with a 500: rounds never complete, nothing crashes.
+    fault = fake_rapidpro.fail_next(10**6, path="/api/v2/messages.json")
+    worker = await start(in_process_workers, medic_db.url, STATUS_POLL_INTERVAL="0.3")
+    assert worker.http is not None
+    metrics = Scraper(http, f"http://127.0.0.1:{worker.http.port}")
+
+    async def healthz() -> dict[str, Any]:
+        async with http.get(f"http://127.0.0.1:{worker.http.port}/healthz") as response:
+            return await response.json()
+
+    async def stalled() -> bool:
+        return (await healthz())["status_tracking"]["progress"]["stalled"]
+
+    assert await eventually(stalled, timeout=15)
+    progress = (await healthz())["status_tracking"]["progress"]
+    assert progress["age_s"] > progress["stall_after_s"] == pytest.approx(0.9)
+    assert await metrics.value("cht_rapidpro_stalled", part="status_tracking") == 1
+    assert await metrics.value("cht_rapidpro_stalled", part="in_doubt") == 0
+    assert (await metrics.value("cht_rapidpro_progress_age_seconds", part="status_tracking") or 0) >= 0.9
+
+    fake_rapidpro.faults.remove(fault)  # RapidPro answers again: the next round completes
+    assert await eventually(lambda: _equals(metrics.value("cht_rapidpro_stalled", part="status_tracking"), 0),
+                            timeout=15)
+    assert (await healthz())["status_tracking"]["progress"]["last_completed_at"] is not None

@@ -32,6 +32,28 @@ def _sending(health: dict[str, Any]) -> str:
     return text
 
 
+STALL_TEXT = {
+    "status_tracking": ("status tracking", "CHT shows stale message states"),
+    "in_doubt": ("in-doubt lookups", "sends in doubt stay in doubt"),
+}
+
+
+def _progress_parts(health: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {"status_tracking": (health.get("status_tracking") or {}).get("progress") or {},
+            "in_doubt": (health.get("outgoing") or {}).get("in_doubt_lookups") or {}}
+
+
+def stalls(health: dict[str, Any]) -> dict[str, str]:
+    """{part: a sentence} for each periodic job that has not completed a run for too long."""
+    found = {}
+    for part, progress in _progress_parts(health).items():
+        if progress.get("stalled"):
+            name, effect = STALL_TEXT[part]
+            found[part] = (f"{name}: no run completed for {progress.get('age_s')} s (more than "
+                           f"{progress.get('stall_after_s')} s): {effect}")
+    return found
+
+
 def status_line(health: dict[str, Any]) -> str:
     """e.g. `feed caught up; sending; 3 parked` (systemd shows it in `systemctl status`)."""
     if health.get("role") == "standby":  # another worker is active (see the lease)
@@ -40,6 +62,7 @@ def status_line(health: dict[str, Any]) -> str:
     parked = health.get("parked_total")
     if parked:
         parts.append(f"{parked} parked")
+    parts.extend(f"{STALL_TEXT[part][0]} stalled" for part in stalls(health))
     return "; ".join(parts)[:200]
 
 
@@ -68,4 +91,5 @@ def summary(health: dict[str, Any]) -> str:
         + (f", last error: {tracking['last_error']}" if tracking.get("last_error") else ""),
         "incoming:    " + (", ".join(f"{k} {v}" for k, v in incoming.items() if v) or "none yet"),
     ]
+    lines.extend(f"STALLED:     {sentence}" for sentence in stalls(health).values())
     return "\n".join(lines)

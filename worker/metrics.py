@@ -133,6 +133,21 @@ class _HealthCollector(Collector):
         yield _gauge("status_tracked", "Sent messages followed until a final state.",
                      tracking.get("tracked", 0))
         yield _gauge("status_due", "Tracked messages due to be asked about.", tracking.get("due", 0))
+        # A job that keeps retrying without getting through (429s, a short budget) logs no error.
+        progress = {"status_tracking": tracking.get("progress") or {},
+                    "in_doubt": outgoing.get("in_doubt_lookups") or {}}
+        age = GaugeMetricFamily(PREFIX + "progress_age_seconds", "Seconds since the periodic job last "
+                                "completed a run (status tracking: a round; in_doubt: a round that looked "
+                                "up every due send). Absent while the job does not run (a standby).",
+                                labels=["part"])
+        stalled = GaugeMetricFamily(PREFIX + "stalled", "1 when the job has not completed a run for a few "
+                                    "of its intervals (see /healthz stall_after_s).", labels=["part"])
+        for part, state in progress.items():
+            if state.get("age_s") is not None:
+                age.add_metric([part], float(state["age_s"]))
+            stalled.add_metric([part], 1.0 if state.get("stalled") else 0.0)
+        yield age
+        yield stalled
 
         webhook = CounterMetricFamily(PREFIX + "webhook_requests", "Incoming-SMS webhook requests by "
                                       "outcome.", labels=["outcome"])

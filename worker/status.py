@@ -64,6 +64,7 @@ from transitions.timestamps import cht_time, parse_time, rapidpro_time
 from worker.couch import CouchError, Database
 from worker.ledger import Ledger
 from worker.logs import get_logger
+from worker.progress import Progress
 from worker.rapidpro import RapidProClient, RapidProError, RateLimited
 from worker.ratelimit import Priority
 
@@ -73,6 +74,7 @@ VIEW_DDOC, VIEW_NAME = "medic-sms", "gateway_messages_by_state"
 MAX_CONFLICT_RETRIES = 5
 _DOC_BATCH = 200  # docs per all_docs / _bulk_docs request
 _FLUSH_AT = 200  # write as soon as this many updates wait
+STALL_ROUNDS = 3  # intervals without a completed round that make a stall
 # Messages remembered as past the horizon or unknown to RapidPro (so the view's rows for them are
 # not re-read every round). Pruned to what the view still lists; this caps it beyond that.
 _MAX_REMEMBERED = 100_000
@@ -199,6 +201,8 @@ class StatusTracker:
         self._wake = asyncio.Event()
         self._short_since: float | None = None  # the budget has been short since
         self.stats = StatusStats()
+        # A few intervals without a completed round is a stall (/healthz, metrics, `check`).
+        self.progress = Progress(stall_after=STALL_ROUNDS * self.policy.interval)
         # Called with how long after RapidPro's change a new state was learned (metrics).
         self.on_state_learned: Callable[[float], None] | None = None
 
@@ -213,7 +217,7 @@ class StatusTracker:
     def health(self) -> dict[str, Any]:
         return {**asdict(self.stats), "due": self.due_count(), "unwritten": len(self._unwritten),
                 "remembered": {"past_horizon": len(self._expired), "unknown_to_rapidpro": len(self._missing)},
-                "freshness": self.freshness()}
+                "freshness": self.freshness(), "progress": self.progress.health(self._clock())}
 
     def freshness(self) -> dict[str, Any]:
         """Per tier: messages followed, and those whose check is late by more than the tier's
@@ -249,10 +253,19 @@ class StatusTracker:
     async def run(self, interval: float) -> None:
         """A round on every point of the `interval` grid (sooner after a 429 pause ends, at once on
         a rescan), so checks scheduled a whole number of intervals ahead fall due in a round."""
+        self.progress.started(self._clock())
+        try:
+            await self._run_rounds(interval)
+        finally:
+            self.progress.stopped()
+
+    async def _run_rounds(self, interval: float) -> None:
         while True:
             wait: float | None = None
             try:
                 result = await self.run_round()
+                if result.finished:  # a round with nothing to do, or not in charge, counts too
+                    self.progress.completed(self._clock())
                 if result.retry_in is not None:
                     wait = min(interval, max(result.retry_in, 0.1))
             except (CouchError, RapidProError) as exc:

@@ -19,7 +19,9 @@ from config.env import Config, ConfigError, load_config, read_environment
 from config.settings import SETTINGS_DOC_ID, Settings, SettingsError, parse_settings
 from transitions.dispatch import double_sender_risk, not_sending_reason
 from worker.commands import Command
+from worker.commands.local import DaemonProblem, call, daemon_url
 from worker.couch import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
+from worker.health_text import stalls
 from worker.logs import configure_logging
 from worker.rapidpro import RapidProClient, RapidProError, RapidProUnauthorized, WrongUrl, user_agent
 from worker.ratelimit import RateBudget
@@ -164,7 +166,10 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
         missing = "no token" if not token else "sms.rapidpro.url is not set"
         report.add(WARNING, "rapidpro", f"not asked: {missing}")
 
-    # 6. Two senders for one CHT.
+    # 6. The daemon, if one runs here: what only it knows.
+    await _check_daemon(config, report)
+
+    # 7. Two senders for one CHT.
     try:
         in_vault = await vault.has("rapidpro:outgoing")
     except CouchError as exc:
@@ -178,6 +183,27 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
                    "OUTGOING_SERVICE_NAME=rapidpro-worker (README, 'Exactly one sender')")
     else:
         report.add(OK, "double_sender", "CHT's built-in RapidPro sender stays off")
+
+
+async def _check_daemon(config: Config, report: Report) -> None:
+    """The running daemon's own view, when one answers at its listener (before the first start
+    none does, which is fine): periodic jobs that keep retrying without getting through."""
+    url = daemon_url(config, None)
+    try:
+        health = await asyncio.to_thread(call, config, None, "GET", "/healthz", expect=200, label="/healthz",
+                                         want_object=True, timeout=5.0)
+    except DaemonProblem as exc:
+        if "does not answer" in str(exc):
+            report.add(OK, "daemon", f"no daemon answers at {url}: its running state was not checked")
+        else:
+            report.add(WARNING, "daemon", str(exc))
+        return
+    report.add(OK, "daemon", f"answers at {url} ({health.get('role')})")
+    found = stalls(health)
+    for part in ("status_tracking", "in_doubt"):
+        if part in found:
+            report.add(WARNING, part, found[part] + "; usually RapidPro's budget (429s, "
+                       "RAPIDPRO_CALLS_PER_HOUR) or RapidPro errors: see the daemon's log")
 
 
 async def _db_state(couch: CouchServer, db: str) -> str:
