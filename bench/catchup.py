@@ -50,7 +50,7 @@ from tests.support.couch_fixtures import (
 from tests.support.couchserver import CouchTestServer
 from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from worker.app import Worker
-from worker.checkpoint import CHECKPOINT_ID
+from worker.feed.checkpoint import CHECKPOINT_ID
 from worker.logs import configure_logging
 
 TARGET_RATIO = 0.8

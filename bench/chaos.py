@@ -88,7 +88,7 @@ from tests.support.couch_fixtures import (  # noqa: E402
 from tests.support.couchserver import CouchTestServer  # noqa: E402
 from tests.support.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN, FakeRapidPro  # noqa: E402
 from transitions.dispatch import IN_DOUBT_DETAILS  # noqa: E402
-from worker.webhook import V2_PATH  # noqa: E402
+from worker.incoming.webhook import V2_PATH  # noqa: E402
 
 INCOMING_KEY = "chaos-incoming-key"
 SHUTDOWN_TIMEOUT = 3.0

@@ -44,10 +44,10 @@ from tests.support.couch_fixtures import (  # noqa: E402
 )
 from tests.support.couchserver import CouchTestServer  # noqa: E402
 from transitions.incoming import doc_id_for  # noqa: E402
-from worker.couch import CouchServer  # noqa: E402
+from worker.couch.client import CouchServer  # noqa: E402
+from worker.incoming.webhook import V2_PATH, IncomingWebhook  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
-from worker.vault import Credential  # noqa: E402
-from worker.webhook import V2_PATH, IncomingWebhook  # noqa: E402
+from worker.rapidpro.credentials import Credential  # noqa: E402
 
 KEY = "bench-incoming-key"
 

@@ -57,11 +57,11 @@ from tests.support.couchserver import CouchTestServer
 from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro, RecordedBroadcast
 from transitions.status import Policy
 from transitions.timestamps import parse_time
-from worker.couch import CouchServer
+from worker.couch.client import CouchServer
 from worker.logs import configure_logging
-from worker.rapidpro import RapidProClient
-from worker.ratelimit import RateBudget
-from worker.status import StatusTracker
+from worker.rapidpro.budget import RateBudget
+from worker.rapidpro.client import RapidProClient
+from worker.status.tracker import StatusTracker
 
 FINAL = {"delivered", "read", "failed"}
 TIERS = ("fresh", "warm", "old")

@@ -42,8 +42,8 @@ from tests.support.couch_fixtures import (  # noqa: E402
 from tests.support.couchserver import CouchTestServer  # noqa: E402
 from tests.support.http_proxy import CountingProxy  # noqa: E402
 from worker.app import Worker  # noqa: E402
+from worker.incoming.webhook import V2_PATH  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
-from worker.webhook import V2_PATH  # noqa: E402
 
 KEY = "bench-flood-key"
 SECRET = "bench-flood-secret"

@@ -250,7 +250,7 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
     in_doubt_clock_margin = _get(values, "IN_DOUBT_CLOCK_MARGIN", 60.0, float, lambda v: 60 <= v <= 3600,
                                  "must be a number of seconds from 60 to 3600")
 
-    # Several workers on one CHT: the lease (worker/lease.py). A holder stops acting a quarter of
+    # Several workers on one CHT: the lease (worker/lease/keeper.py). A holder stops acting a quarter of
     # the TTL before a standby may take over, so it must get at least two renewals in before that.
     lease_ttl = _get(values, "LEASE_TTL", 15.0, float, lambda v: 1 <= v <= 3600,
                      "must be a number of seconds from 1 to 3600")

@@ -1,4 +1,4 @@
-"""Group-committed writes (worker/bulk.py) keep a PUT's meaning, doc by doc, on a real server."""
+"""Group-committed writes (worker/couch/bulk.py) keep a PUT's meaning, doc by doc, on a real server."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from config.env import parse_couch_url
-from worker.bulk import BulkWriter
-from worker.couch import Conflict, CouchServer, Database
-from worker.ledger import Ledger
+from worker.couch.bulk import BulkWriter
+from worker.couch.client import Conflict, CouchServer, Database
+from worker.outgoing.ledger import Ledger
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, task, wait_
 from transitions.phone import mask_phone
 from transitions.timestamps import cht_time
 from worker.app import Worker
-from worker.ledger import HOSTNAME
+from worker.outgoing.ledger import HOSTNAME
 
 URN = "tel:+254700000001"
 FAST = {"RAPIDPRO_TIMEOUT": "2", "COUCH_TIMEOUT": "3", "IN_DOUBT_CHECK_AFTER": "4"}

@@ -11,11 +11,11 @@ import pytest
 from config.env import parse_couch_url
 from tests.support.waiting import eventually
 from transitions.lease import LEASE_DOC_ID
-from worker.checkpoint import CheckpointFenced, CheckpointStore
-from worker.couch import CouchServer, Database
-from worker.lease import ACTIVE, STANDBY, Fenced, FencedDatabase, LeaseKeeper
-from worker.rapidpro import NotActive, RapidProClient
-from worker.ratelimit import RateBudget
+from worker.couch.client import CouchServer, Database
+from worker.feed.checkpoint import CheckpointFenced, CheckpointStore
+from worker.lease.keeper import ACTIVE, STANDBY, Fenced, FencedDatabase, LeaseKeeper
+from worker.rapidpro.budget import RateBudget
+from worker.rapidpro.client import NotActive, RapidProClient
 
 
 class Clock:

@@ -18,7 +18,7 @@ from tests.support.couch_fixtures import couch_request, create_db, seed_design_d
 from tests.support.couchserver import CouchTestServer
 from tests.support.daemon import Daemon
 from transitions.incoming import doc_id_for
-from worker.webhook import V2_PATH
+from worker.incoming.webhook import V2_PATH
 
 
 def insert_docs(db_url: str, prefix: str, count: int) -> list[str]:

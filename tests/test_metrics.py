@@ -23,9 +23,9 @@ from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from worker.app import Worker
-from worker.metrics import PAUSE_REASONS, pause_reason_label
-from worker.rapidpro import RapidProClient
-from worker.ratelimit import RateBudget
+from worker.http.metrics import PAUSE_REASONS, pause_reason_label
+from worker.rapidpro.budget import RateBudget
+from worker.rapidpro.client import RapidProClient
 
 KEY = "incoming-test-key"
 RULES_FILE = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"

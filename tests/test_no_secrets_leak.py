@@ -21,7 +21,7 @@ from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_
 from tests.support.daemon import Daemon, child_env
 from tests.support.fake_rapidpro import FakeRapidPro
 from tests.support.http_proxy import CountingProxy
-from worker.webhook import V1_PATH, V2_PATH
+from worker.incoming.webhook import V1_PATH, V2_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "tok-9f8e7d6c5b4a39281706"

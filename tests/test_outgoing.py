@@ -57,7 +57,7 @@ async def wait_state(db_url: str, doc_id: str, state: str, kind: str = "tasks", 
 
 def worker_env(medic_db, **env: str) -> dict[str, str]:
     # A budget the tests' bursts never reach: a fresh worker starts with ten seconds of it
-    # (worker/ratelimit.py), and the rate is not what these tests are about.
+    # (worker/rapidpro/budget.py), and the rate is not what these tests are about.
     return {"COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN,
             "CHECKPOINT_INTERVAL": "0.2", "CREDENTIALS_TTL": "0", "RAPIDPRO_TIMEOUT": "2",
             "RAPIDPRO_CALLS_PER_HOUR": "1000000", **env}

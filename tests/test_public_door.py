@@ -17,7 +17,7 @@ from tests.support.http_proxy import CountingProxy
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from worker.app import Worker
-from worker.webhook import V1_PATH, V2_PATH
+from worker.incoming.webhook import V1_PATH, V2_PATH
 
 KEY = "incoming-key-for-the-door"
 SECRET = "vault-secret-for-the-door"

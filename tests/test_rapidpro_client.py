@@ -20,7 +20,8 @@ from aiohttp import web
 
 from tests.support.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN, MESSAGES_PATH, FakeClock, FakeRapidPro
 from worker.backoff import Backoff
-from worker.rapidpro import (
+from worker.rapidpro.budget import Priority, RateBudget
+from worker.rapidpro.client import (
     Broadcast,
     MessageRejected,
     RapidProClient,
@@ -34,7 +35,6 @@ from worker.rapidpro import (
     WorkspaceBlocked,
     WrongUrl,
 )
-from worker.ratelimit import Priority, RateBudget
 
 pytest_plugins = ["tests.support.rapidpro_fixtures"]
 

@@ -20,8 +20,8 @@ from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, worker_env
 from worker.app import Worker
-from worker.rapidpro import RapidProClient
-from worker.ratelimit import RateBudget
+from worker.rapidpro.budget import RateBudget
+from worker.rapidpro.client import RapidProClient
 
 
 def iso(ts: float) -> str:

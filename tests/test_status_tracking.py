@@ -23,11 +23,11 @@ from tests.support.couch_fixtures import MedicDb, create_db
 from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro
 from tests.support.waiting import eventually
 from transitions.status import Policy
-from worker.couch import CouchServer, Database
-from worker.ledger import Ledger
-from worker.rapidpro import RapidProClient
-from worker.ratelimit import Priority, RateBudget
-from worker.status import StatusTracker
+from worker.couch.client import CouchServer, Database
+from worker.outgoing.ledger import Ledger
+from worker.rapidpro.budget import Priority, RateBudget
+from worker.rapidpro.client import RapidProClient
+from worker.status.tracker import StatusTracker
 
 MESSAGES = "/api/v2/messages.json"
 BROADCASTS = "/api/v2/broadcasts.json"

@@ -21,19 +21,19 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-import worker.webhook as webhook_module
+import worker.incoming.webhook as webhook_module
 from config.env import parse_couch_url
 from config.settings import Settings, parse_settings
 from tests.support.couch_fixtures import MedicDb, create_db, load_example_settings, put_settings
 from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.tcp_proxy import TcpProxy
 from transitions.incoming import doc_id_for
-from worker.couch import CouchServer, Database
-from worker.incoming_reconcile import WATERMARK_DOC_ID, IncomingReconciler
-from worker.rapidpro import RapidProClient
-from worker.ratelimit import RateBudget
-from worker.vault import Credential
-from worker.webhook import V1_PATH, V2_PATH, IncomingWebhook
+from worker.couch.client import CouchServer, Database
+from worker.incoming.reconcile import WATERMARK_DOC_ID, IncomingReconciler
+from worker.incoming.webhook import V1_PATH, V2_PATH, IncomingWebhook
+from worker.rapidpro.budget import RateBudget
+from worker.rapidpro.client import RapidProClient
+from worker.rapidpro.credentials import Credential
 
 KEY = "the-incoming-key"
 PATHS = [V2_PATH, V1_PATH]

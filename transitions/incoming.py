@@ -1,7 +1,7 @@
 """Incoming SMS from RapidPro as CHT stores it: body validation, doc id, and the `data_record`.
 
-Pure logic: no I/O. The webhook (worker/webhook.py) and the reconciliation
-(worker/incoming_reconcile.py) both build records here, so the two paths store the same shape
+Pure logic: no I/O. The webhook (worker/incoming/webhook.py) and the reconciliation
+(worker/incoming/reconcile.py) both build records here, so the two paths store the same shape
 under the same `_id` for the same RapidPro id.
 
 The record follows CHT's `createByForm` (api/src/services/records.js in CHT 4.x): `from` is the

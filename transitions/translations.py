@@ -1,7 +1,7 @@
 """CHT's translation docs (`messages-<locale>` in medic) as the lookup CHT's api uses.
 
 Pure logic: no I/O. The worker reads the docs at start and follows their changes
-(worker/app_translations.py); here they become `{locale: {key: text}}` the way CHT's api builds
+(worker/cht/translations.py); here they become `{locale: {key: text}}` the way CHT's api builds
 its translation cache (api/src/services/config-watcher.js `loadTranslations`, CHT 4.x):
 
 - a doc counts when it has `type: "translations"`, a `code` and an object `generic` (or, for

@@ -18,35 +18,35 @@ from transitions.status import Policy
 from transitions.timestamps import cht_time
 from transitions.translations import MESSAGES_PREFIX
 from transitions.translations_watcher import TranslationsWatcher
-from worker.admin import Admin
-from worker.app_settings import SettingsStore
-from worker.app_translations import TranslationsStore
 from worker.backoff import Backoff
-from worker.changes import Change
-from worker.checkpoint import CheckpointFenced, CheckpointStore, Watermark
-from worker.couch import CouchError, CouchServer, CouchUnavailable, Unauthorized
-from worker.dispatch import Dispatcher
-from worker.feed import ChangesFollower
-from worker.health_text import status_line
-from worker.in_doubt import InDoubtResolver
-from worker.incoming_reconcile import IncomingReconciler
-from worker.lease import ACTIVE, FencedDatabase, LeaseKeeper
-from worker.ledger import OWNER, Ledger
+from worker.cht.settings import SettingsStore
+from worker.cht.translations import TranslationsStore
+from worker.couch.client import CouchError, CouchServer, CouchUnavailable, Unauthorized
+from worker.feed.changes import Change
+from worker.feed.checkpoint import CheckpointFenced, CheckpointStore, Watermark
+from worker.feed.dispatcher import Dispatcher
+from worker.feed.follower import ChangesFollower
+from worker.feed.own_writes import OwnWrites
+from worker.feed.parking import ParkedChanges
+from worker.http.admin import Admin
+from worker.http.health_text import status_line
+from worker.http.metrics import Metrics
+from worker.http.public import build_public_app
+from worker.http.server import HttpServer, ListenError, build_app
+from worker.incoming.reconcile import IncomingReconciler
+from worker.incoming.webhook import IncomingWebhook
+from worker.lease.keeper import ACTIVE, FencedDatabase, LeaseKeeper
 from worker.logs import get_logger
-from worker.metrics import Metrics
-from worker.outgoing import OutgoingSender
-from worker.own_writes import OwnWrites
-from worker.parking import ParkedChanges
-from worker.public_server import build_public_app
-from worker.rapidpro import RapidProClient, user_agent
-from worker.ratelimit import RateBudget
+from worker.outgoing.in_doubt import InDoubtResolver
+from worker.outgoing.ledger import OWNER, Ledger
+from worker.outgoing.sender import OutgoingSender
+from worker.outgoing.sweep import PendingSweep
+from worker.outgoing.task_writer import TaskWriter
+from worker.rapidpro.budget import RateBudget
+from worker.rapidpro.client import RapidProClient, user_agent
+from worker.rapidpro.credentials import Credential, Vault
 from worker.sdnotify import Notifier
-from worker.server import HttpServer, ListenError, build_app
-from worker.status import StatusTracker
-from worker.sweep import PendingSweep
-from worker.task_writer import TaskWriter
-from worker.vault import Credential, Vault
-from worker.webhook import IncomingWebhook
+from worker.status.tracker import StatusTracker
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -82,9 +82,9 @@ class Worker:
         self.incoming_key = Credential(self.vault, "rapidpro:incoming", value=config.rapidpro_incoming_key,
                                        file=config.rapidpro_incoming_key_file, ttl=config.credentials_ttl)
         # Sends first, with a minute of the rate kept for them; a tenth of the rate is guaranteed
-        # to in-doubt lookups, status tracking and reconciliation (worker/ratelimit.py).
+        # to in-doubt lookups, status tracking and reconciliation (worker/rapidpro/budget.py).
         self.budget = RateBudget(config.rapidpro_calls_per_hour)
-        # One active worker of several (worker/lease.py): it alone talks to RapidPro and moves
+        # One active worker of several (worker/lease/keeper.py): it alone talks to RapidPro and moves
         # the feed; every worker serves the webhook and the health endpoints.
         self.instance_id = config.instance_id or OWNER
         self.lease = LeaseKeeper(self.own_db, self.instance_id, ttl=config.lease_ttl,
@@ -388,7 +388,7 @@ class Worker:
                 log.info("checkpoint_initialised", seq=since, reason="first start: following from now")
             else:
                 # Written again under this generation: from now on a deposed holder's late
-                # checkpoint write conflicts and is refused (worker/checkpoint.py).
+                # checkpoint write conflicts and is refused (worker/feed/checkpoint.py).
                 await self._retry_transient("checkpoint", lambda: self.checkpoints.save(since))
                 log.info("checkpoint_loaded", seq=since, generation=generation)
         except CheckpointFenced as exc:

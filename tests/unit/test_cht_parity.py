@@ -219,7 +219,7 @@ def test_a_muvuku_value_for_a_non_object_field_is_filed_under_no_field() -> None
 
 
 def test_9_reconciliation_keeps_blank_texts_as_the_webhook_does() -> None:
-    from worker.incoming_reconcile import message_from_api
+    from worker.incoming.reconcile import message_from_api
     item = {"uuid": "u-1", "direction": "in", "urn": "tel:+9779841234567", "text": " "}
     assert message_from_api(item) == IncomingMessage(id="u-1", sender="+9779841234567", content=" ")
     assert message_from_api({**item, "text": ""}) is None

@@ -12,7 +12,7 @@ from transitions.dispatch import (
     not_sending_reason,
     projection,
 )
-from worker.task_writer import apply_updates
+from worker.outgoing.task_writer import apply_updates
 
 # An injected clock: the rules take `now`, and history stamps are compared literally.
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -110,7 +110,7 @@ def test_owner_is_dead_only_for_a_vanished_pid_on_this_host():
     import subprocess
     import sys
 
-    from worker.ledger import HOSTNAME, owner_is_dead
+    from worker.outgoing.ledger import HOSTNAME, owner_is_dead
 
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True)

@@ -2,10 +2,10 @@
 
 import asyncio
 
-from worker.changes import Change
-from worker.checkpoint import Watermark
-from worker.couch import CouchUnavailable
-from worker.dispatch import Dispatcher
+from worker.couch.client import CouchUnavailable
+from worker.feed.changes import Change
+from worker.feed.checkpoint import Watermark
+from worker.feed.dispatcher import Dispatcher
 
 
 def change(seq: int, doc_id: str, rev: str = "1-a", **extra) -> Change:

@@ -7,8 +7,8 @@ import contextlib
 import itertools
 from typing import Any
 
-from worker.couch import ChangesPage, CouchUnavailable
-from worker.feed import (
+from worker.couch.client import ChangesPage, CouchUnavailable
+from worker.feed.follower import (
     CATCHUP_PAGE_BYTES,
     CATCHUP_REGROW_AFTER,
     ChangesFollower,

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from transitions.incoming import IncomingMessage
-from worker.webhook import PIPELINE_MIN_BATCH, IncomingStore, Outcome
+from worker.incoming.webhook import PIPELINE_MIN_BATCH, IncomingStore, Outcome
 
 
 class HeldCouch:

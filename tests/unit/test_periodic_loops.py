@@ -2,7 +2,7 @@
 
 import asyncio
 
-from worker.sweep import PendingSweep
+from worker.outgoing.sweep import PendingSweep
 
 
 class ExplodingThenFineMedic:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.health_text import stalls, status_line
+from worker.http.health_text import stalls, status_line
 from worker.progress import Progress
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.fake_rapidpro import FakeClock
 from worker.backoff import Backoff
-from worker.ratelimit import HOUR, Priority, RateBudget, TokenBucket
+from worker.rapidpro.budget import HOUR, Priority, RateBudget, TokenBucket
 
 # ---------------------------------------------------------------------- TokenBucket
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.outgoing import Admission, SendingGate
+from worker.outgoing.sender import Admission, SendingGate
 
 FIRST_STEP = 1.0  # the gate's backoff base: the first pause is at most this long
 

@@ -13,7 +13,7 @@ from transitions.translations import (
     valid_translations_doc,
 )
 from transitions.translations_watcher import TranslationsWatcher
-from worker.changes import Change, skip_reason
+from worker.feed.changes import Change, skip_reason
 
 
 def doc(code: str, generic: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -112,8 +112,8 @@ def test_docs_that_change_nothing_give_the_same_translations() -> None:
 
 
 async def test_the_store_reads_the_messages_range_and_starts_anyway_when_refused() -> None:
-    from worker.app_translations import TranslationsStore
-    from worker.couch import CouchError
+    from worker.cht.translations import TranslationsStore
+    from worker.couch.client import CouchError
 
     class Medic:
         def __init__(self, fail: bool) -> None:

@@ -1,6 +1,6 @@
 import pytest
 
-from worker.checkpoint import Watermark
+from worker.feed.checkpoint import Watermark
 
 
 def test_starts_at_the_given_seq():

@@ -20,12 +20,12 @@ from config.settings import SETTINGS_DOC_ID, Settings, SettingsError, parse_sett
 from transitions.dispatch import double_sender_risk, not_sending_reason
 from worker.commands import Command
 from worker.commands.local import DaemonProblem, call, daemon_url
-from worker.couch import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
-from worker.health_text import stalls
+from worker.couch.client import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
+from worker.http.health_text import stalls
 from worker.logs import configure_logging
-from worker.rapidpro import RapidProClient, RapidProError, RapidProUnauthorized, WrongUrl, user_agent
-from worker.ratelimit import RateBudget
-from worker.vault import Credential, Vault
+from worker.rapidpro.budget import RateBudget
+from worker.rapidpro.client import RapidProClient, RapidProError, RapidProUnauthorized, WrongUrl, user_agent
+from worker.rapidpro.credentials import Credential, Vault
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 

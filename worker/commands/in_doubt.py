@@ -14,7 +14,7 @@ from pathlib import Path
 
 from config.env import Config
 from worker.commands import Command
-from worker.couch import CouchError, CouchServer
+from worker.couch.client import CouchError, CouchServer
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +41,8 @@ def main(args: argparse.Namespace, config: Config | None) -> int:
 
 
 async def _in_doubt(config: Config, args: argparse.Namespace) -> int:
-    from worker.in_doubt import OperatorError, list_in_doubt, operator_resolve
-    from worker.ledger import Ledger
+    from worker.outgoing.in_doubt import OperatorError, list_in_doubt, operator_resolve
+    from worker.outgoing.ledger import Ledger
 
     couch = CouchServer(config.couch, timeout=config.couch_timeout, threads=1)
     try:

@@ -9,7 +9,7 @@ import urllib.request
 from typing import Any
 
 from config.env import Config
-from worker.admin import admin_token
+from worker.http.admin import admin_token
 
 
 class DaemonProblem(Exception):

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 from config.env import Config
-from worker.admin import PARKED_RETRY_PATH
 from worker.commands import Command
 from worker.commands.local import DaemonProblem, add_url_argument, call
-from worker.couch import CouchError, CouchServer
-from worker.parking import ParkedChanges
+from worker.couch.client import CouchError, CouchServer
+from worker.feed.parking import ParkedChanges
+from worker.http.admin import PARKED_RETRY_PATH
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

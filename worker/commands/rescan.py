@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from config.env import Config
-from worker.admin import RESCAN_PATH
 from worker.commands import Command
 from worker.commands.local import DaemonProblem, add_url_argument, call
+from worker.http.admin import RESCAN_PATH
 
 
 def main(args: argparse.Namespace, config: Config | None) -> int:

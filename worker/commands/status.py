@@ -9,7 +9,7 @@ import sys
 from config.env import Config
 from worker.commands import Command
 from worker.commands.local import DaemonProblem, add_url_argument, call
-from worker.health_text import summary
+from worker.http.health_text import summary
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

@@ -44,15 +44,15 @@ from transitions.in_doubt import (
 from transitions.outgoing import find_task_message, sendable_messages
 from transitions.phone import mask_phone
 from transitions.timestamps import rapidpro_time
-from worker.changes import Change
-from worker.couch import CouchError, Database
-from worker.ledger import Ledger, owner_is_dead
+from worker.couch.client import CouchError, Database
+from worker.feed.changes import Change
 from worker.logs import get_logger
+from worker.outgoing.ledger import Ledger, owner_is_dead
+from worker.outgoing.task_writer import TaskWriter
 from worker.progress import Progress
-from worker.rapidpro import RapidProClient, RapidProError
-from worker.ratelimit import Priority
-from worker.task_writer import TaskWriter
-from worker.vault import Credential
+from worker.rapidpro.budget import Priority
+from worker.rapidpro.client import RapidProClient, RapidProError
+from worker.rapidpro.credentials import Credential
 
 log = get_logger(__name__)
 

@@ -34,10 +34,10 @@ from transitions.incoming import IncomingMessage, Invalid, build_record, doc_id_
 from transitions.phone import mask_phone
 from transitions.translations import EMPTY as NO_TRANSLATIONS
 from transitions.translations import Translations
-from worker.couch import CouchError, CouchUnavailable, Database
+from worker.couch.client import CouchError, CouchUnavailable, Database
+from worker.http.server import STOPPING_KEY
 from worker.logs import get_logger
-from worker.server import STOPPING_KEY
-from worker.vault import Credential
+from worker.rapidpro.credentials import Credential
 
 log = get_logger(__name__)
 T = TypeVar("T")

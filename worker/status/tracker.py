@@ -61,12 +61,12 @@ from transitions.status import (
     visible_yet,
 )
 from transitions.timestamps import cht_time, parse_time, rapidpro_time
-from worker.couch import CouchError, Database
-from worker.ledger import Ledger
+from worker.couch.client import CouchError, Database
 from worker.logs import get_logger
+from worker.outgoing.ledger import Ledger
 from worker.progress import Progress
-from worker.rapidpro import RapidProClient, RapidProError, RateLimited
-from worker.ratelimit import Priority
+from worker.rapidpro.budget import Priority
+from worker.rapidpro.client import RapidProClient, RapidProError, RateLimited
 
 log = get_logger(__name__)
 

@@ -19,7 +19,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from worker.couch import (
+from worker.couch.client import (
     BadRequest,
     Conflict,
     CouchError,

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from typing import Any
 
-from worker.couch import Conflict, CouchError, Database
+from worker.couch.client import Conflict, CouchError, Database
 
 CHECKPOINT_ID = "cht-rapidpro-worker-checkpoint"
 
@@ -66,7 +66,7 @@ class CheckpointStore:
         self._rev: str | None = None
         self.saved_seq: Any = None
         self.saved_at: float | None = None  # time.time() of the last load or save (for metrics)
-        # The lease generation (worker/lease.py) of the session writing; None: no fencing. Every
+        # The lease generation (worker/lease/keeper.py) of the session writing; None: no fencing. Every
         # write carries it, and a write that finds a newer generation in place is refused.
         self.generation: int | None = None
 

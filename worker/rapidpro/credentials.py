@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from config.credentials import CredentialError, decrypt_credential
-from worker.couch import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
+from worker.couch.client import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
 from worker.logs import get_logger
 
 log = get_logger(__name__)

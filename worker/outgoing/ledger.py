@@ -4,7 +4,7 @@ CouchDB's create-only write decides who sends a message: creating `msg:<uuid>` a
 exists, so of several workers (or a worker and its own retry) exactly one holds the claim. Taking
 over a *released* claim is an update with the entry's `_rev`, so it is decided the same way.
 
-Resolving an in-doubt claim (worker/in_doubt.py, the `in-doubt` command) is also an update with the
+Resolving an in-doubt claim (worker/outgoing/in_doubt.py, the `in-doubt` command) is also an update with the
 `_rev` read *before* RapidPro was asked: a decision is written only if nobody touched the entry
 meanwhile. A resend is a release (state `released`, the old claim kept in `history`) followed by a
 normal claim, so two workers can never both resend. Fields added by this (`resolution`,
@@ -21,8 +21,8 @@ from typing import Any
 
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
 from transitions.timestamps import cht_time
-from worker.bulk import BulkWriter
-from worker.couch import Conflict, Database, NotFound
+from worker.couch.bulk import BulkWriter
+from worker.couch.client import Conflict, Database, NotFound
 
 LEDGER_PREFIX = "msg:"
 DESIGN_DOC = "rapidpro-worker"

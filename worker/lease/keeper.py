@@ -33,9 +33,9 @@ from transitions.lease import (
     released_doc,
 )
 from transitions.timestamps import cht_time
-from worker.couch import Conflict, CouchError, CouchServer, Database
-from worker.ledger import HOSTNAME, owner_is_dead
+from worker.couch.client import Conflict, CouchError, CouchServer, Database
 from worker.logs import get_logger
+from worker.outgoing.ledger import HOSTNAME, owner_is_dead
 
 log = get_logger(__name__)
 

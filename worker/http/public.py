@@ -12,7 +12,7 @@ Abuse is refused cheaply here:
   (the headers themselves are bounded by the server's keep-alive timeout, which aiohttp arms
   from the moment a connection opens);
 - `/readyz` asks CouchDB at most once a second, however often it is called.
-The webhook itself checks the key before any CouchDB work (worker/webhook.py).
+The webhook itself checks the key before any CouchDB work (worker/incoming/webhook.py).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from worker.http.metrics import readiness_problems
 from worker.logs import get_logger
-from worker.metrics import readiness_problems
 
 if TYPE_CHECKING:
     from worker.app import Worker

@@ -23,9 +23,9 @@ from typing import Any
 import structlog
 
 from worker.backoff import Backoff
-from worker.changes import Change, skip_reason
-from worker.checkpoint import Watermark
-from worker.couch import TransientError
+from worker.couch.client import TransientError
+from worker.feed.changes import Change, skip_reason
+from worker.feed.checkpoint import Watermark
 from worker.logs import get_logger
 
 log = get_logger(__name__)

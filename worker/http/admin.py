@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from config.env import Config
-from worker.changes import Change
-from worker.couch import CouchError
+from worker.couch.client import CouchError
+from worker.feed.changes import Change
 from worker.logs import get_logger
 
 if TYPE_CHECKING:

@@ -23,9 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker.couch import CouchError
+from worker.couch.client import CouchError
+from worker.incoming.webhook import V1_PATH, V2_PATH
 from worker.logs import get_logger
-from worker.webhook import V1_PATH, V2_PATH
 
 if TYPE_CHECKING:
     from worker.app import Worker

@@ -28,18 +28,18 @@ from transitions.dispatch import (
 from transitions.outgoing import is_denied, recipient_urn, sendable_messages
 from transitions.phone import mask_phone
 from worker.backoff import Backoff
-from worker.couch import CouchUnavailable, TransientError
-from worker.ledger import Ledger, owner_is_dead
+from worker.couch.client import CouchUnavailable, TransientError
 from worker.logs import get_logger
-from worker.rapidpro import (
+from worker.outgoing.ledger import Ledger, owner_is_dead
+from worker.outgoing.task_writer import TaskWriter
+from worker.rapidpro.client import (
     MessageRejected,
     NotActive,
     RapidProClient,
     RapidProError,
     SendInDoubt,
 )
-from worker.task_writer import TaskWriter
-from worker.vault import Credential
+from worker.rapidpro.credentials import Credential
 
 log = get_logger(__name__)
 
@@ -339,7 +339,7 @@ class OutgoingSender:
             log.error("message_in_doubt", message_uuid=message.uuid, error=str(exc))
             return projection(entry)
         except NotActive:
-            # Deposed before the request left (worker/lease.py): nothing was sent, no pause.
+            # Deposed before the request left (worker/lease/keeper.py): nothing was sent, no pause.
             await self._record(self._ledger.release, claim, "not the active worker")
             raise
         except RapidProError as exc:

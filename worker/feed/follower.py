@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.backoff import Backoff
-from worker.changes import Change
-from worker.couch import ChangesPage, CouchError, Database, Unauthorized
-from worker.dispatch import Dispatcher
+from worker.couch.client import ChangesPage, CouchError, Database, Unauthorized
+from worker.feed.changes import Change
+from worker.feed.dispatcher import Dispatcher
 from worker.logs import get_logger
 
 log = get_logger(__name__)

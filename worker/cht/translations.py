@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from transitions.translations import EMPTY, MESSAGES_PREFIX, Translations, translations_from_docs
-from worker.couch import CouchError, CouchUnavailable, Database
+from worker.couch.client import CouchError, CouchUnavailable, Database
 from worker.logs import get_logger
 
 log = get_logger(__name__)

@@ -15,8 +15,8 @@ from typing import Any
 from transitions.dispatch import TaskUpdate
 from transitions.outgoing import find_task_message
 from transitions.states import SENDABLE_STATES, set_task_state
-from worker.bulk import BulkWriter
-from worker.couch import Conflict, Database, NotFound
+from worker.couch.bulk import BulkWriter
+from worker.couch.client import Conflict, Database, NotFound
 from worker.logs import get_logger
 
 log = get_logger(__name__)

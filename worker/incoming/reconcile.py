@@ -29,12 +29,12 @@ from transitions.incoming import IncomingMessage, build_record
 from transitions.timestamps import parse_time, rapidpro_time
 from transitions.translations import EMPTY as NO_TRANSLATIONS
 from transitions.translations import Translations
-from worker.couch import Conflict, CouchError, Database
+from worker.couch.client import Conflict, CouchError, Database
+from worker.incoming.webhook import IncomingStore, Outcome
 from worker.logs import get_logger
-from worker.rapidpro import RapidProClient, RapidProError
-from worker.ratelimit import Priority
-from worker.vault import Credential
-from worker.webhook import IncomingStore, Outcome
+from worker.rapidpro.budget import Priority
+from worker.rapidpro.client import RapidProClient, RapidProError
+from worker.rapidpro.credentials import Credential
 
 log = get_logger(__name__)
 

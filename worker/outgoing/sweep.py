@@ -13,8 +13,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from worker.changes import Change
-from worker.couch import CouchError, Database
+from worker.couch.client import CouchError, Database
+from worker.feed.changes import Change
 from worker.logs import get_logger
 
 log = get_logger(__name__)

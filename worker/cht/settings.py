@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from config.settings import SETTINGS_DOC_ID, Settings, SettingsError, parse_settings
-from worker.couch import Database
+from worker.couch.client import Database
 from worker.logs import get_logger
 
 log = get_logger(__name__)

@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from transitions.timestamps import cht_time
-from worker.changes import Change
-from worker.couch import Conflict, Database
+from worker.couch.client import Conflict, Database
+from worker.feed.changes import Change
 
 PARKED_PREFIX = "parked:"
 

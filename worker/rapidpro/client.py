@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from worker.couch import parse_retry_after
+from worker.couch.client import parse_retry_after
 from worker.logs import get_logger
-from worker.ratelimit import Priority, RateBudget
+from worker.rapidpro.budget import Priority, RateBudget
 
 log = get_logger(__name__)
 
@@ -141,7 +141,7 @@ class RapidProNoAnswer(RapidProError):
 
 
 class NotActive(RapidProError):
-    """Not sent: this worker is not (or no longer) the active one (see worker/lease.py). Nothing
+    """Not sent: this worker is not (or no longer) the active one (see worker/lease/keeper.py). Nothing
     left this process, so a send's claim can be released."""
 
     transient = True
