@@ -15,7 +15,8 @@ from worker.couch.client import CouchServer, Database
 from worker.feed.checkpoint import CheckpointFenced, CheckpointStore
 from worker.lease.keeper import ACTIVE, STANDBY, Fenced, FencedDatabase, LeaseKeeper
 from worker.rapidpro.budget import RateBudget
-from worker.rapidpro.client import NotActive, RapidProClient
+from worker.rapidpro.client import RapidProClient
+from worker.rapidpro.errors import NotActive
 
 
 class Clock:

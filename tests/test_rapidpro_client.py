@@ -20,11 +20,11 @@ from aiohttp import web
 
 from tests.support.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN, MESSAGES_PATH, FakeClock, FakeRapidPro
 from worker.backoff import Backoff
+from worker.rapidpro.answers import Broadcast
 from worker.rapidpro.budget import Priority, RateBudget
-from worker.rapidpro.client import (
-    Broadcast,
+from worker.rapidpro.client import RapidProClient
+from worker.rapidpro.errors import (
     MessageRejected,
-    RapidProClient,
     RapidProError,
     RapidProNoAnswer,
     RapidProServerError,

@@ -28,3 +28,14 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds (CouchDB and RapidPro send seconds); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

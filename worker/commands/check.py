@@ -24,8 +24,9 @@ from worker.couch.client import CouchError, CouchServer, CouchUnavailable, NotFo
 from worker.http.health_text import stalls
 from worker.logs import configure_logging
 from worker.rapidpro.budget import RateBudget
-from worker.rapidpro.client import RapidProClient, RapidProError, RapidProUnauthorized, WrongUrl, user_agent
+from worker.rapidpro.client import RapidProClient, user_agent
 from worker.rapidpro.credentials import Credential, Vault
+from worker.rapidpro.errors import RapidProError, RapidProUnauthorized, WrongUrl
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 

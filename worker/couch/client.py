@@ -28,6 +28,7 @@ from ibm_cloud_sdk_core.authenticators import BasicAuthenticator, NoAuthAuthenti
 from ibmcloudant.cloudant_v1 import BulkDocs, CloudantV1
 
 from config.env import CouchConnection
+from worker.backoff import parse_retry_after
 
 T = TypeVar("T")
 
@@ -73,16 +74,6 @@ class Unauthorized(CouchError):
 
 class BadRequest(CouchError):
     pass
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
 
 
 def _error_for(status: int, reason: str, retry_after: float | None = None) -> CouchError:

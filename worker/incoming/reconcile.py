@@ -33,8 +33,9 @@ from worker.couch.client import Conflict, CouchError, Database
 from worker.incoming.webhook import IncomingStore, Outcome
 from worker.logs import get_logger
 from worker.rapidpro.budget import Priority
-from worker.rapidpro.client import RapidProClient, RapidProError
+from worker.rapidpro.client import RapidProClient
 from worker.rapidpro.credentials import Credential
+from worker.rapidpro.errors import RapidProError
 
 log = get_logger(__name__)
 

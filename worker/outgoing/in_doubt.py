@@ -51,8 +51,9 @@ from worker.outgoing.ledger import Ledger, owner_is_dead
 from worker.outgoing.task_writer import TaskWriter
 from worker.progress import Progress
 from worker.rapidpro.budget import Priority
-from worker.rapidpro.client import RapidProClient, RapidProError
+from worker.rapidpro.client import RapidProClient
 from worker.rapidpro.credentials import Credential
+from worker.rapidpro.errors import RapidProError
 
 log = get_logger(__name__)
 

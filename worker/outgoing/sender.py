@@ -32,14 +32,9 @@ from worker.couch.client import CouchUnavailable, TransientError
 from worker.logs import get_logger
 from worker.outgoing.ledger import Ledger, owner_is_dead
 from worker.outgoing.task_writer import TaskWriter
-from worker.rapidpro.client import (
-    MessageRejected,
-    NotActive,
-    RapidProClient,
-    RapidProError,
-    SendInDoubt,
-)
+from worker.rapidpro.client import RapidProClient
 from worker.rapidpro.credentials import Credential
+from worker.rapidpro.errors import MessageRejected, NotActive, RapidProError, SendInDoubt
 
 log = get_logger(__name__)
 

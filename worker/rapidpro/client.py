@@ -5,16 +5,7 @@ One aiohttp session for the process; the base URL and the token are arguments of
 because both come from CHT (settings doc, vault) and can change while we run. Every call first
 takes a token from the shared `RateBudget` (sends before status polling).
 
-Outcomes are error types, so callers decide with `except`:
-
-- `MessageRejected`: RapidPro judged *this message* (invalid URN, text too long) — final.
-- `WorkspaceBlocked`, `RapidProUnauthorized`, `WrongUrl`: configuration or account problems;
-  nothing was created, the message stays sendable.
-- `RapidProServerError` (5xx with a body), `RapidProUnreachable` (the request never left),
-  `RateLimited` (429 beyond the caller's wait limit): temporary; nothing was created.
-- `SendInDoubt`: a broadcast POST may or may not have created a broadcast. Never resend it
-  automatically (RapidPro has no idempotency key).
-- `RapidProNoAnswer`: the same network condition for a *read* — harmless, just retry later.
+Outcomes are error types (worker/rapidpro/errors.py), so callers decide with `except`.
 """
 
 from __future__ import annotations
@@ -24,7 +15,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,9 +22,27 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from worker.couch.client import parse_retry_after
+from worker.backoff import parse_retry_after
 from worker.logs import get_logger
+from worker.rapidpro.answers import (
+    Answer,
+    Broadcast,
+    MessagesPage,
+    broadcast_from,
+    describe,
+    error_for,
+    json_object,
+    reason_of,
+)
 from worker.rapidpro.budget import Priority, RateBudget
+from worker.rapidpro.errors import (
+    NotActive,
+    RapidProNoAnswer,
+    RapidProUnreachable,
+    RateLimited,
+    SendInDoubt,
+    WrongUrl,
+)
 
 log = get_logger(__name__)
 
@@ -42,109 +50,9 @@ BROADCASTS_PATH = "/api/v2/broadcasts.json"
 MESSAGES_PATH = "/api/v2/messages.json"
 WORKSPACE_PATH = "/api/v2/workspace.json"
 
-# 400 keys that are parts of the message we send: an error on one of them judges the message.
-# Anything else (`non_field_errors` — flagged/suspended workspace —, `detail`, unknown keys) does
-# not, and must never mark a message failed.
-MESSAGE_FIELDS = frozenset({"urns", "text", "attachments", "base_language", "quick_replies"})
-
 # Default bound on how long one call may wait for the budget and for 429s before giving up with
 # RateLimited. Keeps a send (wait + HTTP timeout) well inside the dispatcher's claim timeout.
 DEFAULT_MAX_WAIT = 30.0
-
-
-# ---------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class Broadcast:
-    id: int  # the integer id CHT stores as gateway_ref (deprecated by RapidPro, still sent)
-    uuid: str | None  # absent on older RapidPro
-    status: str | None  # pending|queued|started|completed|failed|interrupted (legacy: queued|sent|failed)
-    raw: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class MessagesPage:
-    results: list[dict[str, Any]]
-    next: str | None  # absolute URL: pass it back as `cursor_url`
-
-
-# ---------------------------------------------------------------------- errors
-
-
-class RapidProError(Exception):
-    """Base of every RapidPro outcome other than success.
-
-    `transient`: the same call, unchanged, may succeed later without anyone fixing anything.
-    `retry_after`: seconds RapidPro asked us to wait, when it said.
-    """
-
-    transient: bool = False
-
-    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.retry_after = retry_after
-
-
-class MessageRejected(RapidProError):
-    """400 about the message itself (invalid URN, text too long): final, never retry it."""
-
-
-class WorkspaceBlocked(RapidProError):
-    """400 not about the message (workspace flagged or suspended, ...): nothing was created."""
-
-
-class RapidProUnauthorized(RapidProError):
-    """403 (401 from a proxy): the token is wrong or revoked."""
-
-
-class WrongUrl(RapidProError):
-    """404, a redirect, or HTML/non-JSON where JSON was expected: `sms.rapidpro.url` is wrong."""
-
-
-class RapidProServerError(RapidProError):
-    """5xx with a body: RapidPro answered, and an error answer means nothing was created."""
-
-    transient = True
-
-    def __init__(self, status: int, reason: str, *, retry_after: float | None = None) -> None:
-        super().__init__(reason, status=status, retry_after=retry_after)
-
-
-class RateLimited(RapidProError):
-    """Still throttled (429 or an exhausted budget) when the call's wait limit ran out."""
-
-    transient = True
-
-    def __init__(self, retry_after: float | None, reason: str = "rate limited") -> None:
-        super().__init__(reason, status=429, retry_after=retry_after)
-
-
-class RapidProUnreachable(RapidProError):
-    """The request provably never left: no connection was made (refused, DNS, connect timeout)."""
-
-    transient = True
-
-
-class SendInDoubt(RapidProError):
-    """A broadcast POST may have created a broadcast, but we cannot know. Never resend it."""
-
-    transient = False
-
-
-class RapidProNoAnswer(RapidProError):
-    """A read (GET) got no answer: timeout or dropped connection. Safe to retry."""
-
-    transient = True
-
-
-class NotActive(RapidProError):
-    """Not sent: this worker is not (or no longer) the active one (see worker/lease/keeper.py). Nothing
-    left this process, so a send's claim can be released."""
-
-    transient = True
 
 
 # ---------------------------------------------------------------------- the client
@@ -167,14 +75,6 @@ class _CallState:
 
     def __init__(self) -> None:
         self.connected = False
-
-
-@dataclass
-class _Answer:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes | None  # None: the status line arrived but the body could not be read
-    body_error: str | None = None
 
 
 class RapidProClient:
@@ -261,7 +161,7 @@ class RapidProClient:
         answer = await self._call(
             "POST", _api_url(base_url, BROADCASTS_PATH), token, Priority.SEND, max_wait, data=body
         )
-        return _broadcast_from(answer)
+        return broadcast_from(answer)
 
     async def list_messages(
         self,
@@ -308,7 +208,7 @@ class RapidProClient:
         else:
             params = {name: str(value) for name, value in filters.items() if value is not None}
             url = _api_url(base_url, path).update_query(params)
-        page = _json_object(await self._call("GET", url, token, priority, max_wait))
+        page = json_object(await self._call("GET", url, token, priority, max_wait))
         results = page.get("results")
         next_url = page.get("next")
         if not isinstance(results, list):
@@ -327,7 +227,7 @@ class RapidProClient:
     ) -> dict[str, Any] | None:
         """The broadcast as `broadcasts.json?id=` lists it, or None when RapidPro has no such one."""
         url = _api_url(base_url, BROADCASTS_PATH).update_query(id=str(int(broadcast_id)))
-        page = _json_object(await self._call("GET", url, token, priority, max_wait))
+        page = json_object(await self._call("GET", url, token, priority, max_wait))
         results = page.get("results")
         if not isinstance(results, list):
             raise WrongUrl("broadcasts.json answered without a results list", status=200)
@@ -339,7 +239,7 @@ class RapidProClient:
     async def get_workspace(self, base_url: str, token: str, *,
                             max_wait: float | None = None) -> dict[str, Any]:
         """`GET workspace.json`: the workspace the token belongs to (reads only; for `check`)."""
-        return _json_object(await self._call("GET", _api_url(base_url, WORKSPACE_PATH), token,
+        return json_object(await self._call("GET", _api_url(base_url, WORKSPACE_PATH), token,
                                              Priority.STATUS, max_wait))
 
     # ------------------------------------------------------------------ plumbing
@@ -353,7 +253,7 @@ class RapidProClient:
         max_wait: float | None,
         *,
         data: str | None = None,
-    ) -> _Answer:
+    ) -> Answer:
         """Take a budget token, make the request, retry 429s until `max_wait` is used up.
 
         Returns the answer only for 2xx; every other outcome is raised as its error type.
@@ -369,13 +269,13 @@ class RapidProClient:
                 self.budget.record_success()
                 if 200 <= answer.status < 300:
                     return answer
-                raise _error_for(method, answer)
+                raise error_for(method, answer)
             # 429: DRF throttles before the view runs, so a throttled POST created nothing and
             # can be repeated. Tell the budget (it pauses every caller), then wait our turn.
             retry_after = parse_retry_after(answer.headers.get("Retry-After"))
             pause = self.budget.throttled(retry_after)
             if time.monotonic() + pause > deadline:
-                raise RateLimited(pause, _reason(answer) or "429 Too Many Requests")
+                raise RateLimited(pause, reason_of(answer) or "429 Too Many Requests")
 
     async def _acquire(self, priority: Priority, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -387,7 +287,7 @@ class RapidProClient:
             wait = self.budget.next_token_in() or None
             raise RateLimited(wait, "waited too long for the RapidPro call budget") from None
 
-    async def _request(self, method: str, url: URL, token: str, data: str | None) -> _Answer:
+    async def _request(self, method: str, url: URL, token: str, data: str | None) -> Answer:
         """One HTTP exchange. Network failures are classified here — this decides whether an
         SMS could be sent twice, so the rule is deliberately simple and conservative:
 
@@ -419,12 +319,12 @@ class RapidProClient:
                     body: bytes | None = await response.read()
                     body_error = None
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    body, body_error = None, _describe(exc)
-                return _Answer(status, response.headers, body, body_error)
+                    body, body_error = None, describe(exc)
+                return Answer(status, response.headers, body, body_error)
         except aiohttp.InvalidURL as exc:
             raise WrongUrl(f"invalid RapidPro URL: {exc}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = error = _describe(exc)
+            reason = error = describe(exc)
             if not state.connected:
                 raise RapidProUnreachable(f"request never sent: {reason}") from None
             if method == "POST":
@@ -473,135 +373,3 @@ def _same_origin(base_url: str, cursor_url: str) -> URL:
                      path=link.path, query_string=link.query, encoded=True)
 
 
-# ---------------------------------------------------------------------- answers
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _looks_html(answer: _Answer) -> bool:
-    content_type = answer.headers.get("Content-Type", "").lower()
-    head = (answer.body or b"")[:100].lstrip().lower()
-    return "html" in content_type or head.startswith((b"<!doctype", b"<html"))
-
-
-def _parse_json(answer: _Answer) -> Any:
-    """The JSON body, or raise ValueError (whatever the Content-Type says, like RapidPro's)."""
-    if answer.body is None:
-        raise ValueError(answer.body_error or "body unreadable")
-    return json.loads(answer.body)
-
-
-def _json_object(answer: _Answer) -> dict[str, Any]:
-    """A 2xx answer to a read must be a JSON object; an HTML page means a wrong URL."""
-    if answer.body is None:
-        raise RapidProNoAnswer(f"{answer.status} with an unreadable body: {answer.body_error}",
-                               status=answer.status)
-    try:
-        value = _parse_json(answer)
-    except ValueError:
-        kind = "an HTML page" if _looks_html(answer) else "a non-JSON answer"
-        raise WrongUrl(f"{answer.status} with {kind} where JSON was expected: check sms.rapidpro.url",
-                       status=answer.status) from None
-    if not isinstance(value, dict):
-        raise WrongUrl(f"{answer.status} with unexpected JSON: check sms.rapidpro.url", status=answer.status)
-    return value
-
-
-def _broadcast_from(answer: _Answer) -> Broadcast:
-    """A 2xx to the broadcast POST. RapidPro processed it: unless it is plainly not RapidPro
-    (an HTML page on a non-201), an answer we cannot read leaves the broadcast in doubt."""
-    try:
-        value = _parse_json(answer)
-    except ValueError:
-        if answer.status != 201 and answer.body is not None and _looks_html(answer):
-            raise WrongUrl(f"{answer.status} with an HTML page where JSON was expected: "
-                           "check sms.rapidpro.url", status=answer.status) from None
-        raise SendInDoubt(f"{answer.status} with an unreadable body: "
-                          f"{answer.body_error or 'not JSON'}", status=answer.status) from None
-    broadcast_id = value.get("id") if isinstance(value, dict) else None
-    if isinstance(broadcast_id, bool) or not isinstance(broadcast_id, int):
-        raise SendInDoubt(f"{answer.status} without a broadcast id", status=answer.status)
-    uuid = value.get("uuid")
-    status = value.get("status")
-    return Broadcast(
-        id=broadcast_id,
-        uuid=uuid if isinstance(uuid, str) else None,
-        status=status if isinstance(status, str) else None,
-        raw=value,
-    )
-
-
-def _error_for(method: str, answer: _Answer) -> RapidProError:
-    """The error type for a non-2xx, non-429 answer."""
-    status = answer.status
-    retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-    reason = _reason(answer)
-    if 300 <= status < 400:
-        location = answer.headers.get("Location", "?")
-        return WrongUrl(f"{status} redirect to {location}: set sms.rapidpro.url to the final URL",
-                        status=status)
-    if status in (401, 403):
-        return RapidProUnauthorized(reason or f"{status} Forbidden", status=status)
-    if status in (404, 405):
-        return WrongUrl(f"{status}: {reason or 'not found'} (check sms.rapidpro.url)", status=status)
-    if status >= 500:
-        if method == "POST" and (answer.body is None or not answer.body.strip() or status in (502, 504)):
-            # A bodyless 5xx may not come from RapidPro at all; 502/504 come from a proxy whose
-            # upstream may have processed the POST before failing or timing out. Either way the
-            # answer does not prove the broadcast was not created.
-            return SendInDoubt(f"{status} from a gateway or without a body: {reason or 'no body'}",
-                               status=status)
-        return RapidProServerError(status, f"{status}: {reason or 'server error'}", retry_after=retry_after)
-    if status == 400 and method == "POST":
-        errors = _json_or_none(answer)
-        if isinstance(errors, dict) and errors and set(errors) <= MESSAGE_FIELDS:
-            return MessageRejected(_flatten(errors), status=status)
-        return WorkspaceBlocked(f"400: {reason or 'bad request'}", status=status)
-    # Other 4xx (a 400 on a read is our own bad request): RapidPro refused; nothing was created.
-    return RapidProError(f"{status}: {reason or 'client error'}", status=status, retry_after=retry_after)
-
-
-def _json_or_none(answer: _Answer) -> Any:
-    try:
-        return _parse_json(answer)
-    except ValueError:
-        return None
-
-
-def _reason(answer: _Answer) -> str:
-    """RapidPro's reason as readable text (`detail`, per-field errors); else the start of the body."""
-    value = _json_or_none(answer)
-    if isinstance(value, dict) and set(value) == {"detail"} and isinstance(value["detail"], str):
-        return value["detail"]
-    if isinstance(value, dict | list) and value:
-        return _flatten(value)
-    if answer.body is None:
-        return f"(body unreadable: {answer.body_error})"
-    if _looks_html(answer):
-        return "(HTML page)"
-    return answer.body[:200].decode(errors="replace").strip()
-
-
-def _flatten(errors: Any, path: str = "") -> str:
-    """`{"urns": {"0": ["Invalid URN…"]}}` → `urns[0]: Invalid URN…`; several joined with "; "."""
-    parts: list[str] = []
-
-    def walk(value: Any, where: str) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                name = str(key)
-                if name in ("non_field_errors", "detail"):
-                    walk(inner, where)
-                else:
-                    walk(inner, f"{where}[{name}]" if where else name)
-        elif isinstance(value, list):
-            for inner in value:
-                walk(inner, where)
-        elif value is not None:
-            parts.append(f"{where}: {value}" if where else str(value))
-
-    walk(errors, path)
-    return "; ".join(parts)

@@ -51,7 +51,8 @@ from worker.couch.client import CouchError, Database
 from worker.logs import get_logger
 from worker.outgoing.ledger import Ledger
 from worker.progress import Progress
-from worker.rapidpro.client import RapidProClient, RapidProError, RateLimited
+from worker.rapidpro.client import RapidProClient
+from worker.rapidpro.errors import RapidProError, RateLimited
 from worker.status.book import Book, Rows, candidates, tracked_rows
 from worker.status.recorder import StatusRecorder
 from worker.status.round import BudgetShort, Round, RoundResult, StatusStats
