@@ -11,18 +11,15 @@ import pytest
 from transitions.dispatch import TaskUpdate
 from transitions.status import (
     OUTBOX,
-    ROW_BUCKET,
     SENT_FOLDER,
     Applied,
     Candidate,
     Ending,
-    FolderStats,
     Policy,
     Tier,
     Tracked,
     apply_status_updates,
     broadcast_id,
-    expected_pages,
     expired,
     folder_of,
     is_due,
@@ -31,14 +28,13 @@ from transitions.status import (
     observe_broadcast,
     observe_unchanged,
     period,
-    plan_round,
     schedule,
     start_tracking,
-    sync_folders,
     tier_of,
     trackable_messages,
     visible_yet,
 )
+from transitions.status_plan import ROW_BUCKET, FolderStats, expected_pages, plan_round, sync_folders
 from transitions.timestamps import parse_time, rapidpro_time
 
 P = Policy()

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from transitions.status import Plan, Window
+from transitions.status_plan import Plan, Window
 
 
 class BudgetShort(Exception):

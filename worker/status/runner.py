@@ -19,9 +19,7 @@ from transitions.status import (
     FAILED_FOLDER,
     OUTBOX,
     SENT_FOLDER,
-    FolderStats,
     Observation,
-    Plan,
     Policy,
     Tracked,
     broadcast_id,
@@ -30,6 +28,7 @@ from transitions.status import (
     observe_unchanged,
     visible_yet,
 )
+from transitions.status_plan import FolderStats, Plan
 from transitions.timestamps import parse_time, rapidpro_time
 from worker.logs import get_logger
 from worker.rapidpro.budget import Priority

@@ -37,15 +37,14 @@ from transitions.status import (
     Applied,
     Candidate,
     Ending,
-    FolderStats,
     Observation,
     Policy,
     Tracked,
     broadcast_id,
     is_forward,
-    plan_round,
     start_tracking,
 )
+from transitions.status_plan import FolderStats, plan_round
 from transitions.timestamps import cht_time, parse_time
 from worker.couch.client import CouchError, Database
 from worker.logs import get_logger
