@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import medians_line
 from config.env import load_config
+from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.couch_fixtures import (
     couch_request,
     create_db,
@@ -48,7 +49,6 @@ from tests.support.couch_fixtures import (
     seed_design_docs,
 )
 from tests.support.couchserver import CouchTestServer
-from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from worker.app import Worker
 from worker.feed.checkpoint import CHECKPOINT_ID
 from worker.logs import configure_logging

@@ -78,6 +78,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import percentile  # noqa: E402
+from playground.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN, FakeRapidPro  # noqa: E402
 from tests.support.couch_fixtures import (  # noqa: E402
     couch_request,
     create_db,
@@ -86,7 +87,6 @@ from tests.support.couch_fixtures import (  # noqa: E402
     seed_design_docs,
 )
 from tests.support.couchserver import CouchTestServer  # noqa: E402
-from tests.support.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN, FakeRapidPro  # noqa: E402
 from transitions.dispatch import IN_DOUBT_DETAILS  # noqa: E402
 from worker.incoming.webhook import V2_PATH  # noqa: E402
 

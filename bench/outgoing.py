@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import percentile
 from config.env import load_config
+from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.couch_fixtures import couch_request, create_db, delete_db, put_settings
 from tests.support.couchserver import CouchTestServer
-from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.waiting import eventually
 from worker.app import Worker
 from worker.logs import configure_logging

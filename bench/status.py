@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.env import parse_couch_url
 from config.settings import Settings
+from playground.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro, RecordedBroadcast
 from tests.support.couch_fixtures import create_db, delete_db, seed_design_docs
 from tests.support.couchserver import CouchTestServer
-from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro, RecordedBroadcast
 from transitions.status import Policy
 from transitions.timestamps import parse_time
 from worker.couch.client import CouchServer

@@ -15,8 +15,6 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
-from transitions.lease import default_renew_interval, max_renew_interval
-
 T = TypeVar("T")
 
 DB_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_$()+-/")
@@ -224,6 +222,15 @@ def _positive_seconds(values: Mapping[str, str], name: str, default: float) -> f
 def _choice(values: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     expectation = f"must be one of {', '.join(choices)}"
     return _get(values, name, default, str.lower, lambda v: v in choices, expectation)
+
+
+def default_renew_interval(ttl: float) -> float:
+    return ttl / 3
+
+
+def max_renew_interval(ttl: float) -> float:
+    """At most a third of the TTL: two renewals can fail before the holder has to stop."""
+    return ttl / 3
 
 
 def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) -> Config:

@@ -31,7 +31,7 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
        "(Debian/Ubuntu: apt-get install nodejs npm)" >&2
   exit 1
 fi
-server_dir=tests/couchdb_server
+server_dir=playground/couchdb_server
 if [ ! -d "$server_dir/node_modules" ] || [ "$server_dir/package-lock.json" -nt "$server_dir/node_modules/.package-lock.json" ]; then
   echo "setup: installing the CouchDB-protocol server's npm packages" >&2
   (cd "$server_dir" && npm ci --no-audit --no-fund --loglevel=error >&2)

@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
 from tests.support.daemon import child_env
-from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from worker.app import Worker

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.support.fake_rapidpro import (
+from playground.fake_rapidpro import (
     BROADCASTS_PATH,
     DEFAULT_TOKEN,
     MESSAGES_PATH,

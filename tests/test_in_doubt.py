@@ -14,17 +14,17 @@ from typing import Any
 
 import pytest
 
+from playground.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.daemon import ROOT, child_env
-from tests.support.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, task, wait_state
 from transitions.phone import mask_phone
 from transitions.timestamps import cht_time
 from worker.app import Worker
-from worker.outgoing.ledger import HOSTNAME
+from worker.identity import HOSTNAME
 
 URN = "tel:+254700000001"
 FAST = {"RAPIDPRO_TIMEOUT": "2", "COUCH_TIMEOUT": "3", "IN_DOUBT_CHECK_AFTER": "4"}

@@ -8,8 +8,8 @@ import asyncio
 from config.env import load_config
 from tests.support.couch_fixtures import put_settings
 from tests.support.waiting import eventually
-from worker import app as app_module
 from worker.app import Worker
+from worker.cht import refresh as refresh_module
 
 
 def settings_with(forms: dict) -> dict:
@@ -17,7 +17,7 @@ def settings_with(forms: dict) -> dict:
 
 
 async def test_a_standby_picks_up_a_new_form_without_the_feed(medic_db, monkeypatch):
-    monkeypatch.setattr(app_module, "STANDBY_REFRESH_S", 0.2)
+    monkeypatch.setattr(refresh_module, "STANDBY_REFRESH_S", 0.2)
     await asyncio.to_thread(put_settings, medic_db.url, settings_with({}))
     workers = [Worker(load_config({"COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "INSTANCE_ID": name,
                                    "LEASE_TTL": "3"})) for name in ("one", "two")]

@@ -16,14 +16,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from playground.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, put_settings
-from tests.support.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from worker.app import Worker
-from worker.http.metrics import PAUSE_REASONS, pause_reason_label
+from worker.outgoing.report import PAUSE_REASONS, pause_reason_label
 from worker.rapidpro.budget import RateBudget
 from worker.rapidpro.client import RapidProClient
 

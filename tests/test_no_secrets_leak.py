@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 
 from config.credentials import encrypt_credential
+from playground.fake_rapidpro import FakeRapidPro
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
 from tests.support.daemon import Daemon, child_env
-from tests.support.fake_rapidpro import FakeRapidPro
 from tests.support.http_proxy import CountingProxy
 from worker.incoming.webhook import V1_PATH, V2_PATH
 

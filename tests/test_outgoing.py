@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from config.credentials import encrypt_credential
+from playground.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, create_db, put_settings
-from tests.support.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from transitions.dispatch import IN_DOUBT_DETAILS

@@ -6,9 +6,9 @@ import asyncio
 import uuid
 from collections import Counter
 
+from playground.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.daemon import Daemon
-from tests.support.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.waiting import eventually
 
 COUNT = 300

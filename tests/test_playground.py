@@ -173,11 +173,12 @@ def project_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "project"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(*NOT_COPIED), symlinks=True)
     (copy / ".venv").symlink_to(ROOT / ".venv", target_is_directory=True)
-    (copy / "tests" / "couchdb_server" / "node_modules").symlink_to(NODE_MODULES, target_is_directory=True)
+    server_dir = copy / "playground" / "couchdb_server"
+    (server_dir / "node_modules").symlink_to(NODE_MODULES, target_is_directory=True)
     # node_modules matches the lock (its hash stamp says so); keep setup.sh's mtime check of the
     # copied lock file from thinking otherwise.
     installed = (NODE_MODULES / ".package-lock.json").stat().st_mtime
-    lock = copy / "tests" / "couchdb_server" / LOCK_FILE.name
+    lock = server_dir / LOCK_FILE.name
     os.utime(lock, (installed - 1, installed - 1))
     return copy
 

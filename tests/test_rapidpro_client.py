@@ -18,7 +18,7 @@ import pytest_asyncio
 import structlog
 from aiohttp import web
 
-from tests.support.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN, MESSAGES_PATH, FakeClock, FakeRapidPro
+from playground.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN, MESSAGES_PATH, FakeClock, FakeRapidPro
 from worker.backoff import Backoff
 from worker.rapidpro.answers import Broadcast
 from worker.rapidpro.budget import Priority, RateBudget

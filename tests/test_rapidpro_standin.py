@@ -10,7 +10,7 @@ import aiohttp
 import pytest_asyncio
 from aiohttp import web
 
-from tests.support.rapidpro_standin import RapidProStandIn
+from playground.rapidpro_standin import RapidProStandIn
 from tests.support.waiting import eventually
 
 TOKEN = "standin-token"

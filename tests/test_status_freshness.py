@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.couch_fixtures import couch_request, put_settings
-from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, worker_env

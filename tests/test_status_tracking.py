@@ -19,8 +19,8 @@ import pytest
 
 from config.env import parse_couch_url
 from config.settings import Settings
+from playground.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro
 from tests.support.couch_fixtures import MedicDb, create_db
-from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro
 from tests.support.waiting import eventually
 from transitions.status import Policy
 from worker.couch.client import CouchServer, Database

@@ -24,8 +24,8 @@ from aiohttp import web
 import worker.incoming.webhook as webhook_module
 from config.env import parse_couch_url
 from config.settings import Settings, parse_settings
+from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.couch_fixtures import MedicDb, create_db, load_example_settings, put_settings
-from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from tests.support.tcp_proxy import TcpProxy
 from transitions.incoming import doc_id_for
 from worker.couch.client import CouchServer, Database

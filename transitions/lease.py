@@ -118,12 +118,3 @@ def stop_margin(ttl: float) -> float:
 def act_until(renew_sent_at: float, ttl: float) -> float:
     """Monotonic time until which a holder may act after a renewal it sent at `renew_sent_at`."""
     return renew_sent_at + ttl - stop_margin(ttl)
-
-
-def default_renew_interval(ttl: float) -> float:
-    return ttl / 3
-
-
-def max_renew_interval(ttl: float) -> float:
-    """At most a third of the TTL: two renewals can fail before the holder has to stop."""
-    return ttl / 3

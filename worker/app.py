@@ -1,4 +1,9 @@
-"""Builds the daemon's parts, runs them in one TaskGroup, and owns start-up and shutdown."""
+"""Builds the daemon's parts, runs them in one TaskGroup, and owns start-up and shutdown.
+
+It wires and does not decide: every worker serves both HTTP doors and keeps the lease; the lease
+holder also runs an active session (worker/session.py); each capability reports its own health
+(worker/reporting.py). The map of the packages is worker/README.md.
+"""
 
 from __future__ import annotations
 
@@ -10,42 +15,51 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from config.env import Config
-from config.settings import SETTINGS_DOC_ID, Settings
+from config.settings import Settings
 from transitions.base import Transition
 from transitions.dispatch import double_sender_risk
 from transitions.settings_watcher import SettingsWatcher
 from transitions.status import Policy
-from transitions.timestamps import cht_time
-from transitions.translations import MESSAGES_PREFIX
 from transitions.translations_watcher import TranslationsWatcher
 from worker.backoff import Backoff
+from worker.cht.refresh import StandbyRefresh
+from worker.cht.report import ChtReport
 from worker.cht.settings import SettingsStore
 from worker.cht.translations import TranslationsStore
 from worker.couch.client import CouchError, CouchServer, CouchUnavailable, Unauthorized
-from worker.feed.changes import Change
-from worker.feed.checkpoint import CheckpointFenced, CheckpointStore, Watermark
+from worker.feed.checkpoint import CheckpointStore
 from worker.feed.dispatcher import Dispatcher
 from worker.feed.follower import ChangesFollower
 from worker.feed.own_writes import OwnWrites
-from worker.feed.parking import ParkedChanges
-from worker.http.admin import Admin
+from worker.feed.parking import ParkedChanges, ParkedRetries
+from worker.feed.report import FeedReport
+from worker.http.admin import Admin, admin_token
+from worker.http.health import HealthDocument, readiness_problems
 from worker.http.health_text import status_line
 from worker.http.metrics import Metrics
 from worker.http.public import build_public_app
 from worker.http.server import HttpServer, ListenError, build_app
+from worker.identity import OWNER
 from worker.incoming.reconcile import IncomingReconciler
+from worker.incoming.report import IncomingReport
 from worker.incoming.webhook import IncomingWebhook
 from worker.lease.keeper import ACTIVE, FencedDatabase, LeaseKeeper
+from worker.lease.report import LeaseReport
 from worker.logs import get_logger
 from worker.outgoing.in_doubt import InDoubtResolver
-from worker.outgoing.ledger import OWNER, Ledger
+from worker.outgoing.ledger import Ledger
+from worker.outgoing.report import OutgoingReport
 from worker.outgoing.sender import OutgoingSender
 from worker.outgoing.sweep import PendingSweep
 from worker.outgoing.task_writer import TaskWriter
 from worker.rapidpro.budget import RateBudget
 from worker.rapidpro.client import RapidProClient, user_agent
 from worker.rapidpro.credentials import Credential, Vault
+from worker.rapidpro.report import RapidProReport
+from worker.reporting import Reporter
 from worker.sdnotify import Notifier
+from worker.session import ActiveSession, SessionParts
+from worker.status.report import StatusReport
 from worker.status.tracker import StatusTracker
 
 log = get_logger(__name__)
@@ -54,10 +68,6 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_CONFIG = 2
-# The final checkpoint write gets at least this long after the in-flight work is done.
-FINAL_CHECKPOINT_MIN_S = 1.0
-# How often a standby checks whether the settings or translations changed.
-STANDBY_REFRESH_S = 10.0
 
 
 class StartupError(Exception):
@@ -129,10 +139,7 @@ class Worker:
             self.sender,
             *extra_transitions,
         ]
-        self.in_doubt: InDoubtResolver | None = None
-        self.sweep: PendingSweep | None = None
-        self.dispatcher: Dispatcher | None = None
-        self.follower: ChangesFollower | None = None
+        self.active: ActiveSession | None = None  # the lease holder's work (the last session's)
         self.http: HttpServer | None = None
         self.public_http: HttpServer | None = None  # the public door (webhook only), when configured
         self._stop = asyncio.Event()
@@ -141,14 +148,58 @@ class Worker:
         self._sessions = 0
         self._exit_code = EXIT_OK
         self._abandoned = 0
-        self._checkpoint_due = asyncio.Event()
-        self._since_checkpoint = 0
         self.started_at = time.time()
         self.ready = asyncio.Event()  # set once the feed runs (tests wait on it)
         self.notifier = Notifier()  # systemd readiness, status and watchdog; no-op outside systemd
-        self.metrics = Metrics(self)
-        self.admin = Admin(self)  # operator requests: rescan, retry parked changes
+        self.parked_retries = ParkedRetries(self.parked, self.medic, lambda: self.dispatcher)
+        self.session_parts = SessionParts(
+            config=config, medic=self.medic, settings=self.settings, translations=self.translations,
+            checkpoints=self.checkpoints, parked=self.parked, parked_retries=self.parked_retries,
+            own_writes=self.own_writes, lease=self.lease, sender=self.sender, ledger=self.ledger,
+            rapidpro=self.rapidpro, outgoing_token=self.outgoing_token, status=self.status,
+            incoming_reconciler=self.incoming_reconciler, transitions=self.transitions,
+            retry_transient=self._retry_transient, ready=self.ready, started_at=self.started_at)
+        self.standby_refresh = StandbyRefresh(self.medic, self.settings, self.translations,
+                                              active=lambda: self.lease.role == ACTIVE,
+                                              timeout=config.couch_timeout)
+        # Each capability reports its own part of /healthz and its metrics; the HTTP layer
+        # composes them (worker/reporting.py).
+        self.reporters: list[Reporter] = [
+            LeaseReport(self.lease),
+            FeedReport(self.medic, self.checkpoints, self.parked,
+                       follower=lambda: self.follower, dispatcher=lambda: self.dispatcher),
+            ChtReport(self.settings, self.translations),
+            OutgoingReport(self.sender, self.outgoing_token,
+                           double_sender_risk=lambda: self.double_sender_risk,
+                           in_doubt=lambda: self.in_doubt, sweep=lambda: self.sweep),
+            StatusReport(self.status),
+            IncomingReport(self.incoming, self.incoming_key, self.incoming_reconciler),
+            RapidProReport(self.rapidpro, self.budget),
+        ]
+        self.health_document = HealthDocument(self.reporters, self.started_at)
+        self.metrics = Metrics(self.reporters, self.readiness)
+        # Operator requests: rescan statuses, retry parked changes.
+        self.admin = Admin(admin_token(config), rescan=self.status.trigger_rescan,
+                           retry_parked=self.parked_retries.retry)
         self.status.on_state_learned = self.metrics.observe_status_freshness
+
+    # The active session's parts, for the reporters and tests (None on a standby or at start).
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        return self.active.dispatcher if self.active else None
+
+    @property
+    def follower(self) -> ChangesFollower | None:
+        return self.active.follower if self.active else None
+
+    @property
+    def sweep(self) -> PendingSweep | None:
+        return self.active.sweep if self.active else None
+
+    @property
+    def in_doubt(self) -> InDoubtResolver | None:
+        return self.active.in_doubt if self.active else None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -220,8 +271,13 @@ class Worker:
         self.admin.register(app)
         self.http = HttpServer(app, self.config.listen_host, self.config.listen_port)
         if self.config.webhook_listen_host is not None:
+            public_app = build_public_app(
+                self.incoming, readiness=self.readiness,
+                observe_webhook=self.metrics.observe_webhook_on,
+                client_concurrency=self.config.webhook_client_concurrency,
+                read_timeout=self.config.webhook_read_timeout, max_body=self.config.webhook_max_body)
             self.public_http = HttpServer(
-                build_public_app(self), self.config.webhook_listen_host, self.config.webhook_listen_port,
+                public_app, self.config.webhook_listen_host, self.config.webhook_listen_port,
                 keepalive_timeout=self.config.webhook_read_timeout, door="public")
         await self._check_double_sender()
 
@@ -245,7 +301,7 @@ class Worker:
 
     async def _run_parts(self) -> int:
         """Every worker serves HTTP and keeps the lease; the holder also runs the active session
-        (`_active_session`), started and stopped by the lease's role changes."""
+        (worker/session.py), started and stopped by the lease's role changes."""
         assert self.http is not None
         try:
             await self.http.start()
@@ -265,7 +321,7 @@ class Worker:
                 await self.lease.tick()  # the first decision before saying we are up
                 lease_loop = group.create_task(self.lease.run(), name="lease")
                 sd_status = group.create_task(self.notifier.status_loop(self._status_line), name="sd-status")
-                refresher = group.create_task(self._standby_refresh_loop(), name="standby-refresh")
+                refresher = group.create_task(self.standby_refresh.run(), name="standby-refresh")
                 if self.lease.role != ACTIVE and self.lease.holder is not None:
                     self.ready.set()  # a standby: up as soon as it serves the webhook
                 elif self._session is not None:
@@ -312,31 +368,6 @@ class Worker:
 
     # ---- the active role ---------------------------------------------------------------------
 
-    async def _standby_refresh_loop(self) -> None:
-        """A standby follows no feed, yet serves the webhook: it re-reads the settings (SMS forms)
-        and CHT's translation docs when their revisions change, as the feed would have told it."""
-        seen: tuple[Any, Any] | None = None
-        while True:
-            await asyncio.sleep(STANDBY_REFRESH_S)
-            if self.lease.role == ACTIVE:
-                seen = None  # the feed keeps them current
-                continue
-            try:
-                async with asyncio.timeout(self.config.couch_timeout):
-                    settings_doc = await self.medic.get_or_none(SETTINGS_DOC_ID)
-                    rows = (await self.medic.all_docs(start_key=MESSAGES_PREFIX,
-                                                      end_key=MESSAGES_PREFIX + "\ufff0")).get("rows") or []
-                    revs = (settings_doc.get("_rev") if settings_doc else None,
-                            tuple((row.get("id"), (row.get("value") or {}).get("rev")) for row in rows))
-                    current = self.settings.current.rev if self.settings.current else None
-                    if revs[0] != current and (seen is None or revs[0] != seen[0]):
-                        await self.settings.load(self.medic)
-                    if seen is not None and revs[1] != seen[1]:
-                        await self.translations.load(self.medic)
-                    seen = revs
-            except (CouchError, TimeoutError) as exc:
-                log.debug("standby_refresh_failed", error=str(exc) or type(exc).__name__)
-
     def _became_active(self, generation: int) -> None:
         previous = self._session
         self._session_stop = asyncio.Event()
@@ -359,6 +390,18 @@ class Worker:
             self._exit_code = EXIT_CRASH
             self.stop()
 
+    async def _active_session(self, generation: int, previous: asyncio.Task[None] | None) -> None:
+        """The lease holder's work, until shutdown or the lease is lost (cancelled)."""
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous})  # its cancellation finishing (abandoned work)
+        self._sessions += 1
+        session = ActiveSession(self.session_parts, generation, self._sessions)
+        self.active = session
+        try:
+            await session.run(self._session_stop)
+        finally:
+            self._abandoned = session.abandoned
+
     async def _end_session(self) -> None:
         session = self._session
         if session is None:
@@ -366,99 +409,6 @@ class Worker:
         self._session_stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait({session})
-
-    async def _active_session(self, generation: int, previous: asyncio.Task[None] | None) -> None:
-        """The lease holder's work: feed + checkpoint, sending, sweeps, status tracking, in-doubt
-        resolution, incoming reconciliation. Cancelled the moment the lease is lost."""
-        if previous is not None and not previous.done():
-            await asyncio.wait({previous})  # its cancellation finishing (abandoned work)
-        self._sessions += 1
-        self.checkpoints.generation = generation
-        if self._sessions > 1 or time.time() - self.started_at > self.config.lease_ttl:
-            # A standby does not follow the feed: what changed in the settings and translations
-            # while it stood by is read now (the feed resumes after those changes).
-            await self._retry_transient("settings", lambda: self.settings.load(self.medic))
-            await self._retry_transient("translations", lambda: self.translations.load(self.medic))
-        try:
-            since = await self._retry_transient("checkpoint", self.checkpoints.load)
-            if since is None:
-                # First start: a big CHT holds millions of old changes; begin at the end of the feed.
-                since = await self._retry_transient("end_seq", self.medic.end_seq)
-                await self._retry_transient("checkpoint", lambda: self.checkpoints.save(since))
-                log.info("checkpoint_initialised", seq=since, reason="first start: following from now")
-            else:
-                # Written again under this generation: from now on a deposed holder's late
-                # checkpoint write conflicts and is refused (worker/feed/checkpoint.py).
-                await self._retry_transient("checkpoint", lambda: self.checkpoints.save(since))
-                log.info("checkpoint_loaded", seq=since, generation=generation)
-        except CheckpointFenced as exc:
-            log.warning("checkpoint_fenced", error=str(exc), generation=generation)
-            return
-        dispatcher = Dispatcher(
-            self.admin.wrap(self._process), self.parked.park, Watermark(since),
-            concurrency=self.config.concurrency, max_pending=self.config.max_pending_changes,
-            max_attempts=self.config.change_max_attempts, own_writes=self.own_writes,
-            on_progress=self._progress, wanted=self._wanted,
-        )
-        self.dispatcher = dispatcher
-        self.follower = ChangesFollower(
-            self.medic, dispatcher, batch_size=self.config.changes_batch_size,
-            catchup_batch_size=self.config.changes_catchup_batch_size)
-        self.sweep = PendingSweep(self.medic, dispatcher.submit, self.sender.refresh_gate)
-        self.in_doubt = InDoubtResolver(
-            ledger=self.ledger, medic=self.medic, client=self.rapidpro, token=self.outgoing_token,
-            settings=lambda: self.settings.current, writer=TaskWriter(self.medic),
-            submit=dispatcher.submit, in_charge=self.sender.refresh_gate,
-            rapidpro_timeout=self.config.rapidpro_timeout, check_after=self.config.in_doubt_check_after,
-            margin=self.config.in_doubt_clock_margin, claim_timeout=self.config.claim_timeout)
-        if self._sessions > 1:
-            # Another worker tracked statuses meanwhile: what this one knew may be out of date.
-            self.status.trigger_rescan()
-        deadline = 0.0
-        try:
-            async with asyncio.TaskGroup() as group:
-                feed = group.create_task(self.follower.run(dispatcher.watermark.seq), name="feed")
-                checkpointer = group.create_task(self._checkpoint_loop(), name="checkpointer")
-                sweeper = group.create_task(self.sweep.run(self.config.sweep_interval), name="sweep")
-                status = group.create_task(self.status.run(self.config.status_poll_interval), name="status")
-                in_doubt = group.create_task(self.in_doubt.run(), name="in-doubt")
-                reconciler = None
-                if self.incoming_reconciler is not None:
-                    reconciler = group.create_task(
-                        self.incoming_reconciler.run(self.config.incoming_reconcile_interval),
-                        name="incoming-reconcile")
-                self.ready.set()
-                log.info("active_session_started", generation=generation, seq=since)
-                await self._session_stop.wait()
-                deadline = time.monotonic() + self.config.shutdown_timeout
-                for part in (feed, sweeper, status, in_doubt, reconciler):
-                    if part is not None:
-                        part.cancel()
-                # finish in-flight work within the deadline, abandon the rest (redone after restart)
-                finished = await dispatcher.drain(self.config.shutdown_timeout)
-                self._abandoned = 0 if finished else await dispatcher.abandon()
-                checkpointer.cancel()
-        except asyncio.CancelledError:
-            # The lease is lost: stop at once. The next holder resumes from the last checkpoint.
-            self._abandoned = await dispatcher.abandon()
-            log.info("active_session_stopped", generation=generation, reason="lease lost",
-                     abandoned=self._abandoned, checkpoint=self.checkpoints.saved_seq)
-            self.follower = None
-            self.dispatcher = None
-            raise
-        except BaseException:
-            self._abandoned = await dispatcher.abandon()
-            raise
-        # The checkpoint (the watermark passes only what is done). Bounded, so shutdown ends on
-        # time with CouchDB away: a checkpoint not written means changes processed again.
-        try:
-            async with asyncio.timeout(max(FINAL_CHECKPOINT_MIN_S, deadline + 1.5 - time.monotonic())):
-                await self._write_checkpoint(final=True)
-        except TimeoutError:
-            log.warning("checkpoint_save_failed", seq=dispatcher.watermark.seq,
-                        error="CouchDB did not answer in time at shutdown")
-        log.info("active_session_stopped", generation=generation, reason="shutdown",
-                 abandoned=self._abandoned, checkpoint=self.checkpoints.saved_seq)
 
     # ---- settings and sending ----------------------------------------------------------------
 
@@ -487,140 +437,19 @@ class Worker:
                              "README, 'Exactly one sender'.")
         self.double_sender_risk = risk and self.config.outgoing_service_name == "rapidpro"
 
-    # ---- processing ------------------------------------------------------------------------
-
-    @staticmethod
-    def _doc_of(change: Change) -> dict[str, Any]:
-        doc = change.doc
-        if doc is None and change.deleted:  # a deleted doc the transitions follow (translations)
-            doc = {"_id": change.doc_id, "_deleted": True}
-        assert doc is not None
-        return doc
-
-    def _wanted(self, change: Change) -> bool:
-        """Whether any transition acts on the change's doc (pure; the feed's skip path asks)."""
-        doc = self._doc_of(change)
-        return any(transition.matches(doc) for transition in self.transitions)
-
-    async def _process(self, change: Change) -> None:
-        doc = self._doc_of(change)
-        for transition in self.transitions:
-            if transition.matches(doc):
-                await transition.apply(doc)
-
-    def _progress(self, passed: int) -> None:
-        self._since_checkpoint += passed
-        if self._since_checkpoint >= self.config.checkpoint_every:
-            self._checkpoint_due.set()
-
-    async def _checkpoint_loop(self) -> None:
-        while True:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # arrives as the event fires, and shutdown would then wait for ever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.checkpoint_interval):
-                    await self._checkpoint_due.wait()
-            self._checkpoint_due.clear()
-            await self._write_checkpoint()
-
-    async def _write_checkpoint(self, final: bool = False) -> None:
-        if self.dispatcher is None:
-            return
-        seq = self.dispatcher.watermark.seq
-        if seq == self.checkpoints.saved_seq:
-            return
-        if not self.lease.may_act(self.checkpoints.generation):
-            log.info("checkpoint_not_saved", seq=seq, reason="not the lease holder any more")
-            return
-        try:
-            await self.checkpoints.save(seq)
-            self._since_checkpoint = 0
-            log.log(20 if final else 10, "checkpoint_saved", seq=seq, generation=self.checkpoints.generation)
-        except CheckpointFenced as exc:
-            log.warning("checkpoint_fenced", seq=seq, error=str(exc))
-        except CouchError as exc:
-            # Not fatal: the next write carries it; at worst changes are processed again.
-            log.warning("checkpoint_save_failed", seq=seq, error=str(exc))
-
     # ---- health ----------------------------------------------------------------------------
 
     async def _status_line(self) -> str:
         return status_line(await self.health())
 
     async def health(self) -> dict[str, Any]:
-        feed = self.follower.status if self.follower else None
-        stats = self.dispatcher.stats if self.dispatcher else None
-        checkpoint = self.checkpoints.saved_seq
-        backlog: int | None = None
-        parked_total: int | None = None
-        if checkpoint is not None:
-            with contextlib.suppress(CouchError, TimeoutError):
-                async with asyncio.timeout(3):
-                    page = await self.medic.changes(checkpoint, limit=0, include_docs=False)
-                backlog = page.pending
-        with contextlib.suppress(CouchError, TimeoutError):
-            async with asyncio.timeout(3):
-                parked_total = await self.parked.count()
-        settings = self.settings.current
-        gate = self.sender.gate
-        last_in_doubt = self.in_doubt.last if self.in_doubt else None
-        paused = gate.remaining_pause() > 0
-        return {
-            "status": "ok",
-            "role": self.lease.role,
-            "lease_holder": self.lease.holder,
-            "lease": self.lease.health(),
-            "started_at": cht_time(self.started_at),
-            "feed": {
-                "connected": feed.connected if feed else False,
-                "since": feed.since if feed else None,
-                "caught_up": feed.caught_up if feed else False,
-                "last_error": feed.last_error if feed else None,
-            },
-            "checkpoint": checkpoint,
-            "backlog": backlog,
-            "last_progress": cht_time(stats.last_progress) if stats and stats.last_progress else None,
-            "in_flight": self.dispatcher.in_flight if self.dispatcher else 0,
-            "changes": {
-                "processed": stats.processed if stats else 0,
-                "skipped": stats.skipped if stats else 0,
-                "failures": stats.failures if stats else 0,
-                "parked": stats.parked if stats else 0,
-            },
-            "parked_total": parked_total,
-            "settings": settings.summary() if settings else None,
-            "settings_error": self.settings.last_error,
-            "translations": self.translations.current.summary(),
-            "outgoing": {
-                "sending": gate.not_in_charge is None and not paused,
-                "not_sending_reason": gate.not_in_charge,
-                "paused_reason": gate.pause_reason if paused else None,
-                "double_sender_risk": self.double_sender_risk,
-                "token_source": self.outgoing_token.source,
-                "sent": self.sender.stats.sent,
-                "rejected": self.sender.stats.rejected,
-                "denied": self.sender.stats.denied,
-                "in_doubt": self.sender.stats.in_doubt,
-                "in_doubt_unresolved": last_in_doubt.unresolved if last_in_doubt else None,
-                "in_doubt_waiting_operator": last_in_doubt.waiting_operator if last_in_doubt else None,
-                "in_doubt_found": self.in_doubt.totals["found"] if self.in_doubt else 0,
-                "in_doubt_resent": self.in_doubt.totals["resent"] if self.in_doubt else 0,
-                "in_doubt_lookups": self.in_doubt.health() if self.in_doubt else None,
-                "reprojected": self.sender.stats.reprojected,
-                "send_errors": self.sender.stats.send_errors,
-                "last_sweep_docs": self.sweep.last_count if self.sweep else None,
-            },
-            "status_tracking": self.status.health(),
-            "incoming": {
-                "key_source": self.incoming_key.source,
-                "requests": dict(self.incoming.counters),
-                "reconcile": None if self.incoming_reconciler is None else {
-                    "last_round": (vars(self.incoming_reconciler.last_round)
-                                   if self.incoming_reconciler.last_round else None),
-                    "last_error": self.incoming_reconciler.last_error,
-                },
-            },
-        }
+        return await self.health_document.build()
+
+    async def readiness(self) -> list[str]:
+        """Why this worker is not ready (empty when it is): for /readyz on both doors."""
+        return await readiness_problems(
+            self.medic, settings_loaded=lambda: self.settings.current is not None,
+            feed_missing=lambda: self.follower is None and self.lease.role == ACTIVE)
 
 
 async def run_worker(config: Config) -> int:

@@ -26,6 +26,8 @@ from transitions.incoming import IncomingMessage, Invalid, build_record, parse_w
 from transitions.translations import Translations, translations_from_docs
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cht_sms_vectors"
+# CHT's translation docs recorded with the vectors; the playground seeds them too.
+TRANSLATIONS = Path(__file__).resolve().parents[2] / "playground" / "cht" / "translations.json"
 RECEIPT_MS = 1_764_000_000_000  # the receipt time handed to the worker; CHT's is "<receipt time>"
 RECEIPT_MARK = "<receipt time>"
 
@@ -67,7 +69,7 @@ def profiles() -> dict[str, Settings]:
 
 @cache
 def translation_docs() -> tuple[dict[str, Any], ...]:
-    return tuple(json.loads((FIXTURES / "translations.json").read_text(encoding="utf-8")))
+    return tuple(json.loads(TRANSLATIONS.read_text(encoding="utf-8")))
 
 
 @cache

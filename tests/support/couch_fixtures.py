@@ -33,7 +33,8 @@ import pytest
 from tests.support.couchserver import CouchTestServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-DESIGN_DOCS_FILE = FIXTURES / "cht_design_docs.json"
+# CHT's design docs as written for the project; the playground seeds them too.
+DESIGN_DOCS_FILE = Path(__file__).resolve().parents[2] / "playground" / "cht" / "design_docs.json"
 SETTINGS_FILE = FIXTURES / "settings_example.json"
 TEST_COUCH_URL_ENV = "TEST_COUCH_URL"
 
@@ -104,7 +105,7 @@ def _redact(url: str) -> str:
 
 # ---------------------------------------------------------------------------- CHT data
 def load_design_docs() -> list[dict[str, Any]]:
-    """CHT's design docs as written for the tests (tests/fixtures/cht_design_docs.json)."""
+    """CHT's design docs as written for the tests (playground/cht/design_docs.json)."""
     return json.loads(DESIGN_DOCS_FILE.read_text())["docs"]
 
 

@@ -1,4 +1,4 @@
-"""Start and stop the project's CouchDB-protocol test server (tests/couchdb_server/server.js).
+"""Start and stop the project's CouchDB-protocol test server (playground/couchdb_server/server.js).
 
 Usage:
 - `ensure_node_modules()` runs `npm ci` once, when node_modules does not match package-lock.json;
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import IO, Self
 
-SERVER_DIR = Path(__file__).resolve().parent.parent / "couchdb_server"
+SERVER_DIR = Path(__file__).resolve().parents[2] / "playground" / "couchdb_server"
 NODE_MODULES = SERVER_DIR / "node_modules"
 LOCK_FILE = SERVER_DIR / "package-lock.json"
 # Written after a successful `npm ci`: the hash of the package-lock.json it installed. Comparing
@@ -45,7 +45,7 @@ def _installed() -> bool:
 
 
 def ensure_node_modules(timeout: float = 300.0) -> None:
-    """Run `npm ci` in tests/couchdb_server unless node_modules matches package-lock.json.
+    """Run `npm ci` in playground/couchdb_server unless node_modules matches package-lock.json.
 
     Idempotent, and safe when several processes (e.g. pytest-xdist workers) call it at once:
     an exclusive file lock serialises them and the later ones find the stamp already written.

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest_asyncio
 
-from tests.support.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro
+from playground.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro
 
 __all__ = ["DEFAULT_TOKEN", "FakeClock", "fake_rapidpro", "fake_rapidpro_factory"]
 

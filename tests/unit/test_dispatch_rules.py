@@ -110,7 +110,7 @@ def test_owner_is_dead_only_for_a_vanished_pid_on_this_host():
     import subprocess
     import sys
 
-    from worker.outgoing.ledger import HOSTNAME, owner_is_dead
+    from worker.identity import HOSTNAME, owner_is_dead
 
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True)

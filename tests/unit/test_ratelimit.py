@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from tests.support.fake_rapidpro import FakeClock
+from playground.fake_rapidpro import FakeClock
 from worker.backoff import Backoff
 from worker.rapidpro.budget import HOUR, Priority, RateBudget, TokenBucket
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from config.env import Config, ConfigError, load_config, read_environment
 from config.settings import SETTINGS_DOC_ID, Settings, SettingsError, parse_settings
 from transitions.dispatch import double_sender_risk, not_sending_reason
-from worker.commands import Command
+from worker.commands.command import Command
 from worker.commands.local import DaemonProblem, call, daemon_url
 from worker.couch.client import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
 from worker.http.health_text import stalls

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from config.env import Config
-from worker.commands import Command
+from worker.commands.command import Command
 from worker.couch.client import CouchError, CouchServer
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from config.env import Config
-from worker.commands import Command
+from worker.commands.command import Command
 from worker.commands.local import DaemonProblem, add_url_argument, call
 from worker.couch.client import CouchError, CouchServer
 from worker.feed.parking import ParkedChanges

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from config.env import Config
-from worker.commands import Command
+from worker.commands.command import Command
 from worker.commands.local import DaemonProblem, add_url_argument, call
 from worker.http.admin import RESCAN_PATH
 

@@ -7,7 +7,7 @@ import json
 import sys
 
 from config.env import Config
-from worker.commands import Command
+from worker.commands.command import Command
 from worker.commands.local import DaemonProblem, add_url_argument, call
 from worker.http.health_text import summary
 

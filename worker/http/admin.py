@@ -12,23 +12,18 @@ import hashlib
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from config.env import Config
 from worker.couch.client import CouchError
-from worker.feed.changes import Change
+from worker.feed.parking import NotRunning
 from worker.logs import get_logger
-
-if TYPE_CHECKING:
-    from worker.app import Worker
 
 log = get_logger(__name__)
 
 RESCAN_PATH = "/admin/rescan"
 PARKED_RETRY_PATH = "/admin/parked/retry"
-Process = Callable[[Change], Awaitable[None]]
 
 
 def admin_token(config: Config) -> str:
@@ -46,10 +41,14 @@ def _loopback(remote: str | None) -> bool:
 
 
 class Admin:
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-        self._token = admin_token(worker.config)
-        self._retrying: set[str] = set()
+    """The operator's requests, answered by the parts that own them: `rescan` (status tracking)
+    and `retry_parked` (the feed's parked changes)."""
+
+    def __init__(self, token: str, *, rescan: Callable[[], None],
+                 retry_parked: Callable[[list[str] | None], Awaitable[dict[str, list[str]]]]) -> None:
+        self._token = token
+        self._rescan = rescan
+        self._retry_parked = retry_parked
 
     def register(self, app: web.Application) -> None:
         app.router.add_post(RESCAN_PATH, self._guard(self.rescan))
@@ -66,7 +65,7 @@ class Admin:
         return guarded
 
     async def rescan(self, request: web.Request) -> web.Response:
-        self._worker.status.trigger_rescan()
+        self._rescan()
         log.info("admin_rescan")
         return web.json_response({"rescan": "started"}, status=202)
 
@@ -77,46 +76,18 @@ class Admin:
             body = None
         if not isinstance(body, dict):
             return web.json_response({"error": 'expected {"doc_ids": [...]} or {"all": true}'}, status=400)
-        dispatcher = self._worker.dispatcher
-        if dispatcher is None:
-            return web.json_response({"error": "the worker is still starting"}, status=503)
-        parked = self._worker.parked
+        doc_ids: list[str] | None
+        if body.get("all") is True:
+            doc_ids = None
+        elif isinstance(body.get("doc_ids"), list) and all(isinstance(d, str) for d in body["doc_ids"]):
+            doc_ids = list(body["doc_ids"])
+        else:
+            return web.json_response({"error": "doc_ids must be a list of strings"}, status=400)
         try:
-            if body.get("all") is True:
-                doc_ids = [str(doc["doc_id"]) for doc in await parked.list() if doc.get("doc_id")]
-            elif isinstance(body.get("doc_ids"), list) and all(isinstance(d, str) for d in body["doc_ids"]):
-                doc_ids = list(body["doc_ids"])
-            else:
-                return web.json_response({"error": "doc_ids must be a list of strings"}, status=400)
-            result: dict[str, list[str]] = {"retrying": [], "not_parked": [], "gone": []}
-            for doc_id in doc_ids:
-                if await parked.get(doc_id) is None:
-                    result["not_parked"].append(doc_id)
-                    continue
-                doc = await self._worker.medic.get_or_none(doc_id)
-                if doc is None or doc.get("_deleted"):
-                    await parked.drop(doc_id)  # nothing left to process
-                    result["gone"].append(doc_id)
-                    continue
-                self._retrying.add(doc_id)
-                # seq None: not a feed position, so the checkpoint ignores it (as the sweep does)
-                await dispatcher.submit(Change(seq=None, doc_id=doc_id, doc=doc))
-                result["retrying"].append(doc_id)
+            result = await self._retry_parked(doc_ids)
+        except NotRunning as exc:
+            return web.json_response({"error": str(exc)}, status=503)
         except CouchError as exc:
             return web.json_response({"error": f"CouchDB: {exc}"}, status=503)
         log.info("admin_parked_retry", **{k: len(v) for k, v in result.items()})
         return web.json_response(result, status=202)
-
-    def wrap(self, process: Process) -> Process:
-        """The dispatcher's process step, dropping the parked entry once a retried doc succeeds
-        (a failure parks it again, with the new error)."""
-        async def processed(change: Change) -> None:
-            await process(change)
-            if change.doc_id in self._retrying:
-                self._retrying.discard(change.doc_id)
-                await self._worker.parked.drop(change.doc_id)
-                log.info("parked_change_retried", doc_id=change.doc_id)
-        return processed
-
-    def health(self) -> dict[str, Any]:
-        return {"retrying": len(self._retrying)}

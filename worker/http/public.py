@@ -22,15 +22,12 @@ import contextlib
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from worker.http.metrics import readiness_problems
+from worker.http.metrics import Readiness
+from worker.incoming.webhook import IncomingWebhook
 from worker.logs import get_logger
-
-if TYPE_CHECKING:
-    from worker.app import Worker
 
 log = get_logger(__name__)
 
@@ -156,8 +153,8 @@ def body_deadline(read_timeout: float, max_body: int) -> Callable[..., Awaitable
 class PublicReadiness:
     """`{"ready": bool}` only; CouchDB is asked at most once per READY_CACHE_SECONDS."""
 
-    def __init__(self, worker: Worker, clock: Callable[[], float] = time.monotonic) -> None:
-        self._worker = worker
+    def __init__(self, readiness: Readiness, clock: Callable[[], float] = time.monotonic) -> None:
+        self._readiness = readiness
         self._clock = clock
         self._lock = asyncio.Lock()
         self._ready = False
@@ -167,7 +164,7 @@ class PublicReadiness:
         async with self._lock:
             now = self._clock()
             if self._checked_at is None or now - self._checked_at >= READY_CACHE_SECONDS:
-                self._ready = not await readiness_problems(self._worker)
+                self._ready = not await self._readiness()
                 self._checked_at = self._clock()
             ready = self._ready
         return web.json_response({"ready": ready}, status=200 if ready else 503)
@@ -178,15 +175,16 @@ async def _hide_versions(request: web.Request, response: web.StreamResponse) -> 
     response.headers["Server"] = "cht-rapidpro-worker"
 
 
-def build_public_app(worker: Worker) -> web.Application:
-    config = worker.config
-    limiter = ClientLimiter(config.webhook_client_concurrency, wait=config.webhook_read_timeout)
+def build_public_app(webhook: IncomingWebhook, *, readiness: Readiness,
+                     observe_webhook: Callable[[web.Application], None], client_concurrency: int,
+                     read_timeout: float, max_body: int) -> web.Application:
+    limiter = ClientLimiter(client_concurrency, wait=read_timeout)
     app = web.Application(middlewares=[
         limiter.middleware,
-        body_deadline(config.webhook_read_timeout, config.webhook_max_body),
+        body_deadline(read_timeout, max_body),
     ])
     app.on_response_prepare.append(_hide_versions)
-    worker.incoming.register(app)
-    worker.metrics.observe_webhook_on(app)
-    app.router.add_get("/readyz", PublicReadiness(worker).handle)
+    webhook.register(app)
+    observe_webhook(app)
+    app.router.add_get("/readyz", PublicReadiness(readiness).handle)
     return app

@@ -18,13 +18,12 @@ from typing import Any
 from aiohttp import web
 
 from worker.logs import get_logger
+from worker.stopping import STOPPING_KEY
 
 log = get_logger(__name__)
 
 HealthProvider = Callable[[], Awaitable[dict[str, Any]]]
 HEALTH_KEY = web.AppKey("health", HealthProvider)
-# Set when the server stops taking its time: handlers waiting on a client or on CouchDB give up.
-STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
 
 # After STOPPING_KEY is set: how long handlers get to send their 503, and how long aiohttp then
 # waits for each connection. Together they bound what shutdown adds to `grace`.

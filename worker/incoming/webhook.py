@@ -35,9 +35,9 @@ from transitions.phone import mask_phone
 from transitions.translations import EMPTY as NO_TRANSLATIONS
 from transitions.translations import Translations
 from worker.couch.client import CouchError, CouchUnavailable, Database
-from worker.http.server import STOPPING_KEY
 from worker.logs import get_logger
 from worker.rapidpro.credentials import Credential
+from worker.stopping import STOPPING_KEY
 
 log = get_logger(__name__)
 T = TypeVar("T")

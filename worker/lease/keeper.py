@@ -34,8 +34,8 @@ from transitions.lease import (
 )
 from transitions.timestamps import cht_time
 from worker.couch.client import Conflict, CouchError, CouchServer, Database
+from worker.identity import HOSTNAME, owner_is_dead
 from worker.logs import get_logger
-from worker.outgoing.ledger import HOSTNAME, owner_is_dead
 
 log = get_logger(__name__)
 

@@ -46,8 +46,9 @@ from transitions.phone import mask_phone
 from transitions.timestamps import rapidpro_time
 from worker.couch.client import CouchError, Database
 from worker.feed.changes import Change
+from worker.identity import owner_is_dead
 from worker.logs import get_logger
-from worker.outgoing.ledger import Ledger, owner_is_dead
+from worker.outgoing.ledger import Ledger
 from worker.outgoing.task_writer import TaskWriter
 from worker.progress import Progress
 from worker.rapidpro.budget import Priority

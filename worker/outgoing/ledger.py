@@ -13,8 +13,6 @@ normal claim, so two workers can never both resend. Fields added by this (`resol
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +21,7 @@ from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
 from transitions.timestamps import cht_time
 from worker.couch.bulk import BulkWriter
 from worker.couch.client import Conflict, Database, NotFound
+from worker.identity import OWNER
 
 LEDGER_PREFIX = "msg:"
 DESIGN_DOC = "rapidpro-worker"
@@ -34,33 +33,6 @@ LEDGER_VIEWS = {
     "by_broadcast": {"map": "function (doc) { if (doc.type === 'dispatch' && doc.state === 'sent' && "
                             "typeof doc.broadcast_id === 'number') { emit(doc.broadcast_id, doc.uuid); } }"},
 }
-HOSTNAME = socket.gethostname()
-OWNER = f"{HOSTNAME}:{os.getpid()}"
-
-
-def owner_is_dead(owner: object) -> bool:
-    """True only when a claim's owner was a process on this host that no longer exists.
-
-    Another host, an unparseable owner, or a live pid (even a reused one) all answer False:
-    the claim is then left to age out, which is the safe direction.
-    """
-    if not isinstance(owner, str) or ":" not in owner:
-        return False
-    host, _, pid_text = owner.rpartition(":")
-    if host != HOSTNAME or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # exists, owned by someone else
-    return False
-
-
 def _same_claim(current: dict[str, Any], entry: dict[str, Any]) -> bool:
     return all(current.get(k) == entry.get(k) for k in ("owner", "claimed_at_epoch", "state"))
 

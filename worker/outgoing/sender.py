@@ -29,8 +29,9 @@ from transitions.outgoing import is_denied, recipient_urn, sendable_messages
 from transitions.phone import mask_phone
 from worker.backoff import Backoff
 from worker.couch.client import CouchUnavailable, TransientError
+from worker.identity import owner_is_dead
 from worker.logs import get_logger
-from worker.outgoing.ledger import Ledger, owner_is_dead
+from worker.outgoing.ledger import Ledger
 from worker.outgoing.task_writer import TaskWriter
 from worker.rapidpro.client import RapidProClient
 from worker.rapidpro.credentials import Credential

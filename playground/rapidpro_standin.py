@@ -16,7 +16,7 @@ trying the worker by hand: the tests' FakeRapidPro plus what a real workspace do
 
 A development tool: it is not part of the installed package (pyproject ships worker*,
 transitions*, config* only). Run alone with
-`python -m tests.support.rapidpro_standin --port 15985 --webhook-url URL --webhook-key KEY`.
+`python -m playground.rapidpro_standin --port 15985 --webhook-url URL --webhook-key KEY`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.support.fake_rapidpro import BROADCASTS_PATH, FakeMessage, FakeRapidPro
+from playground.fake_rapidpro import BROADCASTS_PATH, FakeMessage, FakeRapidPro
 from transitions.phone import mask_phone
 from worker.logs import configure_logging, get_logger
 

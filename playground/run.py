@@ -4,7 +4,7 @@ machine, with nothing to sign up for.
 1. the project's CouchDB-protocol server (in memory: every run starts afresh) on DEV_COUCH_PORT,
    seeded with CHT's design docs, a settings doc whose outgoing service is the worker's and whose
    `sms.rapidpro.url` is the stand-in, two SMS forms, and one pending outgoing message;
-2. a RapidPro stand-in (tests/support/rapidpro_standin.py) on DEV_RAPIDPRO_PORT, which moves
+2. a RapidPro stand-in (playground/rapidpro_standin.py) on DEV_RAPIDPRO_PORT, which moves
    messages queued → wired → sent → delivered over a few seconds and calls the worker's webhook
    as a RapidPro flow does;
 3. the worker itself, with credentials for both directions, status tracking every 2 s;
@@ -16,7 +16,7 @@ own lines (`playground_*`, `rapidpro_standin_*`) are rendered the same way, the 
 stderr. SIGINT/SIGTERM/SIGHUP (Ctrl-C) stops the worker first (an orderly shutdown), then the
 stand-in and the CouchDB-protocol server; the children live in sessions of their own so that a
 Ctrl-C reaches them only in that order, and they die with this process if it is killed.
-Usage (what ./scripts/run does): .venv/bin/python scripts/playground.py [args for `run`]
+Usage (what ./scripts/run does): .venv/bin/python -m playground [args for `run`]
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.support is not part of the installed package
+sys.path.insert(0, str(ROOT))  # the playground is not part of the installed package
 
 import aiohttp  # noqa: E402
 
 from config.env import ConfigError, read_environment  # noqa: E402
-from tests.support.rapidpro_standin import RapidProStandIn  # noqa: E402
+from playground.rapidpro_standin import RapidProStandIn  # noqa: E402
 from transitions.phone import mask_phone  # noqa: E402
 from transitions.timestamps import cht_time  # noqa: E402
 from worker.logs import configure_logging, get_logger  # noqa: E402
@@ -54,12 +54,13 @@ ADMIN_USER, ADMIN_PASS = "admin", "pass"
 DB = "medic"
 API_TOKEN = "playground-api-token"  # what the worker presents to the stand-in
 INCOMING_KEY = "playground-incoming-key"  # what the stand-in's flow presents to the worker
-SERVER_DIR = ROOT / "tests" / "couchdb_server"
-DESIGN_DOCS = ROOT / "tests" / "fixtures" / "cht_design_docs.json"
+HERE = Path(__file__).resolve().parent
+SERVER_DIR = HERE / "couchdb_server"
+DESIGN_DOCS = HERE / "cht" / "design_docs.json"
 # CHT's API writes its translation docs (`messages-<locale>`) into medic at start; the playground
 # stands in for it with the texts SMS parsing uses.
-TRANSLATION_DOCS = ROOT / "tests" / "fixtures" / "cht_sms_vectors" / "translations.json"
-SETTINGS = Path(__file__).resolve().parent / "playground_settings.json"
+TRANSLATION_DOCS = HERE / "cht" / "translations.json"
+SETTINGS = HERE / "settings.json"
 DATA_DIR = ROOT / ".devdata"
 
 SEEDED_DOC_ID = "playground-reminder"
