@@ -1,0 +1,1 @@
+"""The daemon: one package per capability; worker/README.md is the map."""

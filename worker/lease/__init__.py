@@ -1,0 +1,3 @@
+"""Several workers on one CHT: the lease that makes one of them active.
+
+See worker/README.md for how the packages fit together."""
