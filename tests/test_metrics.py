@@ -42,6 +42,19 @@ def pending_doc(doc_id: str, text: str) -> dict[str, Any]:
                        "state_history": [{"state": "pending", "timestamp": iso_ago()}]}]}
 
 
+async def put_tracked(medic_db: Any, fake: Any, text: str, *, sent_ago: float) -> int:
+    """A message another sender sent `sent_ago` seconds ago, now tracked in CHT: its broadcast id."""
+    async with RapidProClient(RateBudget(3600)) as client:
+        broadcast = await client.send_broadcast(fake.url, DEFAULT_TOKEN, "tel:+254700000009", text)
+    tracked = {"_id": "tracked", "type": "data_record", "tasks": [{
+        "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": broadcast.id,
+        "messages": [{"uuid": str(uuidlib.uuid4()), "to": "+254700000009", "message": text}],
+        "state_history": [{"state": "received-by-gateway", "timestamp": iso_ago(sent_ago)}]}]}
+    status, body = await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/tracked", tracked)
+    assert status in (201, 202), body
+    return broadcast.id
+
+
 class Scraper:
     def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
         self.http = http
@@ -80,16 +93,8 @@ async def test_metrics_move_as_messages_are_sent_tracked_and_received(medic_db, 
                                                                      in_process_workers):
     await asyncio.to_thread(put_settings, medic_db.url, settings_for(fake_rapidpro.url))
     # A message sent an hour ago by someone, now delivered: status tracking will learn it.
-    async with RapidProClient(RateBudget(3600)) as client:
-        earlier = await client.send_broadcast(fake_rapidpro.url, DEFAULT_TOKEN, "tel:+254700000009",
-                                              "earlier")
-    fake_rapidpro.set_status(earlier.id, "delivered")
-    tracked = {"_id": "tracked", "type": "data_record", "tasks": [{
-        "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": earlier.id,
-        "messages": [{"uuid": str(uuidlib.uuid4()), "to": "+254700000009", "message": "earlier"}],
-        "state_history": [{"state": "received-by-gateway", "timestamp": iso_ago(3600)}]}]}
-    status, body = await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/tracked", tracked)
-    assert status in (201, 202), body
+    earlier = await put_tracked(medic_db, fake_rapidpro, "earlier", sent_ago=3600)
+    fake_rapidpro.set_status(earlier, "delivered")
 
     worker = await start(in_process_workers, medic_db.url)
     assert worker.http is not None
@@ -222,14 +227,7 @@ async def test_alert_rules_parse_and_name_only_metrics_the_worker_exports(medic_
 async def test_a_status_tracking_stall_shows_in_healthz_and_metrics_and_clears(
         medic_db, fake_rapidpro, http, in_process_workers):
     await asyncio.to_thread(put_settings, medic_db.url, settings_for(fake_rapidpro.url))
-    async with RapidProClient(RateBudget(3600)) as client:
-        earlier = await client.send_broadcast(fake_rapidpro.url, DEFAULT_TOKEN, "tel:+254700000009", "x")
-    tracked = {"_id": "tracked", "type": "data_record", "tasks": [{
-        "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": earlier.id,
-        "messages": [{"uuid": str(uuidlib.uuid4()), "to": "+254700000009", "message": "x"}],
-        "state_history": [{"state": "received-by-gateway", "timestamp": iso_ago(60)}]}]}
-    status, body = await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/tracked", tracked)
-    assert status in (201, 202), body
+    await put_tracked(medic_db, fake_rapidpro, "x", sent_ago=60)
     # RapidPro answers every status question with a 500: rounds never complete, nothing crashes.
     fault = fake_rapidpro.fail_next(10**6, path="/api/v2/messages.json")
     worker = await start(in_process_workers, medic_db.url, STATUS_POLL_INTERVAL="0.3")
