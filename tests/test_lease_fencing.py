@@ -12,7 +12,7 @@ from config.env import parse_couch_url
 from tests.support.waiting import eventually
 from transitions.lease import LEASE_DOC_ID
 from worker.couch.client import CouchServer, Database
-from worker.feed.checkpoint import CheckpointFenced, CheckpointStore
+from worker.feed.checkpoint import CHECKPOINT_ID, CheckpointFenced, CheckpointStore
 from worker.lease.keeper import ACTIVE, STANDBY, Fenced, FencedDatabase, LeaseKeeper
 from worker.rapidpro.budget import RateBudget
 from worker.rapidpro.client import RapidProClient
@@ -84,7 +84,19 @@ async def test_a_deposed_holders_late_checkpoint_is_refused(own_db):
     with pytest.raises(CheckpointFenced):
         await old.save("12-b")  # the old holder's late write
     await new.save("15-c")
-    assert (await own_db.get_local("cht-rapidpro-worker-checkpoint"))["seq"] == "15-c"
+    assert (await own_db.get(CHECKPOINT_ID))["seq"] == "15-c"
+
+
+async def test_a_checkpoint_of_an_older_version_is_read_once_then_kept_as_a_doc(own_db):
+    # Before the checkpoint was a regular doc it was a `_local` one (never copied between the
+    # copies of a clustered CouchDB): its seq is where the feed resumes after the upgrade.
+    await own_db.put_local(CHECKPOINT_ID, {"seq": "7-old"})
+    store = CheckpointStore(own_db)
+    store.generation = 1
+    assert await store.load() == "7-old"
+    await store.save("8-new")
+    assert (await own_db.get(CHECKPOINT_ID))["seq"] == "8-new"
+    assert await CheckpointStore(own_db).load() == "8-new"
 
 
 async def test_writes_and_rapidpro_calls_stop_with_the_lease(own_db, medic_db):

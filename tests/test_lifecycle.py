@@ -18,6 +18,7 @@ from tests.support.couch_fixtures import couch_request, create_db, seed_design_d
 from tests.support.couchserver import CouchTestServer
 from tests.support.daemon import Daemon
 from transitions.incoming import doc_id_for
+from worker.feed.checkpoint import CHECKPOINT_ID
 from worker.incoming.webhook import V2_PATH
 
 
@@ -30,7 +31,7 @@ def insert_docs(db_url: str, prefix: str, count: int) -> list[str]:
 
 
 def read_checkpoint(db_url: str) -> object:
-    status, body = couch_request("GET", f"{db_url}-rapidpro/_local/cht-rapidpro-worker-checkpoint")
+    status, body = couch_request("GET", f"{db_url}-rapidpro/{CHECKPOINT_ID}")
     return body.get("seq") if status == 200 else None
 
 

@@ -79,16 +79,18 @@ def double_sender_risk(settings: Settings | None, vault_has_outgoing_token: bool
 
 
 def ledger_action(entry: Mapping[str, Any] | None, now: float, claim_timeout: float,
-                  owner_dead: bool = False) -> Action:
+                  owner_dead: bool = False, ours_unsent: bool = False) -> Action:
     """What to do with a sendable message, given its ledger entry.
 
     A claim without outcome is someone sending right now, unless it is older than any send can
-    take (`claim_timeout`) or its owner is known to be dead: then it is in doubt.
+    take (`claim_timeout`) or its owner is known to be dead: then it is in doubt. A claim this
+    process wrote but was never told it won (`ours_unsent`: stored on too few copies of a
+    clustered CouchDB) sent nothing: it is taken over like a released one.
     """
     if entry is None:
         return Action.SEND
     state = entry.get("state")
-    if state == RELEASED:
+    if state == RELEASED or (ours_unsent and state in (CLAIMED, IN_DOUBT)):
         return Action.SEND
     if state == CLAIMED:
         claimed_at = entry.get("claimed_at_epoch")

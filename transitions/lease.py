@@ -86,13 +86,15 @@ def decide(lease: Lease | None, me: str, *, seen_for: float, ttl: float,
 
 
 def lease_doc(lease: Lease | None, me: str, *, now: float, ttl: float, take: bool,
-              host: str | None = None, pid: int | None = None, process: str | None = None) -> dict[str, Any]:
-    """The doc to write: a renewal keeps the generation, a take-over bumps it."""
+              host: str | None = None, pid: int | None = None, process: str | None = None,
+              nonce: str | None = None) -> dict[str, Any]:
+    """The doc to write: a renewal keeps the generation, a take-over bumps it. `nonce` keeps two
+    writers' revisions apart on a cluster (identical bodies would make one revision)."""
     generation = (lease.generation if lease else 0) + (1 if take else 0)
     doc: dict[str, Any] = {
         "_id": LEASE_DOC_ID, "type": LEASE_TYPE, "holder": me, "generation": generation,
         "expires_at_epoch": now + ttl, "renewed_at_epoch": now, "ttl_s": ttl, "host": host, "pid": pid,
-        "process": process,
+        "process": process, "nonce": nonce,
     }
     if lease is not None and lease.rev:
         doc["_rev"] = lease.rev
@@ -118,3 +120,34 @@ def stop_margin(ttl: float) -> float:
 def act_until(renew_sent_at: float, ttl: float) -> float:
     """Monotonic time until which a holder may act after a renewal it sent at `renew_sent_at`."""
     return renew_sent_at + ttl - stop_margin(ttl)
+
+
+def _depth(lease: Lease) -> int:
+    head = (lease.rev or "0-").split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def pick(leaves: list[Lease], *, process: str, active: bool, my_rev: str | None
+         ) -> tuple[Lease | None, list[Lease]]:
+    """The lease among conflicting revisions (a clustered CouchDB), and the leaves to delete.
+
+    Only a write CouchDB answered 201 (a quorum of copies) makes or keeps a holder, and no two
+    writers get a quorum for writes on the same parent. So: a holder whose last confirmed revision
+    is still a leaf holds the lease, and every other leaf is a write that reached too few copies
+    (deleted). A standby never builds on its own unconfirmed leaves (deleted, unless nothing else
+    is left); among the others it follows the one renewed most (deepest), then the newest
+    generation, then the highest `_rev`, as every reader does, and waits out the TTL on it.
+    """
+    if not leaves:
+        return None, []
+    if len(leaves) == 1:
+        return leaves[0], []
+    if active and my_rev is not None:
+        mine = next((leaf for leaf in leaves if leaf.rev == my_rev), None)
+        if mine is not None:
+            return mine, [leaf for leaf in leaves if leaf is not mine]
+    own = [leaf for leaf in leaves if leaf.process == process]
+    others = [leaf for leaf in leaves if leaf.process != process]
+    pool = others or own
+    winner = max(pool, key=lambda leaf: (_depth(leaf), leaf.generation, leaf.rev or ""))
+    return winner, [leaf for leaf in own if leaf is not winner]

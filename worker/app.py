@@ -84,7 +84,6 @@ class Worker:
         self.medic.on_write = self.own_writes.remember
         self.settings = SettingsStore()
         self.translations = TranslationsStore()
-        self.checkpoints = CheckpointStore(self.own_db)
         self.parked = ParkedChanges(self.own_db)
         self.vault = Vault(self.couch, config.couch.vault_db_name, config.couch_secret)
         self.outgoing_token = Credential(self.vault, "rapidpro:outgoing", value=config.rapidpro_api_token,
@@ -97,6 +96,7 @@ class Worker:
         # One active worker of several (worker/lease/keeper.py): it alone talks to RapidPro and moves
         # the feed; every worker serves the webhook and the health endpoints.
         self.instance_id = config.instance_id or OWNER
+        self.checkpoints = CheckpointStore(self.own_db, instance=self.instance_id)
         self.lease = LeaseKeeper(self.own_db, self.instance_id, ttl=config.lease_ttl,
                                  renew_interval=config.lease_renew_interval,
                                  request_timeout=config.couch_timeout,
@@ -105,7 +105,7 @@ class Worker:
         self.rapidpro = RapidProClient(self.budget, timeout=config.rapidpro_timeout,
                                        max_wait=config.rapidpro_timeout,
                                        user_agent=user_agent(self.instance_id), may_call=self.lease.may_act)
-        self.ledger = Ledger(self.own_db)
+        self.ledger = Ledger(self.own_db, instance=self.instance_id)
         self.sender = OutgoingSender(
             ledger=self.ledger, client=self.rapidpro, writer=TaskWriter(self.medic),
             token=self.outgoing_token,

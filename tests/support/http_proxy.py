@@ -4,12 +4,18 @@ Works the same in front of the test server and Apache CouchDB, so "no CouchDB re
 checked on both. Optionally it swaps the worker's Basic credentials for the real admin's: the
 worker can then be given a distinctive password to look for in its output, while CouchDB's own
 admin password stays what the test server or the CouchDB under test was started with.
+
+`accept_only` plays a clustered CouchDB whose writes reach too few copies: a write of a doc it
+names is stored (one node has it, as one copy of a cluster would) but answered as a coordinator
+answers then — 202, and `"accepted": true` for that doc in `_bulk_docs`.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import urllib.parse
+from collections.abc import Callable
 
 import aiohttp
 import yarl
@@ -33,6 +39,9 @@ class CountingProxy:
         if accept is not None:
             self._accept = "Basic " + base64.b64encode(f"{accept[0]}:{accept[1]}".encode()).decode()
         self.requests: list[tuple[str, str]] = []
+        # (db name, doc id) -> True when its writes are to be answered "accepted" (202).
+        self.accept_only: Callable[[str, str], bool] | None = None
+        self.accepted: list[tuple[str, str]] = []  # the writes answered so
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.port = 0
@@ -71,6 +80,9 @@ class CountingProxy:
                 headers["Authorization"] = self._real_auth
         body = await request.read()
         target = yarl.URL(self._target + request.raw_path, encoded=True)  # the query exactly as sent
+        accepting = self._accepting(request.method, request.path, body)
+        if accepting:
+            return await self._forward_accepted(request, target, headers, body, accepting)
         async with self._session.request(request.method, target, headers=headers, data=body or None,
                                          timeout=aiohttp.ClientTimeout(total=120)) as upstream:
             response = web.StreamResponse(status=upstream.status)
@@ -85,3 +97,38 @@ class CountingProxy:
             except ConnectionError:  # the worker hung up (a long poll it gave up on, shutdown)
                 pass
             return response
+
+    def _accepting(self, method: str, path: str, body: bytes) -> set[str]:
+        """The doc ids of this write to answer as accepted (empty: forward as it is)."""
+        if self.accept_only is None or method not in ("PUT", "POST"):
+            return set()
+        parts = [urllib.parse.unquote(part) for part in path.strip("/").split("/")]
+        if len(parts) == 2 and parts[1] == "_bulk_docs" and method == "POST":
+            try:
+                docs = json.loads(body or b"{}").get("docs") or []
+            except ValueError:
+                return set()
+            return {str(doc.get("_id")) for doc in docs
+                    if isinstance(doc, dict) and self.accept_only(parts[0], str(doc.get("_id")))}
+        if len(parts) == 2 and method == "PUT" and not parts[1].startswith("_"):
+            return {parts[1]} if self.accept_only(parts[0], parts[1]) else set()
+        return set()
+
+    async def _forward_accepted(self, request: web.Request, target: yarl.URL, headers: dict[str, str],
+                                body: bytes, ids: set[str]) -> web.Response:
+        assert self._session is not None
+        async with self._session.request(request.method, target, headers=headers, data=body or None,
+                                         timeout=aiohttp.ClientTimeout(total=120)) as upstream:
+            raw = await upstream.read()
+            status = upstream.status
+        if status not in (200, 201):
+            return web.Response(status=status, body=raw, content_type="application/json")
+        answer = json.loads(raw)
+        if isinstance(answer, list):  # _bulk_docs: per doc
+            for item in answer:
+                if isinstance(item, dict) and "error" not in item and item.get("id") in ids:
+                    item["accepted"] = True
+                    self.accepted.append((request.path, str(item.get("id"))))
+        else:
+            self.accepted.append((request.path, next(iter(ids))))
+        return web.json_response(answer, status=202)

@@ -12,6 +12,7 @@ from transitions.lease import (
     decide,
     lease_doc,
     lease_from_doc,
+    pick,
     released_doc,
 )
 
@@ -91,3 +92,36 @@ def test_lease_defaults_and_the_renew_interval_rule():
     with pytest.raises(ConfigError, match="INSTANCE_ID"):
         load_config({**BASE, "INSTANCE_ID": "a (b)"})
     assert load_config({**BASE, "INSTANCE_ID": "worker-a"}).instance_id == "worker-a"
+
+
+# ---------------------------------------------------------------------------- conflicting leaves
+def lease_at(rev: str, generation: int, process: str, holder: str = "w") -> Lease:
+    return Lease(holder=holder, generation=generation, expires_at=0.0, rev=rev, process=process)
+
+
+def test_one_lease_leaf_is_the_lease():
+    only = lease_at("3-a", 2, "p1")
+    assert pick([only], process="p2", active=False, my_rev=None) == (only, [])
+    assert pick([], process="p2", active=False, my_rev=None) == (None, [])
+
+
+def test_a_holder_keeps_its_confirmed_chain_and_deletes_the_rest():
+    mine, other = lease_at("4-a", 2, "me"), lease_at("5-b", 3, "them")
+    assert pick([other, mine], process="me", active=True, my_rev="4-a") == (mine, [other])
+
+
+def test_a_holder_whose_revision_was_built_on_follows_the_others():
+    newer, stale_mine = lease_at("5-b", 3, "them"), lease_at("3-z", 2, "me")
+    lease, losers = pick([newer, stale_mine], process="me", active=True, my_rev="4-a")
+    assert lease is newer and losers == [stale_mine]
+
+
+def test_a_standby_never_builds_on_its_own_unconfirmed_leaf():
+    mine, theirs = lease_at("2-z", 2, "me"), lease_at("2-a", 2, "them")
+    assert pick([mine, theirs], process="me", active=False, my_rev=None) == (theirs, [mine])
+    # Among others' leaves: the one renewed most, then the newest generation, then the rev.
+    renewed, fresh_take = lease_at("6-a", 2, "x"), lease_at("3-b", 3, "y")
+    assert pick([fresh_take, renewed], process="me", active=False, my_rev=None) == (renewed, [])
+    # Nothing but its own leaves: the deepest is the lease (no one else wrote), the rest go.
+    deep, shallow = lease_at("4-a", 2, "me"), lease_at("3-b", 2, "me")
+    assert pick([shallow, deep], process="me", active=False, my_rev=None) == (deep, [shallow])

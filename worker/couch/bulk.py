@@ -11,6 +11,8 @@ doc are decided in the order they were asked for.
 
 Requests go through aiohttp (no thread, and a deadline really ends them). A write whose caller
 stops waiting (cancelled, timed out) may still land, exactly as a PUT whose answer never came.
+With `quorum`, each request asks a quorum of copies (a clustered CouchDB) and a doc stored on
+fewer raises `Accepted` for its writer alone.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections import deque
 from typing import Any
 
 from worker.couch.client import (
+    Accepted,
     BadRequest,
     Conflict,
     CouchError,
@@ -37,8 +40,10 @@ _ERRORS: dict[str, type[CouchError]] = {
 
 
 class BulkWriter:
-    def __init__(self, db: Database, *, batch_max: int = 100, max_in_flight: int = 2) -> None:
+    def __init__(self, db: Database, *, batch_max: int = 100, max_in_flight: int = 2,
+                 quorum: bool = False) -> None:
         self._db = db
+        self._quorum = quorum
         self._batch_max = batch_max
         self._max_in_flight = max_in_flight
         self._queue: deque[tuple[dict[str, Any], asyncio.Future[str]]] = deque()
@@ -90,7 +95,7 @@ class BulkWriter:
 
     async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[str]]]) -> None:
         try:
-            results = await self._db.bulk_docs([doc for doc, _ in batch])
+            results = await self._db.bulk_docs([doc for doc, _ in batch], quorum=self._quorum)
         except Exception as exc:  # the whole request failed: every write in it did
             if not isinstance(exc, CouchError):
                 log.error("bulk_write_bug", db=self._db.name, error=f"{type(exc).__name__}: {exc}")
@@ -103,7 +108,11 @@ class BulkWriter:
                 continue
             error = result.get("error") if isinstance(result, dict) else "invalid"
             if error is None and isinstance(result.get("rev"), str):
-                future.set_result(result["rev"])
+                if self._quorum and result.get("accepted"):
+                    future.set_exception(Accepted(f"{doc['_id']}: stored on fewer copies than a quorum",
+                                                  result["rev"]))
+                else:
+                    future.set_result(result["rev"])
                 continue
             reason = f"{error}: {result.get('reason', '')}" if isinstance(result, dict) else str(result)
             kind = _ERRORS.get(str(error), BadRequest)

@@ -7,7 +7,15 @@ longpoll can last a minute and a thread cannot be cancelled, while an aiohttp re
 cancelled at once on shutdown, and we see `Retry-After` on 429/503 (the SDK's follower ignores it).
 
 Errors are types: `NotFound`, `Conflict`, `Unauthorized`, `PreconditionFailed`, `BadRequest`,
-and `CouchUnavailable` (network, timeout, 5xx, 429 — worth retrying later).
+`CouchUnavailable` (network, timeout, 5xx, 429 — worth retrying later), and `Accepted`.
+
+On a clustered CouchDB (n copies of every doc, CHT's 3-node setup) there is no atomic
+compare-and-set: each copy decides a write alone, and the coordinator answers 201 when `w` copies
+took it, 202 (`"ok": true`, `"accepted": true` in `_bulk_docs`) when fewer but at least one did
+(CouchDB's src/fabric/src/fabric_doc_update.erl). Writes that decide something — a claim, the
+lease — ask for a quorum explicitly (`w`, from the database's `n`) and treat anything but 201 as
+undecided (`Accepted`); reads that decide ask a quorum (`r`) and see every conflicting leaf
+(`leaves`). One node, as tests and small deployments run it, always answers 201.
 """
 
 from __future__ import annotations
@@ -74,6 +82,16 @@ class Unauthorized(CouchError):
 
 class BadRequest(CouchError):
     pass
+
+
+class Accepted(CouchError, TransientError):
+    """A write stored on fewer copies than the quorum it asked for (HTTP 202, or `accepted` in
+    `_bulk_docs`): it exists somewhere and may yet win or lose a conflict, so it decides nothing.
+    `rev` is the revision it created on the copies that took it."""
+
+    def __init__(self, message: str, rev: str | None) -> None:
+        super().__init__(message, 202)
+        self.rev = rev
 
 
 def _error_for(status: int, reason: str, retry_after: float | None = None) -> CouchError:
@@ -171,9 +189,20 @@ class CouchServer:
         """A raw JSON request with aiohttp (for calls the SDK cannot cancel or does not offer)."""
         return (await self.request_json_sized(method, path, params=params, body=body, timeout=timeout))[0]
 
+    async def request_json_status(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                                  body: Any = None, timeout: float | None = None) -> tuple[int, Any]:
+        """`request_json`'s answer with its HTTP status (a 2xx: 201 and 202 differ on a cluster)."""
+        status, answer, _ = await self._request(method, path, params=params, body=body, timeout=timeout)
+        return status, answer
+
     async def request_json_sized(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                                  body: Any = None, timeout: float | None = None) -> tuple[Any, int]:
         """`request_json`'s answer and the size of the response body in bytes."""
+        _, answer, size = await self._request(method, path, params=params, body=body, timeout=timeout)
+        return answer, size
+
+    async def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None,
+                       body: Any, timeout: float | None) -> tuple[int, Any, int]:
         url = f"{self.connection.server_url}/{path.lstrip('/')}"
         client_timeout = aiohttp.ClientTimeout(total=timeout or self.timeout, connect=min(5.0, self.timeout))
         data = None if body is None else json.dumps(body)
@@ -187,7 +216,7 @@ class CouchServer:
                     reason = f"{response.status}: {raw[:200].decode(errors='replace')}"
                     raise _error_for(response.status, reason, retry_after)
                 # CouchDB-compatible servers do not always label JSON as JSON: parse regardless.
-                return json.loads(raw or b"null"), len(raw)
+                return response.status, json.loads(raw or b"null"), len(raw)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise CouchUnavailable(f"{type(exc).__name__}: {exc}") from None
         except json.JSONDecodeError as exc:
@@ -206,6 +235,7 @@ class Database:
         self.server = server
         self.name = name
         self.on_write: Callable[[str, str], None] | None = None  # (doc_id, rev) after our writes
+        self._quorum: int | None = None
 
     def _wrote(self, doc_id: str, rev: str | None) -> None:
         if self.on_write is not None and rev:
@@ -224,6 +254,49 @@ class Database:
 
     async def get(self, doc_id: str) -> dict[str, Any]:
         return _json_result(await self.server.call(self.server.sdk.get_document, self.name, doc_id))
+
+    async def quorum(self) -> int:
+        """Copies that make a majority of the database's `n` (`GET /db` → `cluster.n`): the `w`
+        and `r` of decisive writes and reads. 1 on one node, or when the server does not say."""
+        if self._quorum is None:
+            info = await self.server.request_json("GET", quote(self.name, safe=""))
+            n = (info.get("cluster") or {}).get("n") if isinstance(info, dict) else None
+            self._quorum = n // 2 + 1 if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        return self._quorum
+
+    async def write(self, doc: dict[str, Any]) -> str:
+        """PUT `doc` asking a quorum of copies (cancellable, no thread); returns the new rev.
+
+        Raises Conflict (stale `_rev`, or the doc exists for a create), and `Accepted` when fewer
+        copies than the quorum took it (202): the caller has not won anything."""
+        w = await self.quorum()
+        path = f"{quote(self.name, safe='')}/{quote(doc['_id'], safe='')}"
+        status, body = await self.server.request_json_status("PUT", path, params={"w": str(w)}, body=doc)
+        rev = body.get("rev") if isinstance(body, dict) else None
+        if status == 202:
+            raise Accepted(f"{doc['_id']}: stored on fewer than {w} copies", rev)
+        self._wrote(doc["_id"], rev)
+        return str(rev)
+
+    async def leaves(self, doc_id: str) -> list[dict[str, Any]]:
+        """Every current (non-deleted) revision of a doc, read from a quorum: CouchDB's winner
+        first, then its conflicts; [] when the doc does not exist (or is deleted)."""
+        r = str(await self.quorum())
+        path = f"{quote(self.name, safe='')}/{quote(doc_id, safe='')}"
+        try:
+            winner = await self.server.request_json("GET", path, params={"conflicts": "true", "r": r})
+        except NotFound:
+            return []
+        if not isinstance(winner, dict):
+            raise CouchUnavailable(f"unexpected answer for {doc_id}")
+        conflicts = winner.pop("_conflicts", None)
+        if not conflicts:
+            return [winner]
+        found = await self.server.request_json("GET", path, params={"open_revs": json.dumps(conflicts),
+                                                                      "r": r})
+        others = [item["ok"] for item in found or [] if isinstance(item, dict)
+                  and isinstance(item.get("ok"), dict) and not item["ok"].get("_deleted")]
+        return [winner, *others]
 
     async def get_or_none(self, doc_id: str) -> dict[str, Any] | None:
         try:
@@ -255,11 +328,13 @@ class Database:
                 self._wrote(item.get("id", ""), item.get("rev"))
         return result
 
-    async def bulk_docs(self, docs: list[dict[str, Any]], timeout: float | None = None
-                        ) -> list[dict[str, Any]]:
-        """`_bulk_docs` through aiohttp (no thread; cancellable): one result per doc, in order."""
+    async def bulk_docs(self, docs: list[dict[str, Any]], timeout: float | None = None, *,
+                        quorum: bool = False) -> list[dict[str, Any]]:
+        """`_bulk_docs` through aiohttp (no thread; cancellable): one result per doc, in order.
+        With `quorum`, asks `w` = a quorum of copies; an item stored on fewer says `accepted`."""
+        params = {"w": str(await self.quorum())} if quorum else None
         result = await self.server.request_json("POST", f"{quote(self.name, safe='')}/_bulk_docs",
-                                                body={"docs": docs}, timeout=timeout)
+                                                params=params, body={"docs": docs}, timeout=timeout)
         if not isinstance(result, list) or len(result) != len(docs):
             raise CouchUnavailable("unexpected _bulk_docs response")
         for item in result:

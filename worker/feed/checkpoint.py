@@ -1,4 +1,4 @@
-"""Where the feed may resume from: a watermark over opaque seqs, and its durable `_local` doc.
+"""Where the feed may resume from: a watermark over opaque seqs, and its durable doc.
 
 Seqs are opaque (CouchDB 3 sends strings that must not be compared), so the watermark orders
 changes by the order the feed delivered them. The checkpoint is the seq of the last change that,
@@ -8,11 +8,13 @@ nothing is skipped when the worker stops, however it stops.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from collections import deque
 from typing import Any
 
-from worker.couch.client import Conflict, CouchError, Database
+from worker.couch.client import Accepted, Conflict, CouchError, Database
 
 CHECKPOINT_ID = "cht-rapidpro-worker-checkpoint"
 
@@ -58,11 +60,23 @@ class Watermark:
 
 
 class CheckpointStore:
-    """The checkpoint as a `_local` doc in the worker's own database (never replicated)."""
+    """The checkpoint as a doc in the worker's own database (never replicated to phones).
 
-    def __init__(self, db: Database, doc_id: str = CHECKPOINT_ID) -> None:
+    A regular doc, not a `_local` one: on a clustered CouchDB `_local` docs are neither checked
+    against `_rev` nor copied between a database's copies, so a holder reading through another
+    node could find an old one — or none, and start from the end of the feed, skipping changes.
+    A regular doc is read from a quorum, fenced by `_rev` and by the lease generation it carries,
+    and conflicting revisions are settled to the newest generation's. Its writes ask a quorum but
+    a checkpoint stored on fewer copies is kept as it is: it is a hint that may rewind, and a
+    rewind only processes changes again, which the ledger makes harmless (a sent message's entry
+    re-projects its outcome; nothing is sent twice). Before this, the checkpoint was a `_local`
+    doc of the same id: it is read once when the regular doc does not exist yet.
+    """
+
+    def __init__(self, db: Database, doc_id: str = CHECKPOINT_ID, instance: str | None = None) -> None:
         self._db = db
         self._doc_id = doc_id
+        self._instance = instance
         self._rev: str | None = None
         self.saved_seq: Any = None
         self.saved_at: float | None = None  # time.time() of the last load or save (for metrics)
@@ -71,43 +85,66 @@ class CheckpointStore:
         self.generation: int | None = None
 
     async def load(self) -> Any:
-        doc = await self._db.get_local(self._doc_id)
+        doc = await self._current()
+        if doc is None:
+            doc = await self._db.get_local(self._doc_id)  # written by an older version
+            self._rev = None
         if doc is None:
             return None
-        self._rev = doc.get("_rev")
         self.saved_seq = doc.get("seq")
         self.saved_at = time.time()
         return self.saved_seq
 
     async def save(self, seq: Any) -> None:
+        doc: dict[str, Any] = {"_id": self._doc_id, "type": "checkpoint", "seq": seq,
+                               "writer": {"instance": self._instance, "nonce": uuid.uuid4().hex}}
         if self.generation is not None:
-            # Apache CouchDB does not check `_rev` on `_local` docs (a stale one overwrites), so
-            # the fence reads first. The window between read and write is small, and a late
-            # write that slips through still names only changes its writer had finished.
-            self._fence(await self._db.get_local(self._doc_id))
-        try:
-            self._rev = await self._db.put_local(self._doc_id, self._doc(seq))
-        except Conflict:
-            # Our rev was stale (another process, or a restore): take the current one and overwrite,
-            # since the checkpoint is ours alone.
-            current = await self._db.get_local(self._doc_id)
-            self._fence(current)
-            self._rev = current.get("_rev") if current else None
-            self._rev = await self._db.put_local(self._doc_id, self._doc(seq))
+            doc["generation"] = self.generation
+        for _ in range(3):
+            if self._rev:
+                doc["_rev"] = self._rev
+            else:
+                doc.pop("_rev", None)
+            try:
+                self._rev = await self._db.write(doc)
+                break
+            except Accepted as exc:
+                self._rev = exc.rev  # stored somewhere: a hint all the same (see the class doc)
+                break
+            except Conflict:
+                # Our rev was stale (a new holder, another process, a restore): the current
+                # checkpoint decides, unless a newer generation owns it.
+                current = await self._current()
+                self._fence(current)
+                self._rev = current.get("_rev") if current else None
+        else:
+            raise Conflict(f"the checkpoint {self._doc_id} kept conflicting")
         self.saved_seq = seq
         self.saved_at = time.time()
 
+    async def _current(self) -> dict[str, Any] | None:
+        """The checkpoint doc, read from a quorum; conflicting revisions (a cluster) settled to the
+        newest generation's, the others deleted."""
+        leaves = await self._db.leaves(self._doc_id)
+        if not leaves:
+            return None
+        best = max(leaves, key=lambda leaf: (_generation(leaf) or -1, str(leaf.get("_rev"))))
+        losers = [{"_id": leaf["_id"], "_rev": leaf["_rev"], "_deleted": True} for leaf in leaves
+                  if leaf is not best]
+        if losers:
+            with contextlib.suppress(CouchError):
+                await self._db.bulk_docs(losers, quorum=True)
+        self._fence(best)
+        self._rev = best.get("_rev")
+        return best
+
     def _fence(self, current: dict[str, Any] | None) -> None:
-        theirs = current.get("generation") if current else None
-        if (self.generation is not None and isinstance(theirs, int)
-                and not isinstance(theirs, bool) and theirs > self.generation):
+        theirs = _generation(current) if current else None
+        if self.generation is not None and theirs is not None and theirs > self.generation:
             raise CheckpointFenced(f"the checkpoint belongs to lease generation {theirs}, "
                                    f"this worker's session is {self.generation}")
 
-    def _doc(self, seq: Any) -> dict[str, Any]:
-        doc: dict[str, Any] = {"seq": seq}
-        if self.generation is not None:
-            doc["generation"] = self.generation
-        if self._rev:
-            doc["_rev"] = self._rev
-        return doc
+
+def _generation(doc: dict[str, Any]) -> int | None:
+    value = doc.get("generation")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -9,6 +9,11 @@ standby by a timer of its own, before any standby can deem the lease lapsed.
 `may_act()` is the guard everything that talks to RapidPro or moves the feed consults right
 before acting; `FencedDatabase` applies it to CouchDB writes (status tracking's), tagged with the
 generation of the session that makes them.
+
+On a clustered CouchDB only a write a quorum of copies took (201) takes or keeps the lease: a
+take-over stored on fewer (202, e.g. through a node cut off from the others) is not a take-over,
+and a holder whose renewal is only stored on fewer steps down at once. The lease is read from a
+quorum with every conflicting revision, which `pick` (transitions/lease.py) resolves.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from transitions.lease import (
     decide,
     lease_doc,
     lease_from_doc,
+    pick,
     released_doc,
 )
 from transitions.timestamps import cht_time
-from worker.couch.client import Conflict, CouchError, CouchServer, Database
+from worker.couch.client import Accepted, Conflict, CouchError, CouchServer, Database
 from worker.identity import HOSTNAME, owner_is_dead
 from worker.logs import get_logger
 
@@ -157,10 +163,19 @@ class LeaseKeeper:
     async def _write(self, lease: Lease | None, *, take: bool, dead_holder: bool = False) -> None:
         sent_at = self._monotonic()
         doc = lease_doc(lease, self.instance_id, now=self._clock(), ttl=self.ttl, take=take,
-                        host=HOSTNAME, pid=os.getpid(), process=self._process)
+                        host=HOSTNAME, pid=os.getpid(), process=self._process, nonce=uuid.uuid4().hex)
         try:
             async with asyncio.timeout(self._request_timeout):
-                rev = await self._db.put(doc)
+                rev = await self._db.write(doc)
+        except Accepted:
+            # Stored on too few copies: neither a take-over nor a renewal. A holder steps down
+            # now (it may be cut off with a minority of the nodes); the leaf it left is settled
+            # by the next read.
+            self.last_error = "lease write stored on fewer copies than a quorum"
+            log.warning("lease_write_not_confirmed", take=take, instance_id=self.instance_id)
+            if not take:
+                self._become_standby("a renewal was stored on fewer CouchDB copies than a quorum")
+            return
         except Conflict:
             # Someone wrote it since we read it: a take-over (we lost), or our own earlier write
             # that timed out here but landed. The next read tells; until then, no extension.
@@ -194,13 +209,28 @@ class LeaseKeeper:
         (logged)."""
         try:
             async with asyncio.timeout(self._request_timeout):
-                doc = await self._db.get_or_none(LEASE_DOC_ID)
+                docs = await self._db.leaves(LEASE_DOC_ID)
         except (CouchError, TimeoutError) as exc:
             self._failed("read", exc)
             return False, None
-        lease = lease_from_doc(doc)
+        leaves = [lease for lease in (lease_from_doc(doc) for doc in docs) if lease is not None]
+        my_rev = self.lease.rev if self.lease is not None else None
+        lease, losers = pick(leaves, process=self._process, active=self.role == ACTIVE, my_rev=my_rev)
+        if losers:
+            await self._delete(losers)
         self._observe(lease)
         return True, lease
+
+    async def _delete(self, losers: list[Lease]) -> None:
+        """Conflicting lease revisions that decide nothing, deleted (best effort: the next read
+        tries again)."""
+        docs = [{"_id": LEASE_DOC_ID, "_rev": leaf.rev, "_deleted": True} for leaf in losers if leaf.rev]
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                await self._db.bulk_docs(docs, quorum=True)
+            log.info("lease_conflict_resolved", deleted=len(docs), instance_id=self.instance_id)
+        except (CouchError, TimeoutError) as exc:
+            self._failed("delete conflicts", exc)
 
     async def _after_conflict(self) -> None:
         read, current = await self._read()
@@ -265,7 +295,10 @@ class LeaseKeeper:
             return False
         try:
             async with asyncio.timeout(timeout):
-                await self._db.put(released_doc(lease, now=self._clock()))
+                await self._db.write(released_doc(lease, now=self._clock()))
+        except Accepted:
+            log.warning("lease_release_not_confirmed", generation=lease.generation)
+            return False
         except (CouchError, TimeoutError) as exc:
             log.warning("lease_release_failed", error=str(exc)[:200] or type(exc).__name__)
             return False
@@ -293,6 +326,15 @@ class FencedDatabase(Database):
     async def bulk(self, docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         self._check()
         return await super().bulk(docs)
+
+    async def bulk_docs(self, docs: list[dict[str, Any]], timeout: float | None = None, *,
+                        quorum: bool = False) -> list[dict[str, Any]]:
+        self._check()
+        return await super().bulk_docs(docs, timeout, quorum=quorum)
+
+    async def write(self, doc: dict[str, Any]) -> str:
+        self._check()
+        return await super().write(doc)
 
     async def put_local(self, local_id: str, doc: dict[str, Any]) -> str | None:
         self._check()

@@ -167,7 +167,10 @@ class InDoubtResolver:
 
     async def run_once(self) -> RoundResult:
         result = RoundResult()
-        entries = [e for e in await self._ledger.unresolved() if isinstance(e.get("uuid"), str)]
+        await self._settle_conflicts()
+        # An entry still conflicted is decided on once settled (a fresh claim among its leaves).
+        entries = [e for e in await self._ledger.unresolved()
+                   if isinstance(e.get("uuid"), str) and not e.get("_conflicts")]
         now = self._clock()
         dead = {e["uuid"]: owner_is_dead(e.get("owner")) for e in entries}
         open_entries = [e for e in entries if is_unresolved(e, now, self._claim_timeout, dead[e["uuid"]])]
@@ -182,6 +185,17 @@ class InDoubtResolver:
         self.totals.update(found=result.found, resent=result.resent, operator=result.operator)
         self.last = result
         return result
+
+    async def _settle_conflicts(self) -> None:
+        """Entries with conflicting revisions (a clustered CouchDB) made one again where that is
+        safe (transitions/ledger_leaves.py), so none is left conflicted once the cluster is whole."""
+        if not await self._in_charge():
+            return
+        for uuid in await self._ledger.conflicted():
+            try:
+                await self._ledger.current(uuid, self._claim_timeout)
+            except CouchError as exc:
+                log.warning("ledger_conflict_not_resolved", message_uuid=uuid, error=str(exc))
 
     async def _resolve(self, due: list[dict[str, Any]], now: float, result: RoundResult) -> None:
         settings = self._settings()

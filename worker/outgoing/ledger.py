@@ -9,19 +9,31 @@ Resolving an in-doubt claim (worker/outgoing/in_doubt.py, the `in-doubt` command
 meanwhile. A resend is a release (state `released`, the old claim kept in `history`) followed by a
 normal claim, so two workers can never both resend. Fields added by this (`resolution`,
 `needs_operator`, `history`) are optional: entries written before them read as they always did.
+
+On a clustered CouchDB "exactly one holds the claim" needs a quorum: every write here asks a
+majority of the copies (`w`), and only a claim CouchDB answers 201 for is sent on. A claim stored
+on fewer copies (202, `Accepted`) is remembered as never sent (`unsent`) and the message is tried
+again once the cluster answers with a quorum; a 409 is read back from a quorum with every
+conflicting leaf (`leaves`), which transitions/ledger_leaves.py resolves. Outcomes and decisions
+count as recorded only once a quorum holds them (`confirmed`).
 """
 
 from __future__ import annotations
 
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any
 
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
+from transitions.ledger_leaves import Merge, Resolution, merged_entry, resolve
 from transitions.timestamps import cht_time
 from worker.couch.bulk import BulkWriter
-from worker.couch.client import Conflict, Database, NotFound
-from worker.identity import OWNER
+from worker.couch.client import Accepted, Conflict, Database, NotFound
+from worker.identity import OWNER, owner_is_dead
+from worker.logs import get_logger
+
+log = get_logger(__name__)
 
 LEDGER_PREFIX = "msg:"
 DESIGN_DOC = "rapidpro-worker"
@@ -32,33 +44,51 @@ LEDGER_VIEWS = {
                           "doc.state === 'in-doubt')) { emit(doc.claimed_at_epoch || 0, null); } }"},
     "by_broadcast": {"map": "function (doc) { if (doc.type === 'dispatch' && doc.state === 'sent' && "
                             "typeof doc.broadcast_id === 'number') { emit(doc.broadcast_id, doc.uuid); } }"},
+    # Entries with conflicting revisions (a clustered CouchDB): resolved by in-doubt resolution.
+    "conflicted": {"map": "function (doc) { if (doc.type === 'dispatch' && doc._conflicts) { "
+                          "emit(doc._id, null); } }"},
 }
+# An outcome or decision stored on too few copies is confirmed by writing it again on top: a
+# quorum taking the update proves a quorum held it. Tried this often before giving up for now.
+CONFIRM_TRIES = 3
 def _same_claim(current: dict[str, Any], entry: dict[str, Any]) -> bool:
     return all(current.get(k) == entry.get(k) for k in ("owner", "claimed_at_epoch", "state"))
 
 
+class NotConfirmed(Accepted):
+    """A ledger write stored on too few copies and not confirmed by a quorum since: not recorded."""
+
+
 class Ledger:
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time, owner: str = OWNER) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time, owner: str = OWNER,
+                 instance: str | None = None) -> None:
         self._db = db
         self._clock = clock
         self._owner = owner
+        self._instance = instance or owner
+        # Nonces of claims this process wrote but was never told it won (so it never sent on them).
+        self.unsent: set[str] = set()
         # Claims and outcomes of concurrent sends share `_bulk_docs` requests (group commit); each
         # keeps a PUT's meaning (create-only claim, `_rev`-guarded update) and its own result.
         # Up to 4 requests in flight: a claim (before a POST) rarely waits behind outcomes, and
         # CouchDB merges concurrent requests into one commit anyway.
-        self._writer = BulkWriter(db, max_in_flight=4)
+        self._writer = BulkWriter(db, max_in_flight=4, quorum=True)
 
     async def get(self, uuid: str) -> dict[str, Any] | None:
         return await self._db.get_or_none(LEDGER_PREFIX + uuid)
 
+    def _writer_id(self) -> dict[str, str]:
+        return {"instance": self._instance, "nonce": uuidlib.uuid4().hex}
+
     async def claim(self, uuid: str, doc_id: str, urn: str, released: dict[str, Any] | None = None
                     ) -> dict[str, Any] | None:
-        """The claim for `uuid`, or None when someone else holds it (do not send)."""
+        """The claim for `uuid`, or None when someone else holds it (do not send). Raises
+        `Accepted` when the claim is stored on too few copies: not won, not sent on, retried."""
         now = self._clock()
         entry: dict[str, Any] = {
             "_id": LEDGER_PREFIX + uuid, "type": "dispatch", "uuid": uuid, "doc_id": doc_id, "urn": urn,
             "state": CLAIMED, "claimed_at": cht_time(now), "claimed_at_epoch": now, "owner": self._owner,
-            "attempts": 1,
+            "attempts": 1, "writer": self._writer_id(),
         }
         if released is not None:
             entry["_rev"] = released["_rev"]
@@ -71,7 +101,76 @@ class Ledger:
             entry["_rev"] = await self._writer.put(entry)
         except Conflict:
             return None
+        except Accepted:
+            self.unsent.add(entry["writer"]["nonce"])
+            log.warning("claim_not_confirmed", message_uuid=uuid,
+                        detail="stored on fewer CouchDB copies than a quorum: not sent; tried again")
+            raise
         return entry
+
+    def is_unsent(self, entry: dict[str, Any]) -> bool:
+        """A claim (or its in-doubt mark) this process wrote and was never told it won."""
+        writer = entry.get("writer")
+        return isinstance(writer, dict) and writer.get("nonce") in self.unsent
+
+    async def _put_confirmed(self, doc: dict[str, Any]) -> str:
+        """Write `doc` (with its `_rev`); returns the rev once a quorum holds it. Raises Conflict,
+        or NotConfirmed after CONFIRM_TRIES writes stored on too few copies each."""
+        for _ in range(CONFIRM_TRIES):
+            try:
+                return await self._writer.put(doc)
+            except Accepted as exc:
+                # On some copies: write it again on top of that revision (a new nonce, so a new
+                # revision); a quorum taking the update holds the content.
+                doc = {**doc, "_rev": exc.rev, "writer": self._writer_id()}
+        raise NotConfirmed(f"{doc['_id']}: not confirmed by a quorum of copies", doc.get("_rev"))
+
+    async def leaves(self, uuid: str) -> list[dict[str, Any]]:
+        """Every current revision of the entry, read from a quorum (CouchDB's winner first)."""
+        return await self._db.leaves(LEDGER_PREFIX + uuid)
+
+    def resolve(self, leaves: list[dict[str, Any]], claim_timeout: float) -> Resolution:
+        return resolve(leaves, unsent=self.unsent, now=self._clock(), claim_timeout=claim_timeout,
+                       owner_dead=owner_is_dead)
+
+    async def settle(self, resolution: Resolution) -> dict[str, Any] | None:
+        """Make the entry one revision again: the merged entry written on CouchDB's winner, the
+        other leaves deleted, in one quorum `_bulk_docs`. Returns the entry that stands, or None
+        when the merge was not confirmed (decide again later). Outcomes need no merge: the other
+        leaves are only deleted."""
+        entry = resolution.entry
+        if entry is None or resolution.merge is Merge.WAIT:
+            return None
+        stands = entry
+        docs: list[dict[str, Any]] = []
+        if resolution.merge in (Merge.RELEASED, Merge.IN_DOUBT):
+            stands = {**merged_entry(resolution, cht_time(self._clock())), "writer": self._writer_id()}
+            docs.append(stands)
+        docs += [{"_id": leaf["_id"], "_rev": leaf["_rev"], "_deleted": True} for leaf in resolution.losers]
+        if resolution.double_sent:
+            log.error("message_sent_twice", message_uuid=entry.get("uuid"),
+                      detail="two ledger revisions record different broadcasts")
+        if not docs:
+            return stands
+        results = await self._db.bulk_docs(docs, quorum=True)
+        first = results[0] if results else {}
+        if docs[0] is stands:
+            if not isinstance(first, dict) or "error" in first or first.get("accepted"):
+                return None
+            stands = {**stands, "_rev": first["rev"]}
+        log.info("ledger_conflict_resolved", message_uuid=entry.get("uuid"), merge=resolution.merge.value,
+                 deleted=len(resolution.losers), state=stands.get("state"))
+        return stands
+
+    async def current(self, uuid: str, claim_timeout: float) -> tuple[dict[str, Any] | None, bool]:
+        """The entry as it stands, its conflicts settled where that is safe; (entry, wait): `wait`
+        when a fresh claim of someone else may be a send under way (or a merge was not confirmed)."""
+        leaves = await self.leaves(uuid)
+        resolution = self.resolve(leaves, claim_timeout)
+        if len(leaves) <= 1:
+            return resolution.entry, False
+        settled = await self.settle(resolution)
+        return settled, settled is None
 
     async def _update(self, entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
         """Record an outcome on a claim. After a conflict it is written again only while the
@@ -79,30 +178,37 @@ class Ledger:
         in-doubt resolution, another worker) and their entry is returned unchanged."""
         fields["outcome_at"] = cht_time(self._clock())
         for _ in range(5):
-            updated = {**entry, **fields}
+            updated = {**entry, **fields, "writer": self._writer_id()}
             try:
-                updated["_rev"] = await self._writer.put(updated)
+                updated["_rev"] = await self._put_confirmed(updated)
                 return updated
             except Conflict:
                 current = await self.get(entry["uuid"])
                 if current is None:
                     updated.pop("_rev", None)
                     entry = {k: v for k, v in entry.items() if k != "_rev"}
-                elif not _same_claim(current, entry):
-                    return current
-                else:
+                elif _same_claim(current, entry) or self._own_unconfirmed(current, fields):
+                    # Still our claim, or our own earlier write of this outcome that a quorum has
+                    # not confirmed yet: write (again) on top of it.
                     entry = {**entry, "_rev": current["_rev"]}
+                else:
+                    return current
         raise Conflict(f"ledger entry {entry['_id']} kept conflicting")
+
+    def _own_unconfirmed(self, current: dict[str, Any], fields: dict[str, Any]) -> bool:
+        writer = current.get("writer")
+        return (isinstance(writer, dict) and writer.get("instance") == self._instance
+                and all(current.get(k) == v for k, v in fields.items() if k != "outcome_at"))
 
     async def decide(self, entry: dict[str, Any], **fields: Any) -> dict[str, Any] | None:
         """Write a decision about `entry` only if it is unchanged since it was read (its `_rev`);
         None when someone else touched it meanwhile (read it again and decide again)."""
-        updated = {**entry, **fields}
+        updated = {**entry, **fields, "writer": self._writer_id()}
         for key in [k for k, v in fields.items() if v is None and k in ("needs_operator",)]:
             updated.pop(key, None)
         try:
-            updated["_rev"] = await self._writer.put(updated)
-        except Conflict:
+            updated["_rev"] = await self._put_confirmed(updated)
+        except (Conflict, NotConfirmed):
             return None
         return updated
 
@@ -152,10 +258,20 @@ class Ledger:
     async def unresolved(self) -> list[dict[str, Any]]:
         """Every claim without an outcome (claimed or in doubt), oldest first."""
         try:
-            result = await self._db.view(DESIGN_DOC, "unresolved", include_docs=True, reduce=False)
+            result = await self._db.view(DESIGN_DOC, "unresolved", include_docs=True, reduce=False,
+                                         conflicts=True)
         except NotFound:
             return []
         return [row["doc"] for row in result.get("rows", []) if isinstance(row.get("doc"), dict)]
+
+    async def conflicted(self, limit: int = 500) -> list[str]:
+        """Message uuids whose entries have conflicting revisions (a clustered CouchDB)."""
+        try:
+            result = await self._db.view(DESIGN_DOC, "conflicted", reduce=False, limit=limit)
+        except NotFound:
+            return []
+        return [str(row["id"]).removeprefix(LEDGER_PREFIX) for row in result.get("rows", [])
+                if isinstance(row.get("id"), str)]
 
     async def outcomes_of(self, broadcast_ids: list[int]) -> dict[int, str]:
         """Which message uuid holds each of these broadcasts as its outcome."""

@@ -28,7 +28,7 @@ from transitions.dispatch import (
 from transitions.outgoing import is_denied, recipient_urn, sendable_messages
 from transitions.phone import mask_phone
 from worker.backoff import Backoff
-from worker.couch.client import CouchUnavailable, TransientError
+from worker.couch.client import Accepted, CouchUnavailable, TransientError
 from worker.identity import owner_is_dead
 from worker.logs import get_logger
 from worker.outgoing.ledger import Ledger
@@ -38,6 +38,15 @@ from worker.rapidpro.credentials import Credential
 from worker.rapidpro.errors import MessageRejected, NotActive, RapidProError, SendInDoubt
 
 log = get_logger(__name__)
+
+
+class ClaimContested(TransientError):
+    """A message's ledger entry holds conflicting claims (a clustered CouchDB) and one may be a
+    send under way: nobody sends it until that claim records an outcome or goes stale."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class SendingPaused(TransientError):
@@ -279,14 +288,21 @@ class OutgoingSender:
             claim = await self._ledger.claim(message.uuid, doc_id, urn)
             if claim is not None:
                 return await self._send(claim, message, urn, settings, token)
-        entry = await self._ledger.get(message.uuid)
+        # Read from a quorum with every conflicting revision (a clustered CouchDB), settled where
+        # that is safe (transitions/ledger_leaves.py).
+        entry, contested = await self._ledger.current(message.uuid, self._claim_timeout)
+        if contested:
+            log.info("message_claim_contested", message_uuid=message.uuid)
+            raise ClaimContested(f"message {message.uuid}: conflicting claims, one may be a send under way",
+                                 self._claim_timeout / 4)
         if entry is None and urn is not None:
             # Gone between the 409 and the read (only a restore or an operator deletes entries):
             # leave it to the next change of the doc or the sweep rather than guess.
             log.warning("message_claim_vanished", message_uuid=message.uuid)
             return None
         owner_dead = entry is not None and owner_is_dead(entry.get("owner"))
-        action = ledger_action(entry, self._clock(), self._claim_timeout, owner_dead)
+        ours_unsent = entry is not None and self._ledger.is_unsent(entry)
+        action = ledger_action(entry, self._clock(), self._claim_timeout, owner_dead, ours_unsent)
         if action is Action.WAIT:
             log.debug("message_claimed_elsewhere", message_uuid=message.uuid)
             return None
@@ -360,7 +376,7 @@ class OutgoingSender:
         while True:
             try:
                 return await record(claim, *args)
-            except CouchUnavailable:
+            except (CouchUnavailable, Accepted):  # Accepted: not yet confirmed by a quorum
                 if time.monotonic() > deadline:
                     raise  # the claim stays without outcome: in doubt later, never re-sent
                 await asyncio.sleep(backoff.next_delay())
