@@ -32,6 +32,7 @@ from worker.in_doubt import InDoubtResolver
 from worker.incoming_reconcile import IncomingReconciler
 from worker.lease import ACTIVE, FencedDatabase, LeaseKeeper
 from worker.ledger import OWNER, Ledger
+from worker.limits import log_resource_limits
 from worker.logs import get_logger
 from worker.metrics import Metrics
 from worker.outgoing import OutgoingSender
@@ -168,6 +169,7 @@ class Worker:
 
     async def run(self) -> int:
         log.info("worker_starting", couch=self.config.couch.redacted_url, worker_db=self.config.worker_db)
+        log_resource_limits(log)  # warns when systemd's MemoryMax=/TasksMax= are not in force
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
         try:
             started = await self._until_stopped(self._start())

@@ -20,6 +20,7 @@ from config.settings import SETTINGS_DOC_ID, Settings, SettingsError, parse_sett
 from transitions.dispatch import double_sender_risk, not_sending_reason
 from worker.commands import Command
 from worker.couch import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
+from worker.limits import check_finding, read_limits
 from worker.logs import configure_logging
 from worker.rapidpro import RapidProClient, RapidProError, RapidProUnauthorized, WrongUrl, user_agent
 from worker.ratelimit import RateBudget
@@ -63,6 +64,8 @@ def main(args: argparse.Namespace, _config: Config | None) -> int:
         report.add(OK, "config", f"valid; CouchDB {config.couch.redacted_url}, worker db {config.worker_db}")
         configure_logging("error", config.log_format, stream=sys.stderr)
         asyncio.run(run_checks(config, report))
+    level, detail = check_finding(read_limits())  # MemoryMax=/TasksMax= may not be enforced here
+    report.add(level, "limits", detail)
     if args.json:
         print(json.dumps({"ok": report.ok, "checks": [asdict(f) for f in report.findings]}, sort_keys=True))
     else:
