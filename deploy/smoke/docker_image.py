@@ -233,7 +233,12 @@ async def run(args: argparse.Namespace) -> int:
     note(f"Docker engine {engine.out.strip()}; CouchDB {couch_url.split('@')[-1]}; source {source}")
 
     await compose_loads(checks, source)
-    if not await build(checks, args, source):
+    try:
+        built = await build(checks, args, source)
+    except RuntimeError as exc:  # no base image could be made
+        checks.not_run(CHECKS[1:], str(exc))
+        return checks.summary()
+    if not built:
         checks.not_run(CHECKS[2:], "no image")
         return checks.summary()
     await has_the_lock(checks, source)
