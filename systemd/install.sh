@@ -10,6 +10,11 @@
 # /etc/cht-rapidpro-worker/worker.env (settings, no secrets), /etc/cht-rapidpro-worker/credentials/
 # (one file per secret, root only, 0600, handed to the service with LoadCredential=).
 set -eu
+# What this script creates must be readable by the service: DynamicUser= runs it as a uid that
+# shares no group with root, so only the "other" permission bits count. A root shell's umask of
+# 077 (a common hardening default) would make the release 0700 and the service fail to exec it;
+# the secrets get 0600 of their own below.
+umask 022
 
 NAME=cht-rapidpro-worker
 PREFIX=${PREFIX:-/opt/$NAME}
@@ -29,12 +34,27 @@ new_release() {
   release="$PREFIX/releases/$version-$(date -u +%Y%m%dT%H%M%SZ)"
   say "building $release"
   mkdir -p "$release"
+  chmod 0755 "$PREFIX" "$PREFIX/releases"  # also repairs a tree an earlier install made 0700
   cp -R "$SRC/README.md" "$SRC/pyproject.toml" "$SRC/requirements.lock" "$SRC/.env.example" \
         "$SRC/config" "$SRC/transitions" "$SRC/worker" "$SRC/scripts" "$SRC/systemd" "$release/"
   "$release/scripts/install-venv.sh" "$release/venv" >&2
   "$release/venv/bin/python" -m compileall -q "$release" >/dev/null  # the service may not write .pyc
-  chmod -R go-w "$release"
+  # A checkout cloned under umask 077 has 0600 files, and cp keeps them so: readable by all, written by root.
+  chmod -R u+rwX,go+rX,go-w "$release"
+  if ! service_can_run "$release"; then
+    rm -rf "$release"  # never left for `rollback` to pick
+    die "the service's user cannot run $release: is it, or a folder above it, unreadable to others?"
+  fi
   echo "$release"
+}
+
+service_can_run() {
+  # Import the code as an unprivileged user with no groups, as the DynamicUser= service will.
+  if command -v setpriv >/dev/null; then
+    (cd / && setpriv --reuid=65534 --regid=65534 --clear-groups "$1/venv/bin/$NAME" --version >/dev/null)
+  else
+    say "setpriv not found (util-linux): not checking that the service's user can read $1"
+  fi
 }
 
 write_config() {
@@ -99,7 +119,10 @@ case "${1:-}" in
   upgrade)
     [ -L "$PREFIX/current" ] || die "not installed; use: $0 install"
     release=$(new_release)
-    check_release "$release" || die "check failed: still running $(readlink -f "$PREFIX/current")"
+    if ! check_release "$release"; then
+      rm -rf "$release"  # else `rollback` would switch to it: the newest release not in service
+      die "check failed: still running $(readlink -f "$PREFIX/current")"
+    fi
     install -m 0644 "$SRC/systemd/$NAME.service" "$UNIT_DIR/$NAME.service"
     systemctl daemon-reload
     switch_to "$release"

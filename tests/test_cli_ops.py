@@ -73,9 +73,10 @@ async def test_check_passes_and_writes_nothing(base_env, medic_db, fake_rapidpro
     result = await acli("check", env=base_env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     checks = lines_of(result)
-    assert {level for level, _ in checks.values()} == {"ok"}, result.stdout
+    # `limits` judges this machine's cgroups (a warning on cgroup v1), not the configuration.
+    assert {level for name, (level, _) in checks.items() if name != "limits"} == {"ok"}, result.stdout
     for name in ("config", "couchdb", "medic", "vault", "worker_db", "settings", "forms", "token",
-                 "incoming_key", "outgoing", "rapidpro", "daemon", "double_sender"):
+                 "incoming_key", "outgoing", "rapidpro", "daemon", "double_sender", "limits"):
         assert name in checks, name
     assert "no daemon answers" in checks["daemon"][1]
     assert "created at start" in checks["worker_db"][1]

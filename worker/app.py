@@ -45,6 +45,7 @@ from worker.incoming.report import IncomingReport
 from worker.incoming.webhook import IncomingWebhook
 from worker.lease.keeper import ACTIVE, FencedDatabase, LeaseKeeper
 from worker.lease.report import LeaseReport
+from worker.limits import log_resource_limits
 from worker.logs import get_logger
 from worker.outgoing.in_doubt import InDoubtResolver
 from worker.outgoing.ledger import Ledger
@@ -220,6 +221,7 @@ class Worker:
 
     async def run(self) -> int:
         log.info("worker_starting", couch=self.config.couch.redacted_url, worker_db=self.config.worker_db)
+        log_resource_limits(log)  # warns when systemd's MemoryMax=/TasksMax= are not in force
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
         try:
             started = await self._until_stopped(self._start())

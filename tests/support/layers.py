@@ -40,9 +40,10 @@ CAPABILITIES = frozenset(CAPABILITY_EDGES)
 # Entry points and wiring: module (or package) -> what of `worker` it may import.
 ENTRY_EDGES: dict[str, frozenset[str]] = {
     "worker.sdnotify": frozenset(),
+    "worker.limits": frozenset(),
     "worker.session": CAPABILITIES,
-    "worker.commands": CAPABILITIES | {"commands"},
-    "worker.app": CAPABILITIES | {"session", "sdnotify"},
+    "worker.commands": CAPABILITIES | {"commands", "limits"},
+    "worker.app": CAPABILITIES | {"session", "sdnotify", "limits"},
     "worker.cli": frozenset({"app", "commands"}),
     "worker.__main__": frozenset({"cli"}),
 }

@@ -22,6 +22,7 @@ from worker.commands.command import Command
 from worker.commands.local import DaemonProblem, call, daemon_url
 from worker.couch.client import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
 from worker.http.health_text import stalls
+from worker.limits import check_finding, read_limits
 from worker.logs import configure_logging
 from worker.rapidpro.budget import RateBudget
 from worker.rapidpro.client import RapidProClient, user_agent
@@ -66,6 +67,8 @@ def main(args: argparse.Namespace, _config: Config | None) -> int:
         report.add(OK, "config", f"valid; CouchDB {config.couch.redacted_url}, worker db {config.worker_db}")
         configure_logging("error", config.log_format, stream=sys.stderr)
         asyncio.run(run_checks(config, report))
+    level, detail = check_finding(read_limits())  # MemoryMax=/TasksMax= may not be enforced here
+    report.add(level, "limits", detail)
     if args.json:
         print(json.dumps({"ok": report.ok, "checks": [asdict(f) for f in report.findings]}, sort_keys=True))
     else:
