@@ -3,7 +3,7 @@
     .venv/bin/python bench/chaos.py [--duration 180] [--workers 1] [--out-rate 2] [--in-rate 2]
                                     [--seed N] [--log-dir DIR] [--lease-ttl 15]
                                     [--status-interval 5] [--no-final-throttle]
-                                    [--couch-restart-cmd 'CMD']
+                                    [--couch-restart-cmd 'CMD'] [--cluster]
 
 Everything stays on 127.0.0.1. It starts the CouchDB-protocol test server (or uses the Apache
 CouchDB given by TEST_COUCH_URL, in a database of its own that it deletes at the end), the tests'
@@ -18,7 +18,12 @@ at random moments it:
   every call for a few seconds; and, unless `--no-final-throttle`, one more 429 window in the
   last seconds of the load, so the run ends right after RapidPro throttled;
 - with `--couch-restart-cmd`, restarts CouchDB by running that shell command (for instance one
-  that stops and starts the Apache CouchDB behind TEST_COUCH_URL; the data must survive it).
+  that stops and starts the Apache CouchDB behind TEST_COUCH_URL; the data must survive it);
+- with `--cluster`, on the 3-node CouchDB cluster given by TEST_COUCH_CLUSTER_URLS and
+  TEST_COUCH_CLUSTER_CTL (tests/support/cluster.py): worker i connects to node i, the load is written
+  through every node in turn, and the faults include pausing a node (10-30 s) and cutting one off
+  from the other two (20-60 s), the active worker's node half of the time. The report adds the
+  conflicted docs left in the worker's database.
 
 RapidPro's messages move queued -> wired -> sent -> delivered, a step per status query, so
 status tracking (every `--status-interval` s) has something to learn throughout.
@@ -79,6 +84,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.figures import percentile  # noqa: E402
 from playground.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN, FakeRapidPro  # noqa: E402
+from tests.support.cluster import Cluster, conflicted_docs  # noqa: E402
 from tests.support.couch_fixtures import (  # noqa: E402
     couch_request,
     create_db,
@@ -109,14 +115,20 @@ def log(message: str) -> None:
 
 
 class CouchTarget:
-    """A fresh medic database (CHT's design docs, settings pointing at the fake RapidPro)."""
+    """A fresh medic database (CHT's design docs, settings pointing at the fake RapidPro); on a
+    cluster, `node_db_urls` reach it through each node."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: Cluster | None = None) -> None:
         external = os.environ.get("TEST_COUCH_URL", "").strip().rstrip("/")
+        if cluster is not None:
+            external = cluster.urls[0]
         self.server = None if external else CouchTestServer().start()
         self.server_url = external or self.server.url  # type: ignore[union-attr]
-        self.kind = "CouchDB at TEST_COUCH_URL" if external else "the CouchDB-protocol test server"
-        self.db_url = f"{self.server_url}/chaos-{uuid.uuid4().hex[:8]}"
+        self.kind = ("a 3-node CouchDB cluster" if cluster else
+                     "CouchDB at TEST_COUCH_URL" if external else "the CouchDB-protocol test server")
+        name = f"chaos-{uuid.uuid4().hex[:8]}"
+        self.db_url = f"{self.server_url}/{name}"
+        self.node_db_urls = [f"{url}/{name}" for url in cluster.urls] if cluster else [self.db_url]
 
     def setup(self, rapidpro_url: str) -> None:
         create_db(self.db_url)
@@ -288,10 +300,14 @@ class WorkerProcess:
 class Workers:
     """The worker processes of one CHT (one today; several for HA)."""
 
-    def __init__(self, count: int, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, count: int, env: dict[str, str], log_dir: Path,
+                 couch_urls: list[str] | None = None) -> None:
+        """`couch_urls`: worker i connects to couch_urls[i % len] (a cluster's nodes)."""
         self.lifecycle = Lifecycle()
         self._log = open(log_dir / "workers.log", "a")  # closed in close()
-        self.all = [WorkerProcess(f"w{i}", {**env, "INSTANCE_ID": f"w{i}"}, self._log, self.lifecycle)
+        urls = couch_urls or [env["COUCH_URL"]]
+        self.all = [WorkerProcess(f"w{i}", {**env, "INSTANCE_ID": f"w{i}", "COUCH_URL": urls[i % len(urls)]},
+                                  self._log, self.lifecycle)
                     for i in range(count)]
 
     async def start_all(self) -> None:
@@ -317,10 +333,11 @@ class Workers:
 
 
 class OutgoingLoad:
-    """Pending outgoing messages written to CouchDB at a steady rate; one doc per message."""
+    """Pending outgoing messages written to CouchDB at a steady rate; one doc per message, through
+    each of `db_urls` in turn (a cluster's nodes)."""
 
-    def __init__(self, db_url: str, rate: float) -> None:
-        self.db_url = db_url
+    def __init__(self, db_urls: list[str], rate: float) -> None:
+        self.db_urls = db_urls
         self.rate = rate
         self.written: dict[str, float] = {}  # doc id (= message text) -> when its PUT began
 
@@ -336,19 +353,19 @@ class OutgoingLoad:
                    "tasks": [{"state": "pending", "messages": [
                        {"uuid": str(uuid.uuid4()), "to": f"+2547{i % 100_000_000:08d}", "message": doc_id}]}]}
             self.written[doc_id] = time.monotonic()
-            task = asyncio.create_task(self._put(doc))
+            task = asyncio.create_task(self._put(doc, self.db_urls[i % len(self.db_urls)]))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             i += 1
         await asyncio.gather(*tasks)
 
-    async def _put(self, doc: dict[str, Any]) -> None:
+    async def _put(self, doc: dict[str, Any], db_url: str) -> None:
         # Retried through CouchDB restarts (a 409 after a lost answer means it was written).
         status: Any = None
         body: Any = None
         for _ in range(600):
             try:
-                status, body = await asyncio.to_thread(couch_request, "PUT", f"{self.db_url}/{doc['_id']}",
+                status, body = await asyncio.to_thread(couch_request, "PUT", f"{db_url}/{doc['_id']}",
                                                        doc, 10.0)
             except OSError as exc:
                 status, body = type(exc).__name__, str(exc)
@@ -428,8 +445,10 @@ class FaultInjector:
     ACTIONS = (("kill9", 2), ("sigterm", 2), ("error", 3), ("hang", 2), ("throttle", 2))
 
     def __init__(self, fake: FakeRapidPro, workers: Workers, rng: random.Random,
-                 gap: tuple[float, float] = (4.0, 12.0), couch_restart_cmd: str | None = None) -> None:
+                 gap: tuple[float, float] = (4.0, 12.0), couch_restart_cmd: str | None = None,
+                 cluster: Cluster | None = None) -> None:
         self.fake = fake
+        self.cluster = cluster
         self.workers = workers
         self.rng = rng
         self.gap = gap
@@ -441,6 +460,8 @@ class FaultInjector:
 
     async def run(self, stop: asyncio.Event) -> None:
         actions = list(self.ACTIONS) + ([("couch_restart", 2)] if self.couch_restart_cmd else [])
+        if self.cluster is not None:
+            actions += [("pause_node", 2), ("partition_node", 2)]
         names = [name for name, _ in actions]
         weights = [weight for _, weight in actions]
         while not stop.is_set():
@@ -459,6 +480,8 @@ class FaultInjector:
                     await self._restart(action)
                 elif action == "couch_restart":
                     await self._restart_couch()
+                elif action in ("pause_node", "partition_node"):
+                    await self._node_fault(action)
                 else:
                     await self._outage(action)
 
@@ -499,6 +522,28 @@ class FaultInjector:
         self.couch_restarts.append(took)
         log(f"CouchDB: restarted in {took:.1f} s (exit {process.returncode}"
             f"{': ' + err.decode(errors='replace').strip()[:200] if process.returncode else ''})")
+
+    async def _node_fault(self, kind: str) -> None:
+        """One node paused (10-30 s) or cut off from the other two (20-60 s): the active worker's
+        node half of the time."""
+        assert self.cluster is not None
+        holders = [w for w in self.workers.all if w.name in self.workers.lifecycle.active_since]
+        if holders and self.rng.random() < 0.5:
+            node = self.cluster.node_of(holders[0].env["COUCH_URL"])
+        else:
+            node = self.rng.randint(1, len(self.cluster.urls))
+        length = self.rng.uniform(10.0, 30.0) if kind == "pause_node" else self.rng.uniform(20.0, 60.0)
+        began = time.monotonic()
+        log(f"CouchDB node {node}: {'paused' if kind == 'pause_node' else 'cut off'} for {length:.0f} s")
+        if kind == "pause_node":
+            await asyncio.to_thread(self.cluster.pause, node)
+            await asyncio.sleep(length)
+            await asyncio.to_thread(self.cluster.resume, node)
+        else:
+            await asyncio.to_thread(self.cluster.partition, node)
+            await asyncio.sleep(length)
+            await asyncio.to_thread(self.cluster.heal)
+        log(f"CouchDB node {node}: back after {time.monotonic() - began:.0f} s")
 
     async def _outage(self, kind: str) -> None:
         length = self.rng.uniform(1.0, 5.0)
@@ -634,7 +679,12 @@ def report(couch: CouchTarget, fake: FakeRapidPro, outgoing: OutgoingLoad, incom
     print(f"worker error-level events: {dict(lifecycle.errors) or 'none'}"
           f"{f'; {lifecycle.stray_lines} non-JSON lines' if lifecycle.stray_lines else ''}")
     settled = report_settling(settling, fake, in_doubt, args)
-    ok = not broken and not twice and not missing and settled
+    conflicts = 0
+    if args.cluster:
+        left = conflicted_docs(f"{couch.db_url}-rapidpro", couch_request)
+        conflicts = len(left)
+        print(f"conflicted docs left in the worker's database: {conflicts}{f' {left[:10]}' if left else ''}")
+    ok = not broken and not twice and not missing and settled and not conflicts
     if broken:
         print(f"BROKEN outgoing: {broken[:20]}")
     if missing:
@@ -711,7 +761,11 @@ async def run(args: argparse.Namespace) -> bool:
     rng = random.Random(args.seed)
     log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="chaos-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    couch = CouchTarget()
+    cluster = Cluster.from_environment() if args.cluster else None
+    if args.cluster and cluster is None:
+        raise SystemExit("--cluster needs TEST_COUCH_CLUSTER_URLS and TEST_COUCH_CLUSTER_CTL "
+                         "(tests/support/cluster.py)")
+    couch = CouchTarget(cluster)
     fake = FakeRapidPro()
     fake.rate_limit = args.calls_per_hour
     # A step per status query, so status tracking has something to learn all along.
@@ -727,16 +781,16 @@ async def run(args: argparse.Namespace) -> bool:
                "IN_DOUBT_CHECK_AFTER": str(IN_DOUBT_CHECK_AFTER), "CONCURRENCY": str(args.concurrency),
                "STATUS_POLL_INTERVAL": str(args.status_interval),
                "RAPIDPRO_CALLS_PER_HOUR": str(args.calls_per_hour), "LEASE_TTL": str(args.lease_ttl)}
-        workers = Workers(args.workers, env, log_dir)
+        workers = Workers(args.workers, env, log_dir, couch.node_db_urls)
         await workers.start_all()
         log(f"{args.workers} worker(s) up on {couch.kind}; fake RapidPro at {fake.url}; logs in {log_dir}")
 
-        outgoing = OutgoingLoad(couch.db_url, args.out_rate)
+        outgoing = OutgoingLoad(couch.node_db_urls, args.out_rate)
         # Separate generators: the sequence of faults depends on the seed only, not on how many
         # webhook posts happened to be retried in between.
         incoming = IncomingLoad(workers, args.in_rate, random.Random(rng.random()))
         faults = FaultInjector(fake, workers, random.Random(rng.random()),
-                               couch_restart_cmd=args.couch_restart_cmd)
+                               couch_restart_cmd=args.couch_restart_cmd, cluster=cluster)
         load_began = time.time()
         stop_load, give_up = asyncio.Event(), asyncio.Event()
         tasks = [asyncio.create_task(outgoing.run(stop_load)),
@@ -751,6 +805,8 @@ async def run(args: argparse.Namespace) -> bool:
         stop_load.set()
         await asyncio.gather(*tasks[2:])  # a restart or the final 429 window in progress completes
         fake.outage = None
+        if cluster is not None:
+            await asyncio.to_thread(cluster.restore)
         for worker in workers.all:
             if not worker.running:
                 await worker.start()
@@ -765,6 +821,8 @@ async def run(args: argparse.Namespace) -> bool:
         if workers is not None:
             await workers.kill_all()
             workers.close()
+        if cluster is not None:
+            await asyncio.to_thread(cluster.restore)
         await fake.stop()
         await asyncio.to_thread(couch.close)
 
@@ -778,7 +836,7 @@ def main() -> None:
                         help="the workers' STATUS_POLL_INTERVAL")
     parser.add_argument("--no-final-throttle", dest="final_throttle", action="store_false",
                         help="no 429 window in the last seconds of the load")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None, help="default 1; 3 with --cluster")
     parser.add_argument("--out-rate", type=float, default=2.0, help="outgoing messages per second")
     parser.add_argument("--in-rate", type=float, default=2.0, help="incoming SMS per second")
     parser.add_argument("--concurrency", type=int, default=8, help="the workers' CONCURRENCY")
@@ -789,10 +847,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--log-dir", default=None, help="where the workers' logs go (default: a temp dir)")
     parser.add_argument("--lease-ttl", type=float, default=15.0, help="the workers' LEASE_TTL")
+    parser.add_argument("--cluster", action="store_true",
+                        help="run on the 3-node cluster of TEST_COUCH_CLUSTER_URLS / TEST_COUCH_CLUSTER_CTL, "
+                             "with node pauses and partitions among the faults (default workers: 3)")
     parser.add_argument("--couch-restart-cmd", default=None,
                         help="a shell command that restarts CouchDB (keeping its data); adds CouchDB "
                              "restarts to the faults")
     args = parser.parse_args()
+    if args.workers is None:
+        args.workers = 3 if args.cluster else 1
     if args.seed is None:
         args.seed = random.randrange(10**6)
     ok = asyncio.run(run(args))

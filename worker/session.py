@@ -220,12 +220,16 @@ class ActiveSession:
         if self.dispatcher is None:
             return
         seq = self.dispatcher.watermark.seq
-        if seq == checkpoints.saved_seq:
-            return
         if not self._parts.lease.may_act(checkpoints.generation):
-            log.info("checkpoint_not_saved", seq=seq, reason="not the lease holder any more")
+            if seq != checkpoints.saved_seq:
+                log.info("checkpoint_not_saved", seq=seq, reason="not the lease holder any more")
             return
         try:
+            if seq == checkpoints.saved_seq:
+                # Nothing new; a deposed holder's late write may still have left a conflicting
+                # revision on a cluster (it settles to this generation's).
+                await checkpoints.settle_if_due()
+                return
             await checkpoints.save(seq)
             self._since_checkpoint = 0
             log.log(20 if final else 10, "checkpoint_saved", seq=seq, generation=checkpoints.generation)

@@ -17,6 +17,9 @@ from typing import Any
 from worker.couch.client import Accepted, Conflict, CouchError, Database
 
 CHECKPOINT_ID = "cht-rapidpro-worker-checkpoint"
+# A holder's own writes never conflict with its own leaf, so conflicting revisions a deposed holder
+# left (a write stored on a cut-off node) are looked for this often, before a save.
+CONFLICT_CHECK_S = 30.0
 
 
 class CheckpointFenced(CouchError):
@@ -83,6 +86,7 @@ class CheckpointStore:
         # The lease generation (worker/lease/keeper.py) of the session writing; None: no fencing. Every
         # write carries it, and a write that finds a newer generation in place is refused.
         self.generation: int | None = None
+        self._checked_at: float | None = None  # time.monotonic() of the last read from a quorum
 
     async def load(self) -> Any:
         doc = await self._current()
@@ -100,6 +104,7 @@ class CheckpointStore:
                                "writer": {"instance": self._instance, "nonce": uuid.uuid4().hex}}
         if self.generation is not None:
             doc["generation"] = self.generation
+        await self.settle_if_due()  # conflicting revisions settled, and the fence checked
         for _ in range(3):
             if self._rev:
                 doc["_rev"] = self._rev
@@ -122,10 +127,16 @@ class CheckpointStore:
         self.saved_seq = seq
         self.saved_at = time.time()
 
+    async def settle_if_due(self) -> None:
+        """Look for conflicting revisions (see CONFLICT_CHECK_S) even when nothing is saved."""
+        if self._checked_at is None or time.monotonic() - self._checked_at >= CONFLICT_CHECK_S:
+            await self._current()
+
     async def _current(self) -> dict[str, Any] | None:
         """The checkpoint doc, read from a quorum; conflicting revisions (a cluster) settled to the
         newest generation's, the others deleted."""
         leaves = await self._db.leaves(self._doc_id)
+        self._checked_at = time.monotonic()
         if not leaves:
             return None
         best = max(leaves, key=lambda leaf: (_generation(leaf) or -1, str(leaf.get("_rev"))))

@@ -178,6 +178,9 @@ class IncomingStore:
             async with asyncio.timeout(self.timeout):
                 return await asyncio.shield(future)
         except TimeoutError:
+            # Its batch still ends it later, with an outcome or an error nobody waits for any
+            # more: taken here, or asyncio logs "Future exception was never retrieved".
+            future.add_done_callback(_retrieve)
             raise CouchUnavailable(f"CouchDB did not confirm within {self.timeout} s") from None
 
     def _start_batches(self) -> None:
@@ -416,3 +419,8 @@ class IncomingWebhook:
             if size > self.max_body:
                 return None
             chunks.append(chunk)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
