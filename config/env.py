@@ -95,6 +95,9 @@ class Config:
     instance_id: str = ""  # "" = the ledger's owner name (host:pid), see worker/app.py
     lease_ttl: float = 15.0
     lease_renew_interval: float = 5.0
+    # The public URL RapidPro calls (`rapidpro setup`, `check`); the worker appends the v2 path.
+    webhook_public_url: str | None = None
+    channel_check_interval: float = 300.0
 
     @property
     def claim_timeout(self) -> float:
@@ -311,6 +314,9 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
         instance_id=instance_id,
         lease_ttl=lease_ttl,
         lease_renew_interval=lease_renew_interval,
+        webhook_public_url=_public_url(values, "WEBHOOK_PUBLIC_URL"),
+        channel_check_interval=_get(values, "CHANNEL_CHECK_INTERVAL", 300.0, float, lambda v: 5 <= v < 1e9,
+                                    "must be a number of seconds, at least 5"),
     )
 
 
@@ -326,6 +332,31 @@ def _public_door(values: Mapping[str, str]) -> dict[str, object]:
                                      "must be a number of seconds above 0 and at most 60"),
         "webhook_client_concurrency": _positive_int(values, "WEBHOOK_CLIENT_CONCURRENCY", 32),
     }
+
+
+def _public_url(values: Mapping[str, str], name: str) -> str | None:
+    raw = values.get(name, "").strip()
+    return public_url(raw, name) if raw else None
+
+
+def public_url(raw: str, name: str) -> str:
+    """An http(s) URL without credentials, query or fragment, without its trailing slash; else
+    ConfigError naming `name` (a variable, or a command-line option)."""
+    raw = raw.strip()
+    parts = urlsplit(raw)
+    expectation = "must be an http(s) URL such as https://cht.example.org/rapidpro-worker"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(name, expectation)
+    try:
+        _ = parts.port  # an invalid port raises
+    except ValueError:
+        raise ConfigError(name, f"{expectation} (the port is invalid)") from None
+    if parts.username or parts.password:
+        # It is written into a RapidPro global that workspace admins see: never credentials.
+        raise ConfigError(name, "must not contain credentials (RapidPro's users can read it)")
+    if parts.query or parts.fragment:
+        raise ConfigError(name, f"{expectation}, without a query or fragment")
+    return raw.rstrip("/")
 
 
 def _parse_bool(raw: str) -> bool:

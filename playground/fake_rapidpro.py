@@ -286,6 +286,11 @@ class FakeRapidPro:
         self._changed = asyncio.Event()
         self._timers: list[asyncio.TimerHandle] = []
 
+        # More endpoints, {path: {method: handler}}, answered like the built-in ones (token,
+        # rate limit, faults, recording): GET handlers take the request, POST handlers the
+        # request, its body and the workspace. playground/fake_workspace.py registers its own.
+        self.extra_routes: dict[str, dict[str, Callable[..., Awaitable[web.StreamResponse]]]] = {}
+
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
 
@@ -584,6 +589,7 @@ class FakeRapidPro:
             BROADCASTS_PATH: {"GET": self._get_broadcasts, "POST": self._post_broadcast},
             MESSAGES_PATH: {"GET": self._get_messages},
             WORKSPACE_PATH: {"GET": self._get_workspace},
+            **self.extra_routes,
         }
         methods = routes.get(request.path)
         if methods is None:

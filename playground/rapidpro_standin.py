@@ -7,9 +7,13 @@ trying the worker by hand: the tests' FakeRapidPro plus what a real workspace do
   how often.
 - **Incoming SMS and a flow**: `receive()` stores an incoming message (folder `flows`, so the
   worker's reconciliation would list it too) and then calls the worker's webhook the way a
-  RapidPro flow's *Call Webhook* action does: `POST <webhook_url>`, `Authorization: Token <key>`,
-  body `{"id": <message uuid>, "from": <number>, "content": <text>}`, a 15-second timeout, no
-  retry (RapidPro has not retried failed webhooks since July 2025).
+  RapidPro flow's *Call Webhook* action does, a 15-second timeout, no retry (RapidPro has not
+  retried failed webhooks since July 2025). The flow is the workspace's own once one is
+  imported (`cht-rapidpro-worker rapidpro setup`, then `POST /orgimport/create/`): the flow a
+  catch-all trigger starts, its webhook's method, URL, headers and body evaluated with the
+  workspace's globals and the message (transitions/excellent.py). Until then a built-in one:
+  `POST <webhook_url>`, `Authorization: Token <key>`, body `{"id": <message uuid>, "from":
+  <number>, "content": <text>}`.
 - **A channel receive URL** for curl, shaped like RapidPro's External API channel
   (`POST /c/ex/<channel uuid>/receive` with `from` and `text`, as form fields or query
   parameters): an SMS "arrives" and the flow runs.
@@ -27,6 +31,7 @@ import contextlib
 import json
 import signal
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +40,8 @@ import aiohttp
 from aiohttp import web
 
 from playground.fake_rapidpro import BROADCASTS_PATH, FakeMessage, FakeRapidPro
+from playground.fake_workspace import workspace_of
+from transitions.excellent import evaluate_template
 from transitions.phone import mask_phone
 from worker.logs import configure_logging, get_logger
 
@@ -45,6 +52,9 @@ DEFAULT_TIMELINE: tuple[tuple[float, str], ...] = ((1.5, "wired"), (3.0, "sent")
 WEBHOOK_TIMEOUT = 15.0  # RapidPro's limit for a whole webhook call
 USER_AGENT = "Mailroom/playground"  # mailroom announces itself so; the worker does not care
 KEEP_REQUESTS = 1000  # the fake records every request; a long-running stand-in keeps the last ones
+
+
+WebhookCall = tuple[str, str, dict[str, str], str]  # method, URL, headers, body
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class RapidProStandIn:
         message_delay: float = 0.5,
     ) -> None:
         self.fake = FakeRapidPro(tokens=(token,), host=host, port=port)
+        self.workspace = workspace_of(self.fake)  # globals, flows, channels, the import page
         self.fake.advance_scripts_on_poll = False  # statuses follow the timeline, not the polls
         self.fake.message_delay = message_delay  # messages appear a moment after the POST
         # Ids from the clock: a broadcast id of an earlier run (left on a CHT task) never names
@@ -153,16 +164,16 @@ class RapidProStandIn:
         flow's webhook call to the worker. Returns what the worker answered."""
         number = sender.removeprefix("tel:")
         message = self.fake.add_incoming(text, f"tel:{number}", folder="flows")
-        if self.webhook_url is None or self.webhook_key is None:
+        call = self._imported_call(message) or self._built_in_call(message, number)
+        if call is None:
             log.warning("rapidpro_standin_no_webhook", message_id=message.id)
             return WebhookResult(message, None, "", "no webhook configured")
         assert self._session is not None, "start() first"
-        body = {"id": message.uuid, "from": number, "content": text}
-        headers = {"Authorization": f"Token {self.webhook_key}", "Content-Type": "application/json",
-                   "User-Agent": USER_AGENT}
+        method, url, headers, data = call
+        headers = {**headers, "User-Agent": USER_AGENT}
         started = time.perf_counter()
         try:
-            async with self._session.post(self.webhook_url, data=json.dumps(body), headers=headers) as r:
+            async with self._session.request(method, url, data=data.encode(), headers=headers) as r:
                 answer = (await r.text())[:500]
                 result = WebhookResult(message, r.status, answer)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -174,6 +185,34 @@ class RapidProStandIn:
                 answer=result.body, error=result.error, branch=branch,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return result
+
+    def _built_in_call(self, message: FakeMessage, number: str) -> WebhookCall | None:
+        if self.webhook_url is None or self.webhook_key is None:
+            return None
+        body = {"id": message.uuid, "from": number, "content": message.text}
+        return ("POST", self.webhook_url, {"Authorization": f"Token {self.webhook_key}",
+                                           "Content-Type": "application/json"}, json.dumps(body))
+
+    def _imported_call(self, message: FakeMessage) -> WebhookCall | None:
+        """The Call Webhook action of the flow a catch-all trigger starts, evaluated for `message`."""
+        workspace = self.workspace
+        started = {t.flow_uuid for t in workspace.triggers if t.trigger_type == "C" and not t.archived}
+        flow = next((f for f in workspace.flows if f.uuid in started and not f.archived), None)
+        nodes = flow.definition.get("nodes") or [] if flow is not None else []
+        action = next((a for node in nodes for a in node.get("actions") or []
+                       if a.get("type") == "call_webhook"), None)
+        if action is None:
+            return None
+        context = {"globals": {key: g.value for key, g in workspace.globals.items()},
+                   "input": {"uuid": message.uuid, "text": message.text},
+                   "urns": {"tel": message.urn}, "run": {"uuid": str(uuid.uuid4())}}
+
+        def value(template: Any) -> str:
+            return evaluate_template(str(template or ""), context)
+
+        headers = {name: value(template) for name, template in (action.get("headers") or {}).items()}
+        method = str(action.get("method") or "GET")
+        return method, value(action.get("url")), headers, value(action.get("body"))
 
     async def _receive_endpoint(self, request: web.Request) -> web.Response:
         fields: dict[str, str] = dict(request.query)

@@ -62,6 +62,8 @@ DESIGN_DOCS = HERE / "cht" / "design_docs.json"
 TRANSLATION_DOCS = HERE / "cht" / "translations.json"
 SETTINGS = HERE / "settings.json"
 DATA_DIR = ROOT / ".devdata"
+ENV_FILE = DATA_DIR / "playground.env"  # the worker's settings, for the guide's commands
+FLOW_FILE = DATA_DIR / "cht-rapidpro-flow.json"  # where the guide's `rapidpro setup` writes
 
 SEEDED_DOC_ID = "playground-reminder"
 SEEDED_TO = "+254712345678"
@@ -285,21 +287,29 @@ class Playground:
         _, info = await self._couch("GET", DB)
         return str(info["update_seq"])
 
-    def _worker_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({
+    def _worker_settings(self) -> dict[str, str]:
+        """What the worker is configured with here (also the env file the guide's commands use)."""
+        return {
             "COUCH_URL": self.couch_url,
             "LISTEN_PORT": str(self.worker_port),
             "RAPIDPRO_API_TOKEN": API_TOKEN,
             "RAPIDPRO_INCOMING_KEY": INCOMING_KEY,
             "OUTGOING_SERVICE_NAME": self.service,
-        })
+            # Where the stand-in's flow reaches the worker (`rapidpro setup` writes it into cht_url).
+            "WEBHOOK_PUBLIC_URL": self.values.get("WEBHOOK_PUBLIC_URL", "").strip() or self.worker_url,
+        }
+
+    def _worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self._worker_settings())
         # Delivery shows within seconds rather than a minute; an explicit choice wins.
         if not self.values.get("STATUS_POLL_INTERVAL", "").strip():
             env["STATUS_POLL_INTERVAL"] = "2"
         return env
 
     async def _start_worker(self) -> None:
+        DATA_DIR.mkdir(exist_ok=True)
+        ENV_FILE.write_text("".join(f"{name}={value}\n" for name, value in self._worker_settings().items()))
         self.worker = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker", "run", *self.worker_args, cwd=ROOT, env=self._worker_env(),
             stdin=asyncio.subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
@@ -434,6 +444,19 @@ class Playground:
         if status_command:
             lines.append(f"    COUCH_URL={self.couch_url} LISTEN_PORT={self.worker_port} "
                          ".venv/bin/cht-rapidpro-worker status")
+        env_file, flow_file = ENV_FILE.relative_to(ROOT), FLOW_FILE.relative_to(ROOT)
+        command = f".venv/bin/cht-rapidpro-worker {{}} --env-file {env_file}"
+        lines += [
+            "  RapidPro's side, as on a real workspace: the globals and the flow to import (README:",
+            "  Setting up RapidPro), the import page, then `check` (all ok but, on cgroup v1, `limits`):",
+            "    " + command.format(f"rapidpro setup --dry-run --output {flow_file}"),
+            "    " + command.format(f"rapidpro setup --output {flow_file}"),
+            f"    curl -s -H 'Authorization: Token {API_TOKEN}' -F file=@{flow_file} "
+            f"{self.standin.url}/orgimport/create/",
+            "    " + command.format("check"),
+            "  The stand-in's Android channel as the worker watches it: `rapidpro.channels` in /healthz, and",
+            f"    curl -s {self.worker_url}/metrics | grep channel",
+        ]
         lines += ["  Ctrl-C stops the worker, the stand-in and the CouchDB server (nothing is kept).",
                   "──────────────────────────────────────────────────────────────────────────────", ""]
         print("\n".join(lines), file=sys.stderr, flush=True)
@@ -469,6 +492,7 @@ class Playground:
                 await self.couch.wait()
         if self.session is not None:
             await self.session.close()
+        ENV_FILE.unlink(missing_ok=True)
         log.info("playground_stopped", worker_exit_code=code)
         return code
 

@@ -17,15 +17,19 @@ import aiohttp
 import pytest
 
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
+from playground.fake_workspace import workspace_of
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
 from tests.support.daemon import child_env
+from tests.support.rapidpro_fixtures import seed_relay
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from worker.app import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "incoming-key"
+PUBLIC_URL = "https://cht.example.org/rapidpro-worker"
+CHT_URL = PUBLIC_URL + "/api/v2/sms/rapidpro/incoming-messages"
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -56,10 +60,12 @@ def lines_of(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, s
 
 @pytest.fixture
 def base_env(medic_db: MedicDb, fake_rapidpro: FakeRapidPro) -> dict[str, str]:
+    """A deployment set up right on both sides (CHT's settings; RapidPro's globals and flow)."""
     put_settings(medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    seed_relay(workspace_of(fake_rapidpro), cht_url=CHT_URL, key=KEY)
     # A listener port nobody uses: `check` also asks a daemon running there.
     return {"COUCH_URL": medic_db.url, "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN, "RAPIDPRO_INCOMING_KEY": KEY,
-            "LISTEN_PORT": str(unused_port())}
+            "LISTEN_PORT": str(unused_port()), "WEBHOOK_PUBLIC_URL": PUBLIC_URL}
 
 
 def unused_port() -> int:
@@ -76,13 +82,17 @@ async def test_check_passes_and_writes_nothing(base_env, medic_db, fake_rapidpro
     # `limits` judges this machine's cgroups (a warning on cgroup v1), not the configuration.
     assert {level for name, (level, _) in checks.items() if name != "limits"} == {"ok"}, result.stdout
     for name in ("config", "couchdb", "medic", "vault", "worker_db", "settings", "forms", "token",
-                 "incoming_key", "outgoing", "rapidpro", "daemon", "double_sender", "limits"):
+                 "incoming_key", "outgoing", "rapidpro", "rapidpro_cht_url", "rapidpro_cht_api_key",
+                 "rapidpro_flow", "rapidpro_trigger", "rapidpro_channels", "daemon", "double_sender",
+                 "limits"):
         assert name in checks, name
     assert "no daemon answers" in checks["daemon"][1]
     assert "created at start" in checks["worker_db"][1]
     assert "Fake workspace" in checks["rapidpro"][1]
-    # Read-only: one GET to RapidPro, no POST; the worker db was not created.
-    assert [(r.method, r.path) for r in fake_rapidpro.requests] == [("GET", "/api/v2/workspace.json")]
+    # Read-only, a handful of GETs to RapidPro and no POST; the worker db was not created.
+    assert [(r.method, r.path) for r in fake_rapidpro.requests] == [
+        ("GET", "/api/v2/workspace.json"), ("GET", "/api/v2/globals.json"), ("GET", "/api/v2/flows.json"),
+        ("GET", "/api/v2/definitions.json"), ("GET", "/api/v2/channels.json")]
     status, _ = await asyncio.to_thread(couch_request, "GET", f"{medic_db.url}-rapidpro")
     assert status == 404
     assert medic_db.url.split("@")[0].split(":")[-1] not in result.stdout  # no password printed

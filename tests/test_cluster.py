@@ -168,6 +168,12 @@ async def scenario(cluster: Cluster, db: ClusterDb, fake: FakeRapidPro,
                 doc["tasks"][0]["state"] not in ("pending", "forwarded-to-gateway") for doc in found.values())
 
         await eventually(lambda: asyncio.to_thread(settled), timeout=180, interval=1.0)
+        sent = Counter(b.raw_text for b in fake.broadcasts)
+        assert not [text for text, n in sent.items() if n > 1], "sent twice"
+        assert sorted(sent) == sorted(ids), "a message was lost (or one not written was sent)"
+        spans = active_spans(daemons, killed_at)
+        assert overlap(spans) == 0.0, spans
+
         def no_conflicts() -> bool:
             return not conflicted_docs(f"{db.url}-rapidpro", couch_request)
 
@@ -176,11 +182,6 @@ async def scenario(cluster: Cluster, db: ClusterDb, fake: FakeRapidPro,
         except TimeoutError:
             left = await asyncio.to_thread(conflicted_docs, f"{db.url}-rapidpro", couch_request)
             raise AssertionError(f"conflicts left in the worker's database: {left}") from None
-        sent = Counter(b.raw_text for b in fake.broadcasts)
-        assert not [text for text, n in sent.items() if n > 1], "sent twice"
-        assert sorted(sent) == sorted(ids), "a message was lost (or one not written was sent)"
-        spans = active_spans(daemons, killed_at)
-        assert overlap(spans) == 0.0, spans
         return {"began": began, "spans": spans, "daemons": daemons}
     finally:
         for daemon in daemons.values():

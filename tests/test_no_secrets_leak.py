@@ -17,6 +17,7 @@ import aiohttp
 
 from config.credentials import encrypt_credential
 from playground.fake_rapidpro import FakeRapidPro
+from playground.fake_workspace import workspace_of
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
 from tests.support.daemon import Daemon, child_env
@@ -68,6 +69,7 @@ async def test_nothing_secret_or_a_full_phone_number_leaves(medic_db: MedicDb, f
     env = {"COUCH_URL": proxy.url("admin", COUCH_PASSWORD, medic_db.name), "LISTEN_PORT": str(port),
            "WEBHOOK_LISTEN_HOST": "127.0.0.1", "WEBHOOK_LISTEN_PORT": str(public_port),
            "RAPIDPRO_API_TOKEN": TOKEN, "COUCH_SECRET": VAULT_SECRET, "STATUS_POLL_INTERVAL": "1",
+           "WEBHOOK_PUBLIC_URL": f"http://127.0.0.1:{public_port}",
            "INCOMING_RECONCILE": "true", "INCOMING_RECONCILE_INTERVAL": "1", "LOG_LEVEL": "debug"}
     outputs: list[str] = []
     daemon = Daemon(env)
@@ -133,9 +135,13 @@ async def test_nothing_secret_or_a_full_phone_number_leaves(medic_db: MedicDb, f
                         outputs.append(await response.text())
 
         # The command line, with the same configuration.
-        for args in (["status"], ["status", "--json"], ["check"], ["check", "--json"], ["parked"],
-                     ["rescan"], ["--help"]):
+        # (`rapidpro setup` writes the key into RapidPro's global, as it must, and nowhere else.)
+        for args in (["status"], ["status", "--json"], ["rapidpro", "setup", "--dry-run"],
+                     ["rapidpro", "setup"], ["check"], ["check", "--json"], ["parked"], ["rescan"],
+                     ["--help"]):
             await cli(*args)
+        assert workspace_of(fake_rapidpro).globals["cht_api_key"].value == KEY
+        outputs.append((tmp_path / "cht-rapidpro-flow.json").read_text())
         # A configuration mistake is reported without echoing what was given.
         await cli("check", environment={**cli_env, "COUCH_URL": f"ftp://admin:{COUCH_PASSWORD}@127.0.0.1/medic"})
 
@@ -149,6 +155,7 @@ async def test_nothing_secret_or_a_full_phone_number_leaves(medic_db: MedicDb, f
     # The run did what it should (otherwise finding nothing would prove nothing).
     names = {event.get("event") for event in daemon.events}
     expected = {"message_sent", "message_rejected", "incoming_sms", "admin_rescan", "incoming_reconciled"}
+    assert any("rapidpro_cht_api_key: cht_api_key is the worker's incoming key" in o for o in outputs)
     assert expected <= names, sorted(n for n in names if n)
     assert any(e.get("event") == "incoming_sms" and e.get("outcome") == "saved" and
                str(e.get("sender", "")).startswith("+2547") for e in daemon.events)

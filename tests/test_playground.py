@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from playground.fake_rapidpro import FakeRapidPro
 from tests.support.couch_fixtures import MedicDb, couch_request
 from tests.support.couchserver import LOCK_FILE, NODE_MODULES, ensure_node_modules
 
@@ -64,6 +66,12 @@ def _get_json(url: str) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, None
+
+
+def _post_form(url: str, fields: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=urllib.parse.urlencode(fields).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return response.status, json.loads(response.read())
 
 
 def _until(check: Callable[[], Any], deadline: float, step: float = 0.2) -> Any:
@@ -279,6 +287,31 @@ def test_playground_shows_a_message_delivered_and_an_sms_stored_then_ctrl_c_leav
                      f"-X POST http://127.0.0.1:{couch_port}/medic",
                      f"http://127.0.0.1:{rapidpro_port}/c/ex/"):
         assert expected in guide, guide
+
+    # RapidPro's side, as the guide says: setup (a dry run, then for real), the import, `check`.
+    commands = [line.strip() for line in guide.splitlines()
+                if line.strip().startswith((".venv/bin/cht-rapidpro-worker rapidpro setup",
+                                            "curl -s -H 'Authorization: Token",
+                                            ".venv/bin/cht-rapidpro-worker check"))]
+    assert [c.split()[1] for c in commands] == ["rapidpro", "rapidpro", "-s", "check"], guide
+    results = [subprocess.run(command, shell=True, cwd=project_copy, env=_base_env(), capture_output=True,
+                              text=True, timeout=60) for command in commands]
+    assert all(r.returncode == 0 for r in results), [r.stdout + r.stderr for r in results]
+    assert "dry run: nothing was changed" in results[0].stdout
+    assert f"cht_url: created (http://127.0.0.1:{worker_port}/api/v2/sms/rapidpro" in results[1].stdout
+    assert json.loads(results[2].stdout)["status"] == "complete"
+    # `limits` judges this machine's cgroups (a warning on cgroup v1), not the configuration.
+    levels = {line.split(" ", 1)[0] for line in results[3].stdout.splitlines() if " limits: " not in line}
+    assert levels == {"ok"}, results[3].stdout
+    assert "ok rapidpro_flow: flow 'CHT Incoming SMS'" in results[3].stdout
+    assert "ok rapidpro_channels: 1 active" in results[3].stdout
+    # From now on the stand-in runs the imported flow: its webhook reaches the worker.
+    status, answer = _post_form(f"http://127.0.0.1:{rapidpro_port}/c/ex/{FakeRapidPro.CHANNEL_UUID}/receive",
+                                {"from": "+254722000113", "text": "hello"})
+    assert status == 200 and answer["data"][0]["webhook"]["status"] == 200, answer
+    status, found = couch_request("POST", f"{medic}/_find", {"selector": {
+        "sms_message.gateway_ref": answer["data"][0]["msg_uuid"]}}, timeout=5)  # the id: the SMS's uuid
+    assert status == 200 and [d["from"] for d in found["docs"]] == ["+254722000113"], found
 
     # Ctrl-C: daemon, stand-in and local server all stop, nothing left behind.
     children = set(run.seen)

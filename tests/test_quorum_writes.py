@@ -130,7 +130,7 @@ async def test_an_outcome_among_conflicting_revisions_is_what_the_task_shows(
     assert (await asyncio.to_thread(get_doc, medic_db.url, "c1"))["tasks"][0]["gateway_ref"] == 4242
     assert fake_rapidpro.broadcasts == []
     assert len(await asyncio.to_thread(leaves, own, LEDGER_PREFIX + uuid)) == 1  # the claim deleted
-    assert worker.sender.stats.reprojected == 1
+    assert worker.sender.stats.reprojected >= 1  # (the sweep may find the doc too)
 
 
 async def test_conflicting_stale_claims_are_merged_in_doubt_and_rapidpro_decides(

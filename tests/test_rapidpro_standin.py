@@ -12,6 +12,7 @@ from aiohttp import web
 
 from playground.rapidpro_standin import RapidProStandIn
 from tests.support.waiting import eventually
+from transitions.relay_flow import relay_export
 
 TOKEN = "standin-token"
 KEY = "incoming-key"
@@ -97,3 +98,38 @@ async def test_a_webhook_that_does_not_answer_takes_the_failure_branch() -> None
         assert result.status is None and result.error
         # The message is in RapidPro all the same: only the webhook failed (no retry, as RapidPro).
         assert standin.fake.message(result.message.uuid).text == "hello"
+
+
+async def test_once_the_file_is_imported_the_workspaces_own_flow_calls_the_webhook(
+        webhook: tuple[str, list[dict[str, Any]]]) -> None:
+    """The import page takes the file `rapidpro setup` writes; from then on an SMS runs that flow:
+    its webhook evaluated with the globals and the message (what RapidPro would send)."""
+    url, calls = webhook
+    async with RapidProStandIn(token=TOKEN, webhook_url="http://127.0.0.1:1/", webhook_key="x") as standin, \
+            aiohttp.ClientSession(headers={"Authorization": f"Token {TOKEN}"}) as session:
+        export = relay_export(standin.url)
+        async with session.post(f"{standin.url}/orgimport/create/", json=export) as r:  # the file as the body
+            assert r.status == 200, await r.text()
+        form = aiohttp.FormData()  # or as a form, as the import page sends it
+        form.add_field("file", json.dumps(export).encode(), filename="cht-rapidpro-flow.json",
+                       content_type="application/json")
+        async with session.post(f"{standin.url}/orgimport/create/", data=form) as r:
+            assert r.status == 200 and (await r.json())["triggers"] == ["kept"]  # the same flow, updated
+        assert len(standin.workspace.flows) == 1
+        # RapidPro creates the referenced globals empty; `rapidpro setup` fills them.
+        assert {k: g.value for k, g in standin.workspace.globals.items()} == {"cht_url": "",
+                                                                              "cht_api_key": ""}
+        standin.workspace.set_global("cht_url", url)
+        standin.workspace.set_global("cht_api_key", KEY)
+
+        result = await standin.receive('P 12 "Mary" Atieno', "+254722000111")
+        assert result.status == 200
+        (call,) = calls
+        assert call["headers"]["Authorization"] == f"Token {KEY}"
+        assert call["headers"]["Content-Type"] == "application/json"
+        assert call["body"].startswith(b'{"content":')  # goflow's json(): sorted keys
+        assert json.loads(call["body"]) == {"id": result.message.uuid, "from": "+254722000111",
+                                            "content": 'P 12 "Mary" Atieno'}
+
+        async with session.post(f"{standin.url}/orgimport/create/", data=b'{"version": "2"}') as r:
+            assert r.status == 400 and "no longer valid" in (await r.json())["error"]

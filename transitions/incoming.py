@@ -29,6 +29,10 @@ from transitions.translations import Translations
 # after an upgrade would be stored twice.
 DOC_ID_NAMESPACE = uuid.UUID("0f8b7a9c-3d52-5e1b-9c47-6a1d2e5f8b30")
 
+# The webhook's paths, CHT's (api/src/routing.js): the flow's Call Webhook action posts here.
+V2_PATH = "/api/v2/sms/rapidpro/incoming-messages"
+V1_PATH = "/api/v1/sms/radpidpro/incoming-messages"  # CHT's typo, kept for old flows
+
 # CHT's textforms code: first run of characters up to a space or one of ! - , : #
 _TEXTFORMS_CODE = re.compile(r"^\s*([^\s!\-,:#]+)")
 

@@ -54,6 +54,7 @@ from worker.outgoing.sender import OutgoingSender
 from worker.outgoing.sweep import PendingSweep
 from worker.outgoing.task_writer import TaskWriter
 from worker.rapidpro.budget import RateBudget
+from worker.rapidpro.channels import ChannelWatcher
 from worker.rapidpro.client import RapidProClient, user_agent
 from worker.rapidpro.credentials import Credential, Vault
 from worker.rapidpro.report import RapidProReport
@@ -132,6 +133,10 @@ class Worker:
             client=self.rapidpro, token=self.outgoing_token, settings=lambda: self.settings.current,
             translations=lambda: self.translations.current,
             store=self.incoming.store, own_db=self.own_db) if config.incoming_reconcile else None
+        # The active worker reads the workspace's channels (last seen, battery) every interval.
+        self.channels = ChannelWatcher(client=self.rapidpro, token=self.outgoing_token,
+                                       settings=lambda: self.settings.current,
+                                       interval=config.channel_check_interval)
         self.double_sender_risk = False
         self.settings.subscribe(self._settings_changed)
         self.transitions: list[Transition] = [
@@ -158,7 +163,8 @@ class Worker:
             checkpoints=self.checkpoints, parked=self.parked, parked_retries=self.parked_retries,
             own_writes=self.own_writes, lease=self.lease, sender=self.sender, ledger=self.ledger,
             rapidpro=self.rapidpro, outgoing_token=self.outgoing_token, status=self.status,
-            incoming_reconciler=self.incoming_reconciler, transitions=self.transitions,
+            incoming_reconciler=self.incoming_reconciler, channels=self.channels,
+            transitions=self.transitions,
             retry_transient=self._retry_transient, ready=self.ready, started_at=self.started_at)
         self.standby_refresh = StandbyRefresh(self.medic, self.settings, self.translations,
                                               active=lambda: self.lease.role == ACTIVE,
@@ -175,7 +181,7 @@ class Worker:
                            in_doubt=lambda: self.in_doubt, sweep=lambda: self.sweep),
             StatusReport(self.status),
             IncomingReport(self.incoming, self.incoming_key, self.incoming_reconciler),
-            RapidProReport(self.rapidpro, self.budget),
+            RapidProReport(self.rapidpro, self.budget, self.channels),
         ]
         self.health_document = HealthDocument(self.reporters, self.started_at)
         self.metrics = Metrics(self.reporters, self.readiness)

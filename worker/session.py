@@ -1,6 +1,6 @@
 """The lease holder's work, one session per lease generation: the feed and its checkpoint, the
 dispatcher handing changes to the transitions (sending among them), the pending sweep, status
-tracking, in-doubt resolution and incoming reconciliation, in one TaskGroup.
+tracking, in-doubt resolution, incoming reconciliation and the channel watcher, in one TaskGroup.
 
 A session ends in one of two ways: shutdown (`stop` is set: in-flight work gets
 SHUTDOWN_TIMEOUT, then the checkpoint is written) or the lease lost (the task is cancelled: it
@@ -36,6 +36,7 @@ from worker.outgoing.ledger import Ledger
 from worker.outgoing.sender import OutgoingSender
 from worker.outgoing.sweep import PendingSweep
 from worker.outgoing.task_writer import TaskWriter
+from worker.rapidpro.channels import ChannelWatcher
 from worker.rapidpro.client import RapidProClient
 from worker.rapidpro.credentials import Credential
 from worker.status.tracker import StatusTracker
@@ -66,6 +67,7 @@ class SessionParts:
     outgoing_token: Credential
     status: StatusTracker
     incoming_reconciler: IncomingReconciler | None
+    channels: ChannelWatcher
     transitions: Sequence[Transition]
     retry_transient: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
     ready: asyncio.Event  # set once the feed runs (tests wait on it)
@@ -144,11 +146,12 @@ class ActiveSession:
                     reconciler = group.create_task(
                         parts.incoming_reconciler.run(config.incoming_reconcile_interval),
                         name="incoming-reconcile")
+                channels = group.create_task(parts.channels.run(), name="channels")
                 parts.ready.set()
                 log.info("active_session_started", generation=self.generation, seq=since)
                 await stop.wait()
                 deadline = time.monotonic() + config.shutdown_timeout
-                for part in (feed, sweeper, status, in_doubt, reconciler):
+                for part in (feed, sweeper, status, in_doubt, reconciler, channels):
                     if part is not None:
                         part.cancel()
                 # finish in-flight work within the deadline, abandon the rest (redone after restart)

@@ -9,14 +9,19 @@ from typing import Any
 import pytest_asyncio
 
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro
+from playground.fake_workspace import FakeWorkspace, workspace_of
+from transitions.relay_flow import relay_export
 
-__all__ = ["DEFAULT_TOKEN", "FakeClock", "fake_rapidpro", "fake_rapidpro_factory"]
+__all__ = ["DEFAULT_TOKEN", "FakeClock", "fake_rapidpro", "fake_rapidpro_factory", "fake_workspace",
+           "seed_relay"]
 
 
 @pytest_asyncio.fixture
 async def fake_rapidpro() -> AsyncIterator[FakeRapidPro]:
-    """A running fake on 127.0.0.1 (random port), real clock, token ``DEFAULT_TOKEN``."""
+    """A running fake on 127.0.0.1 (random port), real clock, token ``DEFAULT_TOKEN``, with the
+    workspace set-up endpoints (playground/fake_workspace.py: one awake Android channel)."""
     fake = FakeRapidPro()
+    workspace_of(fake)
     await fake.start()
     try:
         yield fake
@@ -32,6 +37,7 @@ async def fake_rapidpro_factory() -> AsyncIterator[Callable[..., Awaitable[FakeR
 
     async def make(**kwargs: Any) -> FakeRapidPro:
         fake = FakeRapidPro(**kwargs)
+        workspace_of(fake)
         await fake.start()
         started.append(fake)
         return fake
@@ -41,3 +47,16 @@ async def fake_rapidpro_factory() -> AsyncIterator[Callable[..., Awaitable[FakeR
     finally:
         for fake in reversed(started):
             await fake.stop()
+
+
+@pytest_asyncio.fixture
+async def fake_workspace(fake_rapidpro: FakeRapidPro) -> FakeWorkspace:
+    """`fake_rapidpro`'s globals, flows, triggers and channels."""
+    return workspace_of(fake_rapidpro)
+
+
+def seed_relay(workspace: FakeWorkspace, *, cht_url: str, key: str) -> None:
+    """A workspace set up right: the file `rapidpro setup` writes imported, both globals set."""
+    workspace.import_export(relay_export(workspace.fake.url))
+    workspace.set_global("cht_url", cht_url, name="CHT URL")
+    workspace.set_global("cht_api_key", key, name="CHT API Key")

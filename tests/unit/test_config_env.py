@@ -112,3 +112,22 @@ def test_the_public_door_is_off_unless_asked_for():
         with pytest.raises(ConfigError) as error:
             load_config({"COUCH_URL": URL, name: bad})
         assert error.value.variable == name
+
+
+def test_the_webhook_public_url_and_the_channel_check_interval():
+    config = load_config({"COUCH_URL": URL})
+    assert (config.webhook_public_url, config.channel_check_interval) == (None, 300.0)
+    given = load_config({"COUCH_URL": URL, "WEBHOOK_PUBLIC_URL": " https://cht.example.org/rapidpro-worker/ ",
+                         "CHANNEL_CHECK_INTERVAL": "5"})
+    assert given.webhook_public_url == "https://cht.example.org/rapidpro-worker"
+    assert given.channel_check_interval == 5.0
+    for name, bad, fragment in [
+            ("WEBHOOK_PUBLIC_URL", "cht.example.org", "http(s) URL"),
+            ("WEBHOOK_PUBLIC_URL", "https://user:pw@cht.example.org", "credentials"),
+            ("WEBHOOK_PUBLIC_URL", "https://cht.example.org/?a=1", "query"),
+            ("WEBHOOK_PUBLIC_URL", "https://cht.example.org:99999", "port"),
+            ("CHANNEL_CHECK_INTERVAL", "4", "at least 5")]:
+        with pytest.raises(ConfigError) as error:
+            load_config({"COUCH_URL": URL, name: bad})
+        assert error.value.variable == name and fragment in str(error.value)
+        assert "pw" not in str(error.value)

@@ -7,6 +7,7 @@ from worker.commands.command import Command
 
 
 def commands() -> list[Command]:
-    from worker.commands import check, in_doubt, parked, rescan, status
+    from worker.commands import check, in_doubt, parked, rapidpro_setup, rescan, status
 
-    return [check.COMMAND, status.COMMAND, parked.COMMAND, in_doubt.COMMAND, rescan.COMMAND]
+    return [check.COMMAND, status.COMMAND, parked.COMMAND, in_doubt.COMMAND, rescan.COMMAND,
+            rapidpro_setup.COMMAND]

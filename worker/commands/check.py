@@ -20,13 +20,18 @@ from config.settings import SETTINGS_DOC_ID, Settings, SettingsError, parse_sett
 from transitions.dispatch import double_sender_risk, not_sending_reason
 from worker.commands.command import Command
 from worker.commands.local import DaemonProblem, call, daemon_url
-from worker.couch.client import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
+from worker.commands.rapidpro_side import (
+    command_client,
+    command_credentials,
+    command_workspace,
+    credential_value,
+    expectation,
+    judge_workspace,
+)
+from worker.couch.client import CouchError, CouchServer, NotFound, Unauthorized
 from worker.http.health_text import stalls
 from worker.limits import check_finding, read_limits
 from worker.logs import configure_logging
-from worker.rapidpro.budget import RateBudget
-from worker.rapidpro.client import RapidProClient, user_agent
-from worker.rapidpro.credentials import Credential, Vault
 from worker.rapidpro.errors import RapidProError, RapidProUnauthorized, WrongUrl
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -137,13 +142,9 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
     settings = await _check_settings(couch, config, report)
 
     # 4. Credentials.
-    vault = Vault(couch, config.couch.vault_db_name, config.couch_secret)
-    token_cred = Credential(vault, "rapidpro:outgoing", value=config.rapidpro_api_token,
-                            file=config.rapidpro_api_token_file, ttl=0)
-    key_cred = Credential(vault, "rapidpro:incoming", value=config.rapidpro_incoming_key,
-                          file=config.rapidpro_incoming_key_file, ttl=0)
-    token = await _credential(token_cred)
-    key = await _credential(key_cred)
+    vault, token_cred, key_cred = command_credentials(config, couch)
+    token = await credential_value(token_cred)
+    key = await credential_value(key_cred)
     reason = not_sending_reason(settings, config.outgoing_service_name, bool(token))
     if token:
         report.add(OK, "token", f"RapidPro API token from {token_cred.source}")
@@ -163,9 +164,9 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
     else:
         report.add(WARNING, "outgoing", f"the worker will not send: {reason}")
 
-    # 5. RapidPro: one authenticated read.
+    # 5. RapidPro: the token, then (reads only) the globals, the relay flow, the channels.
     if settings is not None and settings.rapidpro_url and token:
-        await _check_rapidpro(config, settings.rapidpro_url, token, report)
+        await _check_rapidpro(config, settings.rapidpro_url, token, key, report)
     else:
         missing = "no token" if not token else "sms.rapidpro.url is not set"
         report.add(WARNING, "rapidpro", f"not asked: {missing}")
@@ -263,20 +264,14 @@ def _form_ok(form: Any) -> bool:
     return isinstance(form, Mapping) and isinstance(form.get("fields"), Mapping)
 
 
-async def _credential(credential: Credential) -> str | None:
+async def _check_rapidpro(config: Config, url: str, token: str, key: str | None, report: Report) -> None:
+    client = command_client(config, "check")
+    workspace = command_workspace(client, url, token)
     try:
-        return await credential.get()
-    except CouchUnavailable:
-        return None
-
-
-async def _check_rapidpro(config: Config, url: str, token: str, report: Report) -> None:
-    client = RapidProClient(RateBudget(config.rapidpro_calls_per_hour),
-                            timeout=min(config.rapidpro_timeout, 15), max_wait=5,
-                            user_agent=user_agent(f"{config.instance_id or 'check'} check"))
-    try:
-        workspace = await client.get_workspace(url, token)
-        report.add(OK, "rapidpro", f"{url}: the token belongs to workspace {workspace.get('name')!r}")
+        info = await workspace.info()
+        report.add(OK, "rapidpro", f"{url}: the token belongs to workspace {info.get('name')!r}")
+        for judgement in await judge_workspace(workspace, expectation(config, key)):
+            report.add(judgement.level, judgement.check, judgement.detail)
     except RapidProUnauthorized as exc:
         report.add(PROBLEM, "rapidpro", f"{url} refused the token: {exc.reason}")
     except WrongUrl as exc:

@@ -11,10 +11,9 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 
 from config.env import Config
-from worker.commands.command import Command
+from worker.commands.command import Command, env_file_parent
 from worker.commands.local import DaemonProblem, add_url_argument, call
 from worker.couch.client import CouchError, CouchServer
 from worker.feed.parking import ParkedChanges
@@ -23,11 +22,7 @@ from worker.http.admin import PARKED_RETRY_PATH
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=False, metavar="{list,retry,drop}")
-    # --env-file after the action too (`parked retry --env-file F X`); SUPPRESS keeps the value
-    # given before it when this one is absent.
-    env_file = argparse.ArgumentParser(add_help=False)
-    env_file.add_argument("--env-file", type=Path, default=argparse.SUPPRESS,
-                          help="as for the other commands")
+    env_file = env_file_parent()
     actions.add_parser("list", parents=[env_file], help="one JSON object a line (the default)")
     retry = actions.add_parser("retry", parents=[env_file],
                                help="have the running daemon process parked docs again")

@@ -30,7 +30,15 @@ from urllib.parse import quote
 from aiohttp import web
 
 from config.settings import Settings
-from transitions.incoming import IncomingMessage, Invalid, build_record, doc_id_for, parse_webhook_body
+from transitions.incoming import (
+    V1_PATH,
+    V2_PATH,
+    IncomingMessage,
+    Invalid,
+    build_record,
+    doc_id_for,
+    parse_webhook_body,
+)
 from transitions.phone import mask_phone
 from transitions.translations import EMPTY as NO_TRANSLATIONS
 from transitions.translations import Translations
@@ -41,9 +49,6 @@ from worker.stopping import STOPPING_KEY
 
 log = get_logger(__name__)
 T = TypeVar("T")
-
-V2_PATH = "/api/v2/sms/rapidpro/incoming-messages"
-V1_PATH = "/api/v1/sms/radpidpro/incoming-messages"  # CHT's typo, kept for old flows
 
 DEFAULT_MAX_BODY = 64 * 1024
 # RapidPro gives up after 15 s and flags calls over 10 s: our CouchDB work must end well before.

@@ -1,5 +1,5 @@
 """The RapidPro call budget, shared by every caller in the process (sending, in-doubt lookups,
-status tracking, incoming reconciliation).
+status tracking, the channel watcher, incoming reconciliation).
 
 RapidPro limits calls per *workspace* over a sliding one-hour window (3,600/h today), and answers
 429 beyond it. Pacing ourselves is cheaper than running into 429s, so every call first takes a
@@ -11,10 +11,11 @@ token here:
   predecessor used of the window, so it starts with ten seconds' worth and goes on at the rate.
   A 429 pauses it, and it resumes with one token, again at the rate.
 - `RateBudget` is the async gate in front of it. Callers go in priority order (sends, then
-  in-doubt lookups, then status tracking, then incoming reconciliation), with two rules that
+  in-doubt lookups, then status tracking, then the channel watcher, then incoming
+  reconciliation), with two rules that
   keep both promises — sends first, and no one else stalled:
-  * the *send reserve*: a minute of the rate (60 tokens at 3,600/h) that status tracking and
-    reconciliation leave in the bucket, so a burst of sends finds tokens;
+  * the *send reserve*: a minute of the rate (60 tokens at 3,600/h) that status tracking, the
+    channel watcher and reconciliation leave in the bucket, so a burst of sends finds tokens;
   * the *floor*: a tenth of the rate is guaranteed to the other callers even while the reserve
     is refilling or sends are waiting (a second, small bucket earns it). After a 429 this is what
     gives in-doubt lookups and status tracking calls within seconds instead of after the reserve
@@ -57,7 +58,11 @@ class Priority(IntEnum):
     SEND = 0  # outgoing broadcasts: a person is waiting for that SMS
     IN_DOUBT = 1  # looking up a send in doubt: it may be an SMS nobody received
     STATUS = 2  # status tracking
-    INCOMING = 3  # incoming reconciliation (the webhook is the main path; this is the safety net)
+    # The channel watcher: one call every CHANNEL_CHECK_INTERVAL (at most 12 an hour by default),
+    # after status tracking, before reconciliation, whose catch-up pages must not hold back the
+    # one reading that says whether the phone is still sending at all.
+    CHANNELS = 3
+    INCOMING = 4  # incoming reconciliation (the webhook is the main path; this is the safety net)
 
 
 class TokenBucket:

@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
@@ -236,11 +236,35 @@ class RapidProClient:
                 return item
         return None
 
-    async def get_workspace(self, base_url: str, token: str, *,
+    async def get_workspace(self, base_url: str, token: str, *, priority: Priority = Priority.STATUS,
                             max_wait: float | None = None) -> dict[str, Any]:
         """`GET workspace.json`: the workspace the token belongs to (reads only; for `check`)."""
-        return json_object(await self._call("GET", _api_url(base_url, WORKSPACE_PATH), token,
-                                             Priority.STATUS, max_wait))
+        return await self.get_object(base_url, token, WORKSPACE_PATH, priority=priority, max_wait=max_wait)
+
+    async def get_object(self, base_url: str, token: str, path: str,
+                         params: Sequence[tuple[str, str]] = (), *, priority: Priority = Priority.STATUS,
+                         max_wait: float | None = None) -> dict[str, Any]:
+        """`GET path?params` answered with a JSON object (a parameter may repeat)."""
+        url = _api_url(base_url, path)
+        if params:
+            url = url.update_query(list(params))
+        return json_object(await self._call("GET", url, token, priority, max_wait))
+
+    async def list_page(self, base_url: str, token: str, path: str, filters: Mapping[str, object],
+                        *, cursor_url: str | None = None, priority: Priority = Priority.STATUS,
+                        max_wait: float | None = None) -> MessagesPage:
+        """One cursor page of any listing endpoint (`next`: pass it back as `cursor_url`)."""
+        return await self._list_page(base_url, path, token, filters, cursor_url, priority, max_wait)
+
+    async def post_object(self, base_url: str, token: str, path: str, body: Mapping[str, Any],
+                          params: Mapping[str, str] | None = None, *, priority: Priority = Priority.STATUS,
+                          max_wait: float | None = None) -> dict[str, Any]:
+        """`POST path?params` with a JSON body, answered with a JSON object. Not for broadcasts:
+        a POST with no answer raises SendInDoubt, which callers of idempotent writes may retry."""
+        url = _api_url(base_url, path)
+        if params:
+            url = url.update_query(dict(params))
+        return json_object(await self._call("POST", url, token, priority, max_wait, data=json.dumps(body)))
 
     # ------------------------------------------------------------------ plumbing
 
