@@ -114,6 +114,20 @@ def claim(uuid: str, owner: str, age: float, **extra: Any) -> dict[str, Any]:
             "writer": {"instance": owner, "nonce": uuidlib.uuid4().hex}, **extra}
 
 
+async def contested(medic_db: Any, fake: Any, state: str, text: str, *, ages: tuple[float, float]
+                    ) -> tuple[str, dict[str, Any], str]:
+    """A message whose ledger entry holds two claims of other workers, `ages` seconds old, as a
+    cluster's copies can leave them: (the worker db's URL, the task, the message uuid)."""
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake.url))
+    own = f"{medic_db.url}-rapidpro"
+    message = task(state, text=text)
+    uuid = message["messages"][0]["uuid"]
+    await asyncio.to_thread(couch_request, "PUT", own)
+    await asyncio.to_thread(conflicting, own, LEDGER_PREFIX + uuid, [
+        claim(uuid, f"elsewhere:{i}", age) for i, age in enumerate(ages, start=1)])
+    return own, message, uuid
+
+
 async def test_an_outcome_among_conflicting_revisions_is_what_the_task_shows(
         medic_db, fake_rapidpro, in_process_workers):
     await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
@@ -135,13 +149,8 @@ async def test_an_outcome_among_conflicting_revisions_is_what_the_task_shows(
 
 async def test_conflicting_stale_claims_are_merged_in_doubt_and_rapidpro_decides(
         medic_db, fake_rapidpro, in_process_workers):
-    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
-    own = f"{medic_db.url}-rapidpro"
-    message = task("forwarded-to-gateway", text="nobody knows")
-    uuid = message["messages"][0]["uuid"]
-    await asyncio.to_thread(couch_request, "PUT", own)
-    await asyncio.to_thread(conflicting, own, LEDGER_PREFIX + uuid, [
-        claim(uuid, "elsewhere:1", 300.0), claim(uuid, "elsewhere:2", 300.0)])
+    own, message, uuid = await contested(medic_db, fake_rapidpro, "forwarded-to-gateway", "nobody knows",
+                                         ages=(300.0, 300.0))
     await put_doc(medic_db.url, {"_id": "c1", "type": "data_record", "tasks": [message]})
     await in_process_workers.start(env(medic_db.url, IN_DOUBT_CHECK_AFTER="4"))
     # Neither claim recorded an outcome and either may have sent: merged in doubt, RapidPro has
@@ -155,14 +164,8 @@ async def test_conflicting_stale_claims_are_merged_in_doubt_and_rapidpro_decides
 
 async def test_a_fresh_conflicting_claim_of_someone_else_holds_the_message_back(
         proxy, medic_db, fake_rapidpro, in_process_workers):
-    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
-    own = f"{medic_db.url}-rapidpro"
-    message = task("pending", text="wait for it")
-    uuid = message["messages"][0]["uuid"]
-    await asyncio.to_thread(couch_request, "PUT", own)
     # Another worker's claim, just made (it may be sending right now), beside a stale one.
-    await asyncio.to_thread(conflicting, own, LEDGER_PREFIX + uuid, [
-        claim(uuid, "elsewhere:1", 0.0), claim(uuid, "elsewhere:2", 300.0)])
+    own, message, uuid = await contested(medic_db, fake_rapidpro, "pending", "wait for it", ages=(0.0, 300.0))
     # COUCH_TIMEOUT 3: a claim is stale after 2 x RAPIDPRO_TIMEOUT + 3 + 10 = 17 s.
     await in_process_workers.start(env(proxied(medic_db, proxy), COUCH_TIMEOUT="3", IN_DOUBT_CHECK_AFTER="4"))
     await put_doc(medic_db.url, {"_id": "c1", "type": "data_record", "tasks": [message]})

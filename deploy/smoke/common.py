@@ -8,6 +8,7 @@ the installed package.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -336,3 +337,19 @@ def copy_source(source: Path, dest: Path) -> None:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / rel, target)
+
+
+def smoke_main(doc: str, run: Callable[[argparse.Namespace], Awaitable[int]], *, source_help: str,
+               keep_help: str) -> int:
+    """The command line both smoke scripts share: parse the arguments, run, exit 130 on Ctrl-C."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--couch-url", help="an Apache CouchDB 3 with admin credentials (or SMOKE_COUCH_URL)")
+    parser.add_argument("--source", type=Path, default=ROOT, help=f"{source_help} (default: this checkout)")
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                        help=f"where the Debian root file system is cached (default {DEFAULT_WORK_DIR})")
+    parser.add_argument("--mirror", default=DEFAULT_MIRROR, help="the Debian mirror for debootstrap")
+    parser.add_argument("--keep", action="store_true", help=keep_help)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run(args))
+    return 130

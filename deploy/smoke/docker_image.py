@@ -30,8 +30,6 @@ reaches a CouchDB on 127.0.0.1; the worker listens on loopback only.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
 import re
@@ -49,10 +47,7 @@ if __package__ in (None, ""):  # run as a file: make `deploy.smoke` importable
 
 from deploy.smoke.common import (
     API_TOKEN,
-    DEFAULT_MIRROR,
-    DEFAULT_WORK_DIR,
     INCOMING_KEY,
-    ROOT,
     WEBHOOK_PATH,
     Checks,
     SmokeCouch,
@@ -68,6 +63,7 @@ from deploy.smoke.common import (
     quiet_logs,
     send_and_receive,
     sh,
+    smoke_main,
     start_rapidpro_standin,
     wait_for,
 )
@@ -351,18 +347,8 @@ print(json.dumps({'uid': status['Uid'].split(), 'gid': status['Gid'].split(), 'c
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--couch-url", help="an Apache CouchDB 3 with admin credentials (or SMOKE_COUCH_URL)")
-    parser.add_argument("--source", type=Path, default=ROOT,
-                        help="the project to build (default: this checkout)")
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
-                        help=f"where the Debian root file system is cached (default {DEFAULT_WORK_DIR})")
-    parser.add_argument("--mirror", default=DEFAULT_MIRROR, help="the Debian mirror for debootstrap")
-    parser.add_argument("--keep", action="store_true", help="leave the container for a look afterwards")
-    args = parser.parse_args()
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run(args))
-    return 130
+    return smoke_main(__doc__ or "", run, source_help="the project to build",
+                      keep_help="leave the container for a look afterwards")
 
 
 if __name__ == "__main__":
