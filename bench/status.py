@@ -159,7 +159,9 @@ async def simulate(work: Workload, args: argparse.Namespace, server_url: str) ->
     await fake.start()
     couch = CouchServer(parse_couch_url(db_url), timeout=30.0)
     medic = couch.db(name)
-    budget = RateBudget(args.calls_per_hour, clock=clock)
+    # A worker that has run for a while: the hour's budget saved up (a fresh one starts with ten
+    # seconds of it, and the sends of the first simulated minute would not wait on a FakeClock).
+    budget = RateBudget(args.calls_per_hour, clock=clock, start_seconds=3600.0)
     client = RapidProClient(budget, timeout=10.0)
     settings = Settings(outgoing_service="rapidpro", rapidpro_url=fake.url)
     policy = Policy(interval=interval, horizon=args.horizon)
