@@ -404,6 +404,10 @@ class FakeRapidPro:
                 return b
         raise KeyError(f"no broadcast {broadcast_id}")
 
+    def ref(self, broadcast: RecordedBroadcast) -> int | str:
+        """What a client of this version knows the broadcast by: its id, or its uuid (future)."""
+        return broadcast.id if "id" in self.profile.broadcast_fields else broadcast.uuid
+
     def message(self, key: int | str) -> FakeMessage:
         """A message by integer id or uuid."""
         for m in self.messages:
