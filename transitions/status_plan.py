@@ -163,12 +163,6 @@ class _Group:
                    item.state == RECEIVED_BY_GATEWAY, {ask} if ask is not None else set(), ask is None,
                    item.created_on is None)
 
-    def joined(self, other: _Group) -> _Group:
-        """The two as one window, without its messages (to weigh the cost of merging)."""
-        return _Group([], min(self.after, other.after), max(self.upper, other.upper),
-                      self.queued or other.queued, self.asks | other.asks, self.unaskable or other.unaskable,
-                      self.estimated or other.estimated)
-
     def absorb(self, other: _Group) -> None:
         self.items.extend(other.items)
         self.after, self.upper = min(self.after, other.after), max(self.upper, other.upper)
@@ -193,21 +187,19 @@ class _Planner:
             return None
         return group.upper
 
-    def cost(self, group: _Group, newest: bool) -> tuple[int, int, bool]:
-        """(calls, pages, sync): a sync's pages, or one call per message — unless some due message
-        can only be found by a sync."""
+    def cost(self, group: _Group, newest: bool) -> tuple[int, bool]:
+        """(a sync's pages, whether to sync rather than ask one call per message): a sync when it
+        is cheaper, or when some due message can only be found by a sync."""
         before = self.before(group, newest)
         folders = (SENT_FOLDER, OUTBOX) if group.queued else (SENT_FOLDER,)
         pages = expected_pages(folders, group.after, self.now if before is None else before, self.items,
                                self.stats, self.policy, self.own)
         asks = len(group.asks)
         # On a tie a sync still wins when it answers for several: it refreshes the others too.
-        if group.unaskable or asks > pages or (asks == pages and asks > 1):
-            return pages, pages, True
-        return asks, pages, False
+        return pages, group.unaskable or asks > pages or (asks == pages and asks > 1)
 
     def window(self, group: _Group, newest: bool) -> Window:
-        _, pages, sync = self.cost(group, newest)
+        pages, sync = self.cost(group, newest)
         asks = () if sync else tuple(sorted(group.asks, key=lambda a: (a.param, str(a.value))))
         return Window(tuple(item.uuid for item in group.items), sync, group.after, self.before(group, newest),
                       pages, asks, _freshest(group.items, self.now, self.policy))
@@ -226,20 +218,6 @@ class _Planner:
             else:
                 groups[-1].absorb(single)
         return groups
-
-    def groups(self, due: list[Tracked]) -> list[_Group]:
-        """Split where the gap costs a page, then merge neighbours again where one window costs no
-        more than the two (a burst created at one instant makes gaps that are not gaps)."""
-        groups = self.split(due, SENT_FOLDER)
-        merged = [groups[0]]
-        for group in groups[1:]:
-            newest = len(merged) == 1
-            apart = self.cost(merged[-1], newest)[0] + self.cost(group, False)[0]
-            if self.cost(merged[-1].joined(group), newest)[0] < apart:
-                merged[-1].absorb(group)
-            else:
-                merged.append(group)
-        return merged
 
     def parked_windows(self, parked: list[Tracked]) -> list[Window]:
         """The parked messages due (hourly): one sync of `failed` over where they sit, split where
@@ -267,7 +245,7 @@ def plan_round(tracked: Iterable[Tracked], now: float, policy: Policy, stats: Fo
     planner = _Planner(items, now, policy, stats, api or ServerApi())
     active = [item for item in due if not item.parked]
     windows = [planner.window(group, index == 0)
-               for index, group in enumerate(planner.groups(active))] if active else []
+               for index, group in enumerate(planner.split(active, SENT_FOLDER))] if active else []
     windows.sort(key=lambda w: list(Tier).index(w.tier))
     parked = [item for item in due if item.parked]
     if parked:
