@@ -16,10 +16,13 @@ Two workloads, run one after the other and printed side by side:
 - **quiet**: 20 messages an hour for `--slow-hours` (192 by default: past the 7-day horizon, so the
   hourly tier is at its full size), no other traffic.
 
-Every message (ours and the other traffic) moves through RapidPro statuses on its own timeline
+Every message (ours and the other traffic) is created at its own moment (drawn at random over
+the hour), and moves through RapidPro statuses on its own timeline
 (wired within a minute, sent within two more, delivered after minutes to hours, lognormal; some
-fail, some go through `errored` and are retried, some are read; 10% never report delivery and stay
-`sent`, as on many channels). A round runs on every STATUS_POLL_INTERVAL of simulated time.
+fail, some go through `errored` and are retried, some are read). 10% go through a channel that
+never reports delivery (an Android relayer: its messages stay `sent`), the rest through one that
+does; RapidPro names each message's channel. A round runs on every STATUS_POLL_INTERVAL of
+simulated time.
 
 Printed per workload:
 - freshness: the delay from a RapidPro status change to the CHT task showing it (or a later state),
@@ -67,6 +70,15 @@ FINAL = {"delivered", "read", "failed"}
 TIERS = ("fresh", "warm", "old")
 TIER_NAMES = {"fresh": "fresh (<15 min)", "warm": "up to an hour", "old": "older"}
 CHT_POLL = 60.0
+# The workspace's two channels: one reports delivery, the other (an Android relayer) never does.
+AGGREGATOR = ("6a1f6e0c-1b2d-4c3e-9f4a-5b6c7d8e9f01", "SMS aggregator")
+RELAYER = ("0d9a4b1c-2e3f-4a5b-8c7d-6e5f4a3b2c1d", "Android relayer")
+
+
+def channel_of(steps: list[tuple[float, str]]) -> tuple[str, str]:
+    """The channel a message with this timeline goes through: neither delivered nor failed means
+    the relayer, which never reports delivery."""
+    return AGGREGATOR if any(status in FINAL for _, status in steps) else RELAYER
 STATUS_PATHS = ("/api/v2/messages.json", "/api/v2/broadcasts.json")
 
 
@@ -159,7 +171,9 @@ async def simulate(work: Workload, args: argparse.Namespace, server_url: str) ->
     await fake.start()
     couch = CouchServer(parse_couch_url(db_url), timeout=30.0)
     medic = couch.db(name)
-    budget = RateBudget(args.calls_per_hour, clock=clock)
+    # A worker that has run for a while: the hour's budget saved up (a fresh one starts with ten
+    # seconds of it, and the sends of the first simulated minute would not wait on a FakeClock).
+    budget = RateBudget(args.calls_per_hour, clock=clock, start_seconds=3600.0)
     client = RapidProClient(budget, timeout=10.0)
     settings = Settings(outgoing_service="rapidpro", rapidpro_url=fake.url)
     policy = Policy(interval=interval, horizon=args.horizon)
@@ -180,37 +194,61 @@ async def simulate(work: Workload, args: argparse.Namespace, server_url: str) ->
         next_send = next_other = 0
         end_limit = start + work.hours * 3600 + policy.horizon + 2 * 86400
 
+        docs: list[dict] = []
+
+        def next_happening() -> tuple[float, int] | None:
+            """The earliest of: a status change, a message of other traffic, one of ours."""
+            upcoming = [(events[0][0], 0)] if events else []
+            upcoming += [(other_at[next_other], 1)] if next_other < len(other_at) else []
+            upcoming += [(send_at[next_send], 2)] if next_send < len(send_at) else []
+            return min(upcoming) if upcoming else None
+
+        async def happen_until(target: float) -> None:
+            """Everything due up to `target`, each at its own moment (RapidPro dates it then)."""
+            nonlocal seq, next_other, next_send
+            while (happening := next_happening()) is not None and happening[0] <= target:
+                when, kind = happening
+                clock.advance(max(0.0, when - clock()))
+                if kind == 0:
+                    _, _, bid, status = heapq.heappop(events)
+                    fake.set_statuses_of(by_id[bid], status)
+                elif kind == 1:
+                    other_steps = timeline(rng, args.stuck)
+                    b = fake.add_outgoing(f"tel:+2557{next_other:08d}", channel=channel_of(other_steps))
+                    by_id[b.id] = b
+                    for offset, status in other_steps:
+                        seq += 1
+                        heapq.heappush(events, (when + offset, seq, b.id, status))
+                    next_other += 1
+                else:
+                    steps = [(when + offset, status) for offset, status in timeline(rng, args.stuck)]
+                    channel = channel_of(steps)
+                    fake.channel_for = lambda _urn, channel=channel: channel
+                    to = f"+2547{next_send:08d}"
+                    sent = await client.send_broadcast(fake.url, DEFAULT_TOKEN, f"tel:{to}", "hi",
+                                                       max_wait=0.0)
+                    assert sent.id is not None
+                    by_id[sent.id] = fake.broadcasts[-1]
+                    ours[sent.id] = (when, steps)
+                    for at, status in steps:
+                        seq += 1
+                        heapq.heappush(events, (at, seq, sent.id, status))
+                    docs.append({"_id": f"msg-{next_send:06d}", "type": "data_record", "tasks": [{
+                        "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": sent.id,
+                        "messages": [{"uuid": str(uuid.uuid4()), "to": to, "message": "hi"}],
+                        "state_history": [{"state": "pending", "timestamp": iso(when - 1)},
+                                          {"state": "received-by-gateway", "state_details": "Queued",
+                                           "timestamp": iso(when)}]}]})
+                    next_send += 1
+            clock.advance(max(0.0, target - clock()))
+            budget.wake()
+
         now = start
         while now < end_limit:
-            while events and events[0][0] <= now:
-                _, _, bid, status = heapq.heappop(events)
-                fake.set_statuses_of(by_id[bid], status)
-            while next_other < len(other_at) and other_at[next_other] <= now:
-                b = fake.add_outgoing(f"tel:+2557{next_other:08d}")
-                by_id[b.id] = b
-                for offset, status in timeline(rng, args.stuck):
-                    seq += 1
-                    heapq.heappush(events, (now + offset, seq, b.id, status))
-                next_other += 1
-            docs = []
-            while next_send < len(send_at) and send_at[next_send] <= now:
-                b = await client.send_broadcast(fake.url, DEFAULT_TOKEN, f"tel:+2547{next_send:08d}", "hi",
-                                                max_wait=0.0)
-                by_id[b.id] = fake.broadcasts[-1]
-                steps = [(now + offset, status) for offset, status in timeline(rng, args.stuck)]
-                ours[b.id] = (now, steps)
-                for when, status in steps:
-                    seq += 1
-                    heapq.heappush(events, (when, seq, b.id, status))
-                docs.append({"_id": f"msg-{next_send:06d}", "type": "data_record", "tasks": [{
-                    "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": b.id,
-                    "messages": [{"uuid": str(uuid.uuid4()), "to": "+254700000000", "message": "hi"}],
-                    "state_history": [{"state": "pending", "timestamp": iso(now - 1)},
-                                      {"state": "received-by-gateway", "state_details": "Queued",
-                                       "timestamp": iso(now)}]}]})
-                next_send += 1
-            if docs:
+            await happen_until(now)
+            if docs:  # the sends since the last round, as CHT's docs show them
                 await medic.bulk(docs)
+                docs.clear()
             result = await tracker.run_round()
             if next_send == len(send_at) and not tracker.tracked() and result.finished:
                 break
@@ -226,8 +264,7 @@ async def simulate(work: Workload, args: argparse.Namespace, server_url: str) ->
                     step = max(interval, math.floor((min(upcoming) - now) / interval) * interval)
                     if result.retry_in is not None:
                         step = min(step, max(interval, math.ceil(result.retry_in / interval) * interval))
-            now = clock.advance(step)
-            budget.wake()
+            now += step
         end = clock()
 
         for request in fake.requests:

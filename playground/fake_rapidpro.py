@@ -10,6 +10,11 @@ can use :class:`FakeClock` and jump hours ahead without sleeping. Wall timestamp
 it: ``created_on`` = the wall time when the fake was built + clock seconds elapsed since then.
 A test whose clock reads epoch seconds (a FakeClock standing for a moment in time) passes
 ``wall_start=clock()`` so the fake's dates are the clock's own, whatever the real date.
+
+Versions: ``profile=`` ("2020", "2023", "current" — the default — or "future"; see
+playground/rapidpro_profiles.py) makes it answer with that RapidPro version's fields, filters,
+statuses and rate limit. Whatever the profile, the fake keeps an integer id and a uuid for every
+broadcast and message, so a test can name a broadcast by either.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
+
+from playground.rapidpro_profiles import Profile
+from playground.rapidpro_profiles import profile as resolve_profile
 
 Clock = Callable[[], float]
 Json = dict[str, Any]
@@ -56,7 +64,6 @@ _LEGACY_BROADCAST_STATUS = {
     "failed": "failed",
     "interrupted": "failed",
 }
-_ONE_OF_FILTERS = ("contact", "folder", "label", "broadcast")
 
 WORKSPACE_ERRORS = {
     "flagged": "Sorry, your workspace is currently flagged. To re-enable sending messages, "
@@ -145,27 +152,39 @@ class FakeMessage:
     sent_on: datetime | None = None
     folder: str | None = None  # only for incoming: "inbox" | "flows"
     script: deque[str | None] = field(default_factory=deque)
+    channel: tuple[str, str] | None = None  # (uuid, name); None: the fake's default channel
 
-    def to_json(self) -> Json:
-        return {
+    def to_json(self, profile: Profile | None = None) -> Json:
+        channel_uuid, channel_name = self.channel or (FakeRapidPro.CHANNEL_UUID, "Fake Channel")
+        status = self.status
+        if profile is not None and isinstance(status, str):
+            status = profile.statuses.get(status, status)
+        outgoing_type = profile.message_type if profile is not None else "text"
+        result = {
             "uuid": self.uuid,
             "id": self.id,
             "broadcast": self.broadcast,
             "contact": {"uuid": self.contact_uuid, "name": None},
             "urn": self.urn,
-            "channel": {"uuid": FakeRapidPro.CHANNEL_UUID, "name": "Fake Channel"},
+            "channel": {"uuid": channel_uuid, "name": channel_name},
             "direction": self.direction,
-            "type": "text",
-            "status": self.status,
+            "type": outgoing_type,
+            "status": status,
+            "archived": False,
             "visibility": "visible",
             "text": self.text,
             "attachments": [],
+            "quick_replies": [],
             "labels": [],
             "flow": None,
             "created_on": format_datetime(self.created_on),
             "sent_on": format_datetime(self.sent_on) if self.sent_on else None,
             "modified_on": format_datetime(self.modified_on),
+            "media": None,
         }
+        if profile is None:
+            return result
+        return {name: result[name] for name in profile.message_fields if name in result}
 
     def in_folder(self, folder: str) -> bool:
         if self.direction == "in":
@@ -235,6 +254,7 @@ class FakeRapidPro:
         host: str = "127.0.0.1",
         port: int = 0,
         wall_start: float | None = None,
+        profile: str | Profile = "current",
     ) -> None:
         self.host = host
         self.port = port
@@ -243,10 +263,12 @@ class FakeRapidPro:
         self._base_wall = datetime.now(UTC) if wall_start is None else datetime.fromtimestamp(wall_start, UTC)
 
         # --- Knobs -------------------------------------------------------------------------
+        # The RapidPro version answering (playground/rapidpro_profiles.py).
+        self.profile: Profile = resolve_profile(profile)
         self.valid_tokens: set[str] = set(tokens)
         # Tokens not listed here belong to DEFAULT_WORKSPACE; the rate limit is per workspace.
         self.token_workspaces: dict[str, str] = {}
-        self.rate_limit = 3600
+        self.rate_limit = self.profile.rate_limit
         self.rate_window = 3600.0
         self.retry_after_header = True
         self.page_size = 250
@@ -258,6 +280,9 @@ class FakeRapidPro:
         # An anonymous workspace: RapidPro's BroadcastReadSerializer answers `"urns": null`.
         self.anonymous = False
         self.message_delay = 0.0  # seconds (on self.clock) before a broadcast's messages appear
+        # The channel (uuid, name) a new outgoing message to this URN goes through; None: the
+        # fake's one default channel.
+        self.channel_for: Callable[[str], tuple[str, str] | None] = lambda urn: None
         self.initial_message_status: str | None = "queued"
         self.default_status_script: list[str | None] = []  # copied onto every new message
         self.advance_scripts_on_poll = True  # GET messages.json advances matched scripts
@@ -377,11 +402,16 @@ class FakeRapidPro:
 
     # ------------------------------------------------------------------ scripting
 
-    def broadcast(self, broadcast_id: int) -> RecordedBroadcast:
+    def broadcast(self, broadcast_id: int | str) -> RecordedBroadcast:
+        """A broadcast by integer id or uuid (whatever the profile shows of it)."""
         for b in self.broadcasts:
-            if b.id == broadcast_id:
+            if b.id == broadcast_id or b.uuid == broadcast_id:
                 return b
         raise KeyError(f"no broadcast {broadcast_id}")
+
+    def ref(self, broadcast: RecordedBroadcast) -> int | str:
+        """What a client of this version knows the broadcast by: its id, or its uuid (future)."""
+        return broadcast.id if "id" in self.profile.broadcast_fields else broadcast.uuid
 
     def message(self, key: int | str) -> FakeMessage:
         """A message by integer id or uuid."""
@@ -390,20 +420,26 @@ class FakeRapidPro:
                 return m
         raise KeyError(f"no message {key!r}")
 
-    def messages_of(self, broadcast_id: int) -> list[FakeMessage]:
+    def messages_of(self, broadcast_id: int | str) -> list[FakeMessage]:
+        if isinstance(broadcast_id, str):
+            broadcast_id = self.broadcast(broadcast_id).id
         return [m for m in self.messages if m.broadcast == broadcast_id]
 
-    def set_status(self, broadcast_id: int, status: str | None) -> None:
+    def set_status(self, broadcast_id: int | str, status: str | None) -> None:
         """Set the status of every message of a broadcast (any string, or None like old
         RapidPro; unknown values are allowed on purpose, to test how the client copes)."""
         for m in self.messages_of(broadcast_id):
             self._apply_status(m, status)
         self.notify()
 
-    def add_outgoing(self, urn: str, text: str = "other traffic") -> RecordedBroadcast:
+    def add_outgoing(self, urn: str, text: str = "other traffic",
+                     channel: tuple[str, str] | None = None) -> RecordedBroadcast:
         """A broadcast another client of the workspace made (a flow, another app), without a
-        request: benchmarks add tens of thousands of these as the workspace's other traffic."""
-        return self._create_broadcast([urn], text, {"eng": text}, "eng", "another-client", DEFAULT_WORKSPACE)
+        request: benchmarks add tens of thousands of these as the workspace's other traffic.
+        `channel`: (uuid, name) of the channel its message goes through (default: `channel_for`)."""
+        language = self.profile.default_language
+        return self._create_broadcast([urn], text, {language: text}, language, "another-client",
+                                      DEFAULT_WORKSPACE, channel=channel)
 
     def set_statuses_of(self, broadcast: RecordedBroadcast, status: str | None) -> None:
         """`set_status` for a broadcast already in hand (no search: for benchmarks)."""
@@ -414,7 +450,7 @@ class FakeRapidPro:
         self._apply_status(self.message(key), status)
         self.notify()
 
-    def script_statuses(self, broadcast_id: int | None, statuses: Iterable[str | None]) -> None:
+    def script_statuses(self, broadcast_id: int | str | None, statuses: Iterable[str | None]) -> None:
         """Statuses a broadcast's messages step through: one step per GET messages.json that
         lists them (first page only) or per tick(). ``None`` for broadcast_id scripts all
         messages sent from now on (same as setting default_status_script)."""
@@ -425,27 +461,31 @@ class FakeRapidPro:
         for m in self.messages_of(broadcast_id):
             m.script = deque(steps)
 
-    def tick(self, broadcast_id: int | None = None) -> None:
+    def tick(self, broadcast_id: int | str | None = None) -> None:
         """Advance every scripted message (of one broadcast, or all) by one step."""
+        if isinstance(broadcast_id, str):
+            broadcast_id = self.broadcast(broadcast_id).id
         for m in self.messages:
             if broadcast_id is None or m.broadcast == broadcast_id:
                 self._advance(m)
         self.notify()
 
-    def release(self, broadcast_id: int | None = None) -> None:
+    def release(self, broadcast_id: int | str | None = None) -> None:
         """Make delayed messages (of one broadcast, or all) visible now."""
         now = self._clock()
+        if isinstance(broadcast_id, str):
+            broadcast_id = self.broadcast(broadcast_id).id
         for m in self.messages:
             if (broadcast_id is None or m.broadcast == broadcast_id) and m.visible_at > now:
                 m.visible_at = now
         self.notify()
 
-    def set_broadcast_status(self, broadcast_id: int, status: str | None) -> None:
+    def set_broadcast_status(self, broadcast_id: int | str, status: str | None) -> None:
         """Pin what GET broadcasts.json reports (None: back to automatic)."""
         self.broadcast(broadcast_id).status_override = status
         self.notify()
 
-    def fail_broadcast(self, broadcast_id: int, status: str = "failed") -> None:
+    def fail_broadcast(self, broadcast_id: int | str, status: str = "failed") -> None:
         """End a broadcast as failed/interrupted without any message, as RapidPro can."""
         b = self.broadcast(broadcast_id)
         b.status_override = status
@@ -704,7 +744,7 @@ class FakeRapidPro:
                 errors["urns"] = bad
 
         raw = data.get("text")
-        base_language = data.get("base_language") or "eng"
+        base_language = data.get("base_language") or self.profile.default_language
         texts: dict[str, str] = {}
         if raw is None or raw == "" or raw == {}:
             errors["text"] = ["This field is required."]
@@ -735,6 +775,7 @@ class FakeRapidPro:
         base_language: str,
         token: str,
         workspace: str,
+        channel: tuple[str, str] | None = None,
     ) -> RecordedBroadcast:
         now, created = self._clock(), self.now()
         broadcast = RecordedBroadcast(
@@ -770,6 +811,7 @@ class FakeRapidPro:
                 modified_on=appears,
                 visible_at=now + self.message_delay,
                 script=deque(self.default_status_script),
+                channel=channel or self.channel_for(urn),
             )
             self._apply_status(message, self.initial_message_status, when=appears)
             broadcast.messages.append(message)
@@ -786,7 +828,7 @@ class FakeRapidPro:
             status = "completed"
         else:
             status = "pending"
-        if self.legacy_broadcasts:
+        if self.legacy_broadcasts or self.profile.legacy_broadcast_statuses:
             return _LEGACY_BROADCAST_STATUS.get(status, status)
         return status
 
@@ -806,24 +848,29 @@ class FakeRapidPro:
             "contacts": [],  # only contacts given by uuid in the request; we take urns only
             "groups": [],
             "text": broadcast.text,
+            "attachments": {language: [] for language in broadcast.text},
+            "quick_replies": {language: [] for language in broadcast.text},
             "base_language": broadcast.base_language,
             "created_on": format_datetime(broadcast.created_on),
         }
+        result = {name: result[name] for name in self.profile.broadcast_fields if name in result}
         if self.legacy_broadcasts:
             # Older RapidPro: no uuid and no progress; status from queued|sent|failed.
-            del result["uuid"], result["progress"]
+            result.pop("uuid", None)
+            result.pop("progress", None)
         return result
 
     # --- GET broadcasts.json / messages.json
 
     async def _get_broadcasts(self, request: web.Request) -> web.StreamResponse:
-        q = request.query
+        q = self._honoured(request, self.profile.broadcast_filters)
         items = list(self.broadcasts)
         if "id" in q:
             wanted = _int_param(q, "id")
             items = [b for b in items if b.id == wanted]
         if "uuid" in q:
-            items = [b for b in items if b.uuid == q["uuid"]]
+            wanted_uuid = _uuid_param(q, "uuid")
+            items = [b for b in items if b.uuid == wanted_uuid]
         items = _filter_dates(items, q, lambda b: b.created_on)
         items.sort(key=lambda b: (b.created_on, b.id), reverse=True)
         return self._page(request, items, lambda b: (b.created_on, b.id), self._broadcast_json)
@@ -837,12 +884,12 @@ class FakeRapidPro:
         })
 
     async def _get_messages(self, request: web.Request) -> web.StreamResponse:
-        q = request.query
-        given = [name for name in _ONE_OF_FILTERS if name in q]
+        q = self._honoured(request, self.profile.message_filters)
+        exclusive = self.profile.exclusive
+        given = [name for name in exclusive if name in q]
         if len(given) > 1:
             raise _ApiError(
-                400,
-                {"detail": "You may only specify one of the contact, folder, label, broadcast parameters"},
+                400, {"detail": f"You may only specify one of the {', '.join(exclusive)} parameters"},
             )
         now = self._clock()
         items = [m for m in self.messages if m.visible_at <= now]
@@ -857,16 +904,30 @@ class FakeRapidPro:
             folder = q["folder"].lower()
             items = [m for m in items if folder in FOLDERS and m.in_folder(folder)]
         if "uuid" in q:
-            items = [m for m in items if m.uuid == q["uuid"]]
+            wanted_uuid = _uuid_param(q, "uuid")
+            items = [m for m in items if m.uuid == wanted_uuid]
         if "id" in q:
             wanted = _int_param(q, "id")
             items = [m for m in items if m.id == wanted]
         items = _filter_dates(items, q, lambda m: m.created_on)
-        if self.advance_scripts_on_poll and "cursor" not in q:
+        if self.advance_scripts_on_poll and "cursor" not in request.query:
             for m in items:
                 self._advance(m)
-        items.sort(key=lambda m: (m.created_on, m.id), reverse=True)
-        return self._page(request, items, lambda m: (m.created_on, m.id), FakeMessage.to_json)
+
+        def key(m: FakeMessage) -> tuple[datetime, int]:
+            return (m.created_on, m.id)
+
+        if self.profile.sent_by_sent_on and q.get("folder", "").lower() == "sent":
+            def key(m: FakeMessage) -> tuple[datetime, int]:  # RapidPro's SentOnCursorPagination
+                return (m.sent_on or m.created_on, m.id)
+
+        items.sort(key=key, reverse=True)
+        return self._page(request, items, key, lambda m: m.to_json(self.profile))
+
+    @staticmethod
+    def _honoured(request: web.Request, names: frozenset[str]) -> dict[str, str]:
+        """The query parameters this version reads; RapidPro ignores any other (no error)."""
+        return {name: value for name, value in request.query.items() if name in names}
 
     def _page(
         self,
@@ -958,6 +1019,14 @@ def _int_param(query: Mapping[str, str], name: str) -> int:
         return int(query[name])
     except ValueError as exc:
         raise _ApiError(400, {"detail": f"Value for {name} must be an integer."}) from exc
+
+
+def _uuid_param(query: Mapping[str, str], name: str) -> str:
+    """As RapidPro's `get_uuid_param` (current): a malformed value is a 400."""
+    try:
+        return str(uuid.UUID(query[name]))
+    except ValueError as exc:
+        raise _ApiError(400, {"detail": f"Param '{name}': {query[name]} is not a valid UUID."}) from exc
 
 
 def _filter_dates(items: list[T], query: Mapping[str, str], created: Callable[[T], datetime]) -> list[T]:

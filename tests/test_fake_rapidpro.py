@@ -69,9 +69,10 @@ async def test_broadcast_201_current_shape_and_recording(
 ) -> None:
     status, body = await send(http, fake, [URN], "Hello")
     assert status == 201
+    # RapidPro main, temba/api/v2/tests/test_broadcasts.py (the whole object)
     assert set(body) == {
-        "uuid", "id", "status", "progress", "urns", "contacts", "groups", "text",
-        "base_language", "created_on",
+        "uuid", "id", "status", "progress", "urns", "contacts", "groups", "text", "attachments",
+        "quick_replies", "base_language", "created_on",
     }  # fmt: skip
     assert body["status"] == "pending"
     assert body["progress"] == {"total": -1, "started": 0}
@@ -458,3 +459,91 @@ async def test_plugin_fixture_with_real_clock(
     await fake_rapidpro.wait_for(lambda f: all(m.visible_at <= f.clock() for m in f.messages), timeout=1)
     _, body, _ = await get(http, fake_rapidpro.url + MESSAGES_PATH, broadcast=b["id"])
     assert len(body["results"]) == 1
+
+
+# ---------------------------------------------------------------- versions (profiles)
+
+
+@pytest.mark.parametrize(("name", "fields", "text", "status"), [
+    ("2020", {"id", "urns", "contacts", "groups", "text", "status", "created_on"}, {"base": "Hello"},
+     "queued"),
+    ("2023", {"id", "urns", "contacts", "groups", "text", "attachments", "base_language", "status",
+              "created_on"}, {"eng": "Hello"}, "queued"),
+    ("current", {"uuid", "id", "status", "progress", "urns", "contacts", "groups", "text", "attachments",
+                 "quick_replies", "base_language", "created_on"}, {"eng": "Hello"}, "pending"),
+    ("future", {"uuid", "status", "progress", "urns", "contacts", "groups", "text", "attachments",
+                "quick_replies", "base_language", "created_on"}, {"eng": "Hello"}, "pending"),
+])
+async def test_each_profile_answers_the_broadcast_post_as_its_version(
+        clock: FakeClock, http: aiohttp.ClientSession, name: str, fields: set[str], text: Any,
+        status: str) -> None:
+    async with FakeRapidPro(clock=clock, profile=name) as fake:
+        code, body = await send(http, fake, [URN], "Hello")
+        assert code == 201
+        assert set(body) == fields and body["text"] == text and body["status"] == status
+        assert fake.rate_limit == (2500 if name in ("2020", "2023") else 3600)
+
+
+@pytest.mark.parametrize("name", ["2020", "2023", "current", "future"])
+async def test_each_profile_lists_messages_with_its_fields_and_filters(
+        clock: FakeClock, http: aiohttp.ClientSession, name: str) -> None:
+    async with FakeRapidPro(clock=clock, profile=name) as fake:
+        await send(http, fake, [URN], "one")
+        await send(http, fake, [URN2], "two")
+        first, second = fake.broadcasts
+        fake.set_status(first.id, "read")
+        url = fake.url + MESSAGES_PATH
+        _, body, _ = await get(http, url, broadcast=first.id)
+        listed = body["results"]
+        if name == "future":  # the filter is no longer read: the unfiltered list, 200
+            assert len(listed) == 2 and all("broadcast" not in m and "id" not in m for m in listed)
+        else:
+            assert [m["broadcast"] for m in listed] == [first.id]
+        message = next(m for m in listed if m["text"] == "one")
+        assert message["status"] == ("delivered" if name in ("2020", "2023") else "read")
+        assert message["channel"] == {"uuid": FakeRapidPro.CHANNEL_UUID, "name": "Fake Channel"}
+        assert message["type"] == ("inbox" if name == "2020" else "text")
+        assert ("uuid" in message) is (name in ("current", "future"))
+        assert ("flow" in message) is (name != "2020")
+
+        # ?uuid= of a message: read from v10.3.79 on, ignored before.
+        target = fake.messages_of(second.id)[0]
+        _, body, _ = await get(http, url, uuid=target.uuid)
+        assert len(body["results"]) == (1 if name in ("current", "future") else 2)
+        # broadcasts.json: ?uuid= from v10.3.81, ?id= until the deprecations end.
+        _, body, _ = await get(http, fake.url + BROADCASTS_PATH, uuid=second.uuid)
+        assert len(body["results"]) == (1 if name in ("current", "future") else 2)
+        _, body, _ = await get(http, fake.url + BROADCASTS_PATH, id=second.id)
+        assert len(body["results"]) == (2 if name == "future" else 1)
+        # Two exclusive filters: 400, unless this version no longer reads one of them.
+        status, body, _ = await get(http, url, folder="sent", broadcast=first.id)
+        assert status == (200 if name == "future" else 400)
+
+
+async def test_current_validates_a_uuid_filter_and_sorts_the_sent_folder_by_sent_on(
+        fake: FakeRapidPro, clock: FakeClock, http: aiohttp.ClientSession) -> None:
+    status, body, _ = await get(http, fake.url + MESSAGES_PATH, uuid="not-a-uuid")
+    assert (status, body) == (400, {"detail": "Param 'uuid': not-a-uuid is not a valid UUID."})
+    _, early = await send(http, fake, [URN], "created first, sent last")
+    clock.advance(5)
+    _, late = await send(http, fake, [URN2], "created last, sent first")
+    fake.set_status(late["id"], "sent")
+    clock.advance(5)
+    fake.set_status(early["id"], "sent")
+    _, body, _ = await get(http, fake.url + MESSAGES_PATH, folder="sent")
+    assert [m["text"] for m in body["results"]] == ["created first, sent last", "created last, sent first"]
+    _, body, _ = await get(http, fake.url + MESSAGES_PATH)  # other listings: by created_on
+    assert [m["text"] for m in body["results"]] == ["created last, sent first", "created first, sent last"]
+
+
+async def test_channels_per_recipient_and_per_message(
+        fake: FakeRapidPro, http: aiohttp.ClientSession) -> None:
+    relayer = ("0d9a4b1c-2e3f-4a5b-8c7d-6e5f4a3b2c1d", "Android relayer")
+    fake.channel_for = lambda urn: relayer if urn == URN2 else None
+    await send(http, fake, [URN, URN2])
+    other = fake.add_outgoing(URN, channel=relayer)
+    _, body, _ = await get(http, fake.url + MESSAGES_PATH)
+    channels = {(m["urn"], m["broadcast"]): m["channel"]["name"] for m in body["results"]}
+    first = fake.broadcasts[0].id
+    assert channels == {(URN, first): "Fake Channel", (URN2, first): "Android relayer",
+                        (URN, other.id): "Android relayer"}

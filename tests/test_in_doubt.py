@@ -1,5 +1,6 @@
 """In-doubt sends resolved through RapidPro's broadcast listing, and by the operator's command:
-the real test server, the fake RapidPro, workers in-process, the CLI as a subprocess."""
+the real test server, the fake RapidPro (every version of playground/rapidpro_profiles.py),
+workers in-process, the CLI as a subprocess."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from playground.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN
+from playground.rapidpro_profiles import PROFILE_NAMES
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.daemon import ROOT, child_env
@@ -28,6 +30,11 @@ from worker.identity import HOSTNAME
 
 URN = "tel:+254700000001"
 FAST = {"RAPIDPRO_TIMEOUT": "2", "COUCH_TIMEOUT": "3", "IN_DOUBT_CHECK_AFTER": "4"}
+
+
+@pytest.fixture(params=PROFILE_NAMES)
+def rapidpro_profile(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def worker_env(medic_db, **env: str) -> dict[str, str]:
@@ -81,7 +88,7 @@ async def test_commit_then_hang_ends_with_the_created_broadcast(run_worker, medi
     await put_doc(medic_db.url, {"_id": "hang", "tasks": [task("pending", text="committed")]})
     done = await wait_state(medic_db.url, "hang", "received-by-gateway", timeout=30)
     assert texts_sent(fake_rapidpro) == ["committed"]
-    assert done["gateway_ref"] == fake_rapidpro.broadcasts[0].id
+    assert done["gateway_ref"] == fake_rapidpro.ref(fake_rapidpro.broadcasts[0])
     # (In doubt first — unless the resolver's write overtook the dispatcher's on a busy machine.)
     assert done["state_history"][-1]["state"] == "received-by-gateway"
     entry = ledger_entry(medic_db, done["messages"][0]["uuid"])
@@ -106,7 +113,7 @@ async def test_a_post_that_never_reached_rapidpro_is_sent_once_after_the_check(
     worker = await run_worker()
     done = await wait_state(medic_db.url, "never", "received-by-gateway", timeout=30)
     assert texts_sent(fake_rapidpro) == ["never posted"]
-    assert done["gateway_ref"] == fake_rapidpro.broadcasts[0].id
+    assert done["gateway_ref"] == fake_rapidpro.ref(fake_rapidpro.broadcasts[0])
     entry = ledger_entry(medic_db, message_uuid)
     assert entry["state"] == "sent" and entry["attempts"] == 2
     assert entry["resolution"]["how"] == "resent"

@@ -1,4 +1,5 @@
-"""Outgoing dispatch end to end: the real test server, the fake RapidPro, the worker in-process."""
+"""Outgoing dispatch end to end: the real test server, the fake RapidPro, the worker in-process —
+against every RapidPro version of playground/rapidpro_profiles.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from config.credentials import encrypt_credential
 from playground.fake_rapidpro import DEFAULT_TOKEN
+from playground.rapidpro_profiles import PROFILE_NAMES
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, create_db, put_settings
 from tests.support.waiting import eventually
@@ -19,6 +21,11 @@ from transitions.dispatch import IN_DOUBT_DETAILS
 from worker.app import Worker
 
 SECRET = "test-couch-secret"
+
+
+@pytest.fixture(params=PROFILE_NAMES)
+def rapidpro_profile(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 FIRST_BACKOFF_STEP = 1.0  # the sending gate's backoff base: its first pause is at most this
 
 
@@ -89,10 +96,11 @@ async def test_sendable_tasks_are_sent_once_each_and_recorded(run_worker, medic_
                     ("tel:+254700000003", "three")]
     assert {b.token for b in fake_rapidpro.broadcasts} == {DEFAULT_TOKEN}
     by_text = {b.raw_text: b for b in fake_rapidpro.broadcasts}
-    assert first["gateway_ref"] == by_text["one"].id
+    # The broadcast's id, as CHT stores it; its uuid from a RapidPro without ids.
+    assert first["gateway_ref"] == fake_rapidpro.ref(by_text["one"])
     assert first["state_details"] == "Queued"
     assert [h["state"] for h in first["state_history"]] == ["pending", "received-by-gateway"]
-    assert third["gateway_ref"] == by_text["three"].id
+    assert third["gateway_ref"] == fake_rapidpro.ref(by_text["three"])
     final = await asyncio.to_thread(get_doc, medic_db.url, "r1")
     assert final["tasks"][2]["state"] == "sent" and "gateway_ref" not in final["tasks"][2]
     assert final["tasks"][3]["state"] == "delivered"

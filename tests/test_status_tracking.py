@@ -1,4 +1,5 @@
-"""Status tracking against the real test CouchDB server and the fake RapidPro.
+"""Status tracking against the real test CouchDB server and the fake RapidPro, as each RapidPro
+version answers (every test runs against each profile of playground/rapidpro_profiles.py).
 
 `StatusTracker` is built from real parts (Database, RapidProClient, RateBudget, Ledger). One
 FakeClock drives the fake RapidPro, the budget and the tracker's schedule, so hours pass in an
@@ -12,16 +13,18 @@ import itertools
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from config.env import parse_couch_url
 from config.settings import Settings
-from playground.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro
+from playground.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro, RecordedBroadcast
+from playground.rapidpro_profiles import PROFILE_NAMES
 from tests.support.couch_fixtures import MedicDb, create_db
 from tests.support.waiting import eventually
+from transitions.broadcasts import BroadcastKey, gateway_ref, ledger_ref
 from transitions.status import Policy
 from worker.couch.client import CouchServer, Database
 from worker.outgoing.ledger import Ledger
@@ -44,6 +47,11 @@ class StaticToken:
 CLOCK_START = float(1_789_999_200 + 5)
 
 
+@pytest.fixture(params=PROFILE_NAMES)
+def rapidpro_profile(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @dataclass
 class Env:
     clock: FakeClock
@@ -55,6 +63,7 @@ class Env:
     tracker: StatusTracker
     ledger: Ledger
     settings: dict[str, Settings] = field(default_factory=dict)
+    fakes: list[FakeRapidPro] = field(default_factory=list)  # every fake a test sends through
 
     def iso(self, ts: float | None = None) -> str:
         t = self.clock() if ts is None else ts
@@ -64,14 +73,51 @@ class Env:
         self.clock.advance(seconds)
         self.budget.wake()
 
-    async def send(self, count: int, fake: FakeRapidPro | None = None) -> list[int]:
-        """Real broadcasts on the fake (POSTs; not counted as status calls)."""
+    @property
+    def ids(self) -> bool:
+        """This RapidPro names broadcasts by an integer id (every version but the future one)."""
+        return "id" in self.fake.profile.broadcast_fields
+
+    async def send(self, count: int, fake: FakeRapidPro | None = None) -> list[BroadcastKey]:
+        """Real broadcasts on the fake (POSTs; not counted as status calls); what the worker would
+        store as gateway_ref for each: the id, or the uuid on a server without ids."""
         target = fake or self.fake
-        ids = []
+        refs: list[BroadcastKey] = []
         for i in range(count):
             b = await self.client.send_broadcast(target.url, DEFAULT_TOKEN, f"tel:+2547000{i:05d}", f"m{i}")
-            ids.append(b.id)
-        return ids
+            ref = gateway_ref(b.id, b.uuid)
+            assert ref is not None
+            refs.append(ref)
+        return refs
+
+    def sent_broadcast(self, ref: Any) -> RecordedBroadcast | None:
+        for fake in self.fakes:
+            try:
+                return fake.broadcast(ref if not isinstance(ref, str) or not ref.isdigit() else int(ref))
+            except KeyError:
+                continue
+        return None
+
+    def recipient(self, ref: Any, sent_ago: float) -> tuple[str, str]:
+        """(to, text) of the message a broadcast sent, as CHT's task holds them. The broadcast and
+        its messages are dated as the task says it was sent, so RapidPro's records and CHT's
+        history agree (they come from the same send)."""
+        b = self.backdate(ref, sent_ago)
+        if b is None:
+            return "+254700000001", "hi"
+        return b.urns[0].removeprefix("tel:"), b.raw_text if isinstance(b.raw_text, str) else "hi"
+
+    def backdate(self, ref: Any, ago: float) -> RecordedBroadcast | None:
+        """Date a broadcast sent through the fake (and its messages) `ago` seconds back."""
+        b = self.sent_broadcast(ref)
+        if b is None:
+            return None
+        created = datetime.fromtimestamp(self.clock() - ago, UTC)
+        b.created_on = created
+        for m in b.messages:
+            m.created_on = m.modified_on = created + timedelta(seconds=1)
+            m.sent_on = m.sent_on and m.created_on
+        return b
 
     async def put_tasks(self, specs: list[tuple[str, dict[str, Any]]], *, sent_ago: float = 600.0) -> None:
         """(doc_id, task) pairs; each task gets a message uuid and CHT-like history."""
@@ -85,9 +131,9 @@ class Env:
              sent_ago: float = 600.0) -> dict[str, Any]:
         then = self.iso(self.clock() - sent_ago)
         history = [{"state": "pending", "timestamp": self.iso(self.clock() - sent_ago - 5)}]
+        to, text = self.recipient(gateway_ref, sent_ago)
         task: dict[str, Any] = {"state": state,
-                                "messages": [{"uuid": str(uuidlib.uuid4()), "to": "+254700000001",
-                                              "message": "hi"}]}
+                                "messages": [{"uuid": str(uuidlib.uuid4()), "to": to, "message": text}]}
         if state != "pending":
             entry = {"state": state, "timestamp": then}
             if details:
@@ -138,18 +184,22 @@ async def env(medic_db: MedicDb, fake_rapidpro_factory: Any) -> AsyncIterator[En
                             policy=Policy())
     ledger = Ledger(own, clock=clock)
     try:
-        yield Env(clock, fake, medic, own, budget, client, tracker, ledger, settings)
+        yield Env(clock, fake, medic, own, budget, client, tracker, ledger, settings, [fake])
     finally:
         await client.close()
         await couch.close()
 
 
-async def own_message(env: Env, doc_id: str, task: dict[str, Any], broadcast: int) -> None:
-    """A ledger entry as the sender leaves it: the message is the worker's own."""
+async def own_message(env: Env, doc_id: str, task: dict[str, Any], broadcast: BroadcastKey) -> None:
+    """A ledger entry as the sender leaves it: the message is the worker's own, with the id and
+    the uuid its RapidPro answered."""
     message = task["messages"][0]
-    claim = await env.ledger.claim(message["uuid"], doc_id, "tel:+254700000001")
+    claim = await env.ledger.claim(message["uuid"], doc_id, f"tel:{message['to']}")
     assert claim is not None
-    await env.ledger.record_sent(claim, broadcast, None, "pending")
+    sent = env.fake.broadcast(broadcast)
+    fields = env.fake.profile.broadcast_fields
+    await env.ledger.record_sent(claim, sent.id if "id" in fields else None,
+                                 sent.uuid if "uuid" in fields else None, "pending")
 
 
 # ---------------------------------------------------------------------------- mapping
@@ -167,7 +217,7 @@ async def test_every_status_mapping_in_one_sync(env: Env) -> None:
 
     result = await env.tracker.run_round()  # found at start: asked at once, in one sync
     assert result.plan == "sync" and result.finished
-    expected = {
+    mapping = {
         "queued": ("received-by-gateway", "Queued"),
         "wired": ("forwarded-by-gateway", "Wired"),
         "sent": ("sent", "Sent"),
@@ -178,6 +228,8 @@ async def test_every_status_mapping_in_one_sync(env: Env) -> None:
         "resent": ("sent", "Resent"),
         "initializing": ("received-by-gateway", "Queued"),  # older than Queued: no step back
     }
+    # What this version reports for each (2020 and 2023 have no `read`; 2023 no `resent`, …).
+    expected = {status: mapping[env.fake.profile.statuses.get(status, status)] for status in statuses}
     for status, (state, details) in expected.items():
         task = await env.doc_task(f"d-{status}")
         assert (task["state"], task.get("state_details")) == (state, details), status
@@ -187,7 +239,8 @@ async def test_every_status_mapping_in_one_sync(env: Env) -> None:
             assert task["state_history"][-1]["state"] == state
             assert task["state_history"][-1]["state_details"] == details
     assert env.tracker.stats.final == 3
-    # sent folder; outbox (some are still queued there); the one failed, asked on its own
+    # sent folder; outbox (some are still queued there); the one failed, asked on its own (on a
+    # server without ids, where it cannot be, the failed folder)
     assert env.status_calls() == 3
 
 
@@ -228,10 +281,15 @@ async def test_progression_recorded_in_order_then_no_more_calls(env: Env) -> Non
     entry = await env.ledger.get(task["messages"][0]["uuid"])
     assert entry is not None
     assert (entry["task_state"], entry["task_state_details"]) == ("delivered", "Delivered")
-    assert entry["state"] == "sent" and entry["broadcast_id"] == bid
+    assert entry["state"] == "sent" and ledger_ref(entry) == bid
 
+    # One query per step: by broadcast id, then — once its uuid is known, on servers that give
+    # one — by the message's uuid. A server without ids: a sync finds it first (sent, outbox).
+    asked = [sorted(r.query) for r in env.fake.requests_to(MESSAGES)]
+    first = [["after", "folder"]] * 2 if not env.ids else [["broadcast"]]
+    later = [["uuid"]] if env.fake.profile.name in ("current", "future") else [["broadcast"]]
+    assert asked == first + later * 4
     calls = env.status_calls()
-    assert calls == 5  # one per-broadcast query per step
     for _ in range(10):
         env.advance(24 * HOUR)
         await env.tracker.run_round()
@@ -303,7 +361,7 @@ async def test_ineligible_tasks_are_never_polled(env: Env) -> None:
 
     await env.rounds_until(lambda: not env.tracker.tracked(), step=HOUR)
     queried = [r.query.get("broadcast") for r in env.fake.requests_to(MESSAGES)]
-    assert queried == [[str(ids[11])]]
+    assert queried == ([[str(ids[11])]] if env.ids else [None])  # else one sync
     assert env.fake.requests_to(BROADCASTS, "GET") == []
     for doc_id, task in before.items():
         assert await env.doc_task(doc_id) == task
@@ -355,13 +413,15 @@ async def test_throttled_per_broadcast_queries_resume(env: Env) -> None:
     env.fake.set_status(bid, "delivered")
     env.fake.throttle_next(1, retry_after=90, path=MESSAGES)
     result = await env.tracker.run_round()  # one message: one per-broadcast query (a sync: 2 pages)
-    assert result.plan == "broadcasts" and not result.finished and result.retry_in == 90
+    # (A server without ids: only a sync can find it.)
+    assert result.plan == ("broadcasts" if env.ids else "sync")
+    assert not result.finished and result.retry_in == 90
     env.advance(90)
     result = await env.tracker.run_round()
     assert result.plan == "resumed" and result.finished
     assert not env.tracker.tracked()
-    asked = [r.query["broadcast"] for r in env.fake.requests_to(MESSAGES)]
-    assert asked == [[str(bid)], [str(bid)]]
+    asked = [r.query.get("broadcast", r.query.get("folder")) for r in env.fake.requests_to(MESSAGES)]
+    assert asked == ([[str(bid)], [str(bid)]] if env.ids else [["sent"], ["sent"]])
 
 
 # ---------------------------------------------------------------------------- host change
@@ -376,6 +436,7 @@ async def test_url_change_rescans_on_the_new_host(env: Env, fake_rapidpro_factor
     assert len(env.tracker.tracked()) == 5
 
     new = await fake_rapidpro_factory(clock=env.clock)
+    env.fakes.append(new)
     new.rate_limit = 10**9
     new._next_broadcast_id = 900_000  # ids of another host do not collide in this test
     [new_id] = await env.send(1, fake=new)
@@ -453,7 +514,9 @@ async def test_failed_broadcast_ends_the_task(env: Env, status: str) -> None:
     await env.rounds_until(lambda: not env.tracker.tracked(), step=120)
     task = await env.doc_task("f")
     assert task["state"] == "failed"
-    assert task["state_details"] == f"Broadcast {status}"
+    # RapidPro before Sept 2024 reports an interrupted broadcast as failed.
+    legacy = env.fake.profile.legacy_broadcast_statuses
+    assert task["state_details"] == ("Broadcast failed" if legacy else f"Broadcast {status}")
     assert env.fake.call_count("GET", BROADCASTS) == 1
 
 
@@ -579,12 +642,15 @@ async def test_a_fresh_message_is_asked_every_interval_and_an_empty_answer_costs
     env.fake.message_delay = 90.0  # RapidPro creates the message late: the first answers are empty
     [bid] = await env.send(1)
     env.fake.advance_scripts_on_poll = False
-    await env.put_tasks([("e", env.task("received-by-gateway", bid, "Queued", sent_ago=0))])
+    task = env.task("received-by-gateway", bid, "Queued", sent_ago=0)
+    await env.put_tasks([("e", task)])
+    await own_message(env, "e", task, bid)  # the worker's own send: it knows when it sent it
     assert (await env.tracker.run_round()).plan == "idle"  # first ask one interval after sending
     for _ in range(2):
         env.advance(60)
         result = await env.tracker.run_round()
-        assert result.plan == "broadcasts" and result.calls == 1  # empty, and asked again next interval
+        # empty, and asked again next interval (a server without ids: a sync of sent and outbox)
+        assert (result.plan, result.calls) == (("broadcasts", 1) if env.ids else ("sync", 2))
     env.fake.set_status(bid, "delivered")
     env.advance(60)
     await env.tracker.run_round()
@@ -615,7 +681,7 @@ async def test_short_budget_delays_status_never_sends_and_healthz_says_so(env: E
         # sending does not wait for status tracking: its reserve is there
         sent = await client.send_broadcast(env.fake.url, DEFAULT_TOKEN, "tel:+254700000999", "urgent",
                                            max_wait=0.0)
-        assert sent.id > 0
+        assert sent.id or sent.uuid
         for _ in range(200):  # the budget refills (40 an hour): status catches up, resuming
             if not tracker.tracked():
                 break
@@ -640,10 +706,15 @@ async def test_remembered_messages_are_forgotten_once_the_view_drops_them(env: E
 
 
 async def test_after_a_restart_old_messages_cost_one_round_then_go_by_their_age(env: Env) -> None:
-    ids = await env.send(40)
+    ids = await env.send(41)
     env.fake.advance_scripts_on_poll = False
     for bid in ids:
         env.fake.set_status(bid, "sent")
+    # The channel reports delivery (one of its messages of that time was delivered): messages
+    # `sent` on it are not parked (see test_a_channel_that_never_reports_delivery_…).
+    reported = ids.pop()
+    env.fake.set_status(reported, "delivered")
+    env.backdate(reported, 24 * HOUR + 20 * 60)
     await env.put_tasks([(f"r{i:02d}", env.task("sent", bid, "Sent", sent_ago=24 * HOUR + i * 60))
                          for i, bid in enumerate(ids)])
     first = await env.tracker.run_round()  # at start: every one asked about at once
@@ -656,3 +727,96 @@ async def test_after_a_restart_old_messages_cost_one_round_then_go_by_their_age(
     env.fake.set_status(ids[7], "delivered")
     await env.rounds_until(lambda: env.tracker.stats.final == 1, step=60, limit=61)
     assert (await env.doc_task("r07"))["state"] == "delivered"
+
+
+# ---------------------------------------------------------------------------- another sender's
+
+
+async def test_messages_another_sender_sent_show_their_state_from_their_first_round(env: Env) -> None:
+    """Tasks that reach the worker already in received-by-gateway with a gateway_ref (CHT's own
+    sender's just before a switch, another tool's): their send time is not the worker's to know,
+    so the first round asks RapidPro about every one, and learns its created_on."""
+    statuses = ["queued", "wired", "sent", "delivered", "read", "errored", "failed"]
+    ids = await env.send(len(statuses))
+    env.fake.advance_scripts_on_poll = False
+    for ref, status in zip(ids, statuses, strict=True):
+        env.fake.set_status(ref, status)
+    assert (await env.tracker.run_round()).plan == "idle"  # the worker runs; then they appear
+    env.advance(30)
+    await env.put_tasks([(f"o-{status}", env.task("received-by-gateway", ref, "Queued", sent_ago=5))
+                         for ref, status in zip(ids, statuses, strict=True)])
+    await env.tracker.run_round()
+    for status in statuses:
+        reported = env.fake.profile.statuses.get(status, status)
+        task = await env.doc_task(f"o-{status}")
+        expected = {"queued": "received-by-gateway", "errored": "received-by-gateway", "wired":
+                    "forwarded-by-gateway", "sent": "sent", "delivered": "delivered", "read": "delivered",
+                    "failed": "failed"}[reported]
+        assert task["state"] == expected, status
+    known = [item for item in env.tracker.tracked().values()]
+    assert known and all(item.created_on is not None for item in known)  # windows exact from now on
+    calls = env.status_calls()
+    env.advance(60)
+    await env.tracker.run_round()  # the three left, by their created_on: one sync or a query each
+    assert env.status_calls() - calls <= 3
+
+
+# ---------------------------------------------------------------------------- delivery reports
+
+RELAYER = ("0d9a4b1c-2e3f-4a5b-8c7d-6e5f4a3b2c1d", "Android relayer")
+
+
+async def test_a_channel_that_never_reports_delivery_is_learnt_and_its_sent_messages_parked(env: Env) -> None:
+    """Messages of a channel that never reports delivery stay `sent`: past the up-to-an-hour tier
+    they are parked, and only the hourly sync of the failed folder looks for them; /healthz
+    names the channel. A later failure still shows; a report from the channel resumes them."""
+    env.fake.channel_for = lambda urn: RELAYER if int(urn[-5:]) < 30 else None
+    ids = await env.send(60)
+    env.fake.advance_scripts_on_poll = False
+    tasks = []
+    for ref in ids:
+        env.fake.set_status(ref, "sent")
+        task = env.task("sent", ref, "Sent", sent_ago=0)
+        tasks.append((f"c{len(tasks):02d}", task))
+    await env.put_tasks(tasks)
+    for (doc_id, task), ref in zip(tasks, ids, strict=True):
+        await own_message(env, doc_id, task, ref)
+    relayed, reported = ids[:30], ids[30:]
+    for _ in range(90):  # an hour and a half: the other channel's reports come in
+        env.advance(60)
+        await env.tracker.run_round()
+        if env.clock() - CLOCK_START > 600:
+            for ref in reported:
+                env.fake.set_status(ref, "delivered")
+    assert env.tracker.stats.final == 30
+    [channel] = env.tracker.health()["channels_without_delivery_reports"]
+    assert (channel["uuid"], channel["name"], channel["messages_parked"]) == (*RELAYER, 30)
+    tracked = env.tracker.tracked()
+    assert len(tracked) == 30 and all(item.parked for item in tracked.values())
+
+    # A day later: one call an hour, to the failed folder only.
+    env.fake.requests.clear()
+    for _ in range(24):
+        env.advance(HOUR)
+        await env.tracker.run_round()
+    folders = [r.query.get("folder") for r in env.fake.requests if r.method == "GET"]
+    assert folders == [["failed"]] * 24
+
+    env.fake.set_status(relayed[0], "failed")  # a late failure still shows within the hour
+    env.advance(HOUR)
+    await env.tracker.run_round()
+    assert (await env.doc_task("c00"))["state"] == "failed"
+
+    # The channel reports after all (a new message through it is delivered): the parked ones are
+    # asked about hourly again, and their reports show.
+    [new] = await env.send(1)  # to +254700000000: through the relayer
+    new_task = env.task("received-by-gateway", new, "Queued", sent_ago=0)
+    await env.put_tasks([("new", new_task)])
+    await own_message(env, "new", new_task, new)
+    env.fake.set_status(new, "delivered")
+    env.fake.set_status(relayed[1], "delivered")
+    env.fake.set_status(relayed[2], "delivered")
+    await env.rounds_until(lambda: env.tracker.stats.final == 32, step=60, limit=3)  # the new one
+    assert env.tracker.health()["channels_without_delivery_reports"] == []
+    assert not any(item.parked for item in env.tracker.tracked().values())
+    await env.rounds_until(lambda: env.tracker.stats.final == 34, step=60, limit=61)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.settings import Settings
+from transitions.broadcasts import ledger_ref
 from transitions.states import (
     DENIED,
     FAILED,
@@ -107,12 +108,13 @@ def projection(entry: Mapping[str, Any]) -> TaskUpdate | None:
     state = entry.get("state")
     if state == SENT:
         tracked = entry.get("task_state")
+        ref = ledger_ref(entry)  # the id, as CHT stores it; the uuid from a server without ids
         if isinstance(tracked, str):  # status tracking recorded a later state
-            return TaskUpdate(uuid, tracked, entry.get("task_state_details"), entry.get("broadcast_id"))
+            return TaskUpdate(uuid, tracked, entry.get("task_state_details"), ref)
         failed = map_broadcast_status(entry.get("broadcast_status"))
         if failed is not None:
-            return TaskUpdate(uuid, failed[0], failed[1], entry.get("broadcast_id"))
-        return TaskUpdate(uuid, RECEIVED_BY_GATEWAY, "Queued", entry.get("broadcast_id"))
+            return TaskUpdate(uuid, failed[0], failed[1], ref)
+        return TaskUpdate(uuid, RECEIVED_BY_GATEWAY, "Queued", ref)
     if state == REJECTED:
         return TaskUpdate(uuid, FAILED, str(entry.get("error") or "Rejected by RapidPro"))
     if state == IN_DOUBT:

@@ -24,6 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from transitions.broadcasts import BroadcastKey, key_of, ledger_ref, refs_of
 from transitions.dispatch import CLAIMED, IN_DOUBT, Action, ledger_action
 from transitions.timestamps import parse_time
 
@@ -131,17 +132,13 @@ def _text_matches(broadcast_text: Any, text: str) -> bool:
     return False
 
 
-def broadcast_id(broadcast: Mapping[str, Any]) -> int | None:
-    value = broadcast.get("id")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def decide(*, urn: str, text: str | None, claimed_at: float | None, listing: Listing,
-           recorded: Collection[int], rapidpro_timeout: float, margin: float) -> Decision:
+           recorded: Collection[BroadcastKey], rapidpro_timeout: float, margin: float) -> Decision:
     """What to do with one in-doubt claim, given a listing of RapidPro's broadcasts.
 
-    `recorded`: broadcast ids that ledger entries already hold as their outcome — another
-    message's broadcast is never taken for this one's.
+    `recorded`: broadcasts (ids or uuids) that ledger entries already hold as their outcome —
+    another message's broadcast is never taken for this one's. A broadcast is named by its id
+    while the server gives one and by its uuid where it does not (transitions/broadcasts.py).
     """
     if claimed_at is None:
         return Decision(Kind.OPERATOR, reason="the claim has no readable time")
@@ -164,8 +161,7 @@ def decide(*, urn: str, text: str | None, claimed_at: float | None, listing: Lis
             continue
         if not _text_matches(broadcast.get("text"), text):
             continue
-        ident = broadcast_id(broadcast)
-        if ident is not None and ident in recorded:
+        if any(ref in recorded for ref in refs_of(broadcast)):
             continue
         urns = broadcast.get("urns")
         if not isinstance(urns, list) or not urns:
@@ -179,12 +175,12 @@ def decide(*, urn: str, text: str | None, claimed_at: float | None, listing: Lis
             f"RapidPro hides the recipients (anonymous workspace): {hidden + len(candidates)} "
             "broadcast(s) with this text in the claim's window may be this message"))
     if len(candidates) > 1:
-        ids = ", ".join(str(broadcast_id(b)) for b in candidates)
+        ids = ", ".join(str(key_of(b)) for b in candidates)
         return Decision(Kind.OPERATOR, reason=f"{len(candidates)} broadcasts to this number with this "
                                               f"text in the claim's window ({ids})")
     if len(candidates) == 1:
-        if broadcast_id(candidates[0]) is None:
-            return Decision(Kind.OPERATOR, reason="the matching broadcast has no integer id")
+        if key_of(candidates[0]) is None:
+            return Decision(Kind.OPERATOR, reason="the matching broadcast has neither an id nor a uuid")
         return Decision(Kind.FOUND, broadcast=candidates[0])
     return Decision(Kind.RESEND)
 
@@ -208,5 +204,6 @@ def operator_refusal(entry: Mapping[str, Any] | None, now: float, claim_timeout:
     how = ""
     if isinstance(resolution, Mapping):
         how = f" ({resolution.get('how')} by {resolution.get('by')} at {resolution.get('at')})"
-    ref = f", broadcast {entry.get('broadcast_id')}" if entry.get("broadcast_id") is not None else ""
+    broadcast = ledger_ref(entry)
+    ref = f", broadcast {broadcast}" if broadcast is not None else ""
     return f"it is not in doubt: already resolved, ledger state {state!r}{ref}{how}"

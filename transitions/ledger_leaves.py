@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from transitions.broadcasts import ledger_ref
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
 
 
@@ -47,12 +48,12 @@ def writer_nonce(entry: Mapping[str, Any]) -> str | None:
     return nonce if isinstance(nonce, str) else None
 
 
-def _outcome_rank(leaf: Mapping[str, Any]) -> tuple[int, int, str]:
-    # A broadcast RapidPro created outranks a rejection; then the lowest broadcast id, then the rev
-    # (only so that every reader picks the same one).
-    broadcast = leaf.get("broadcast_id")
-    number = broadcast if isinstance(broadcast, int) and not isinstance(broadcast, bool) else 2**62
-    return (0 if leaf.get("state") == SENT else 1, number, str(leaf.get("_rev")))
+def _outcome_rank(leaf: Mapping[str, Any]) -> tuple[int, int, str, str]:
+    # A broadcast RapidPro created outranks a rejection; then the lowest broadcast id (a broadcast
+    # known by its uuid alone after those), then the rev (only so that every reader picks the same one).
+    broadcast = ledger_ref(leaf)
+    number = broadcast if isinstance(broadcast, int) else 2**62
+    return (0 if leaf.get("state") == SENT else 1, number, str(broadcast or ""), str(leaf.get("_rev")))
 
 
 def resolve(leaves: Sequence[dict[str, Any]], *, unsent: Collection[str], now: float, claim_timeout: float,
@@ -66,7 +67,7 @@ def resolve(leaves: Sequence[dict[str, Any]], *, unsent: Collection[str], now: f
     outcomes = sorted((leaf for leaf in leaves if leaf.get("state") in (SENT, REJECTED)), key=_outcome_rank)
     if outcomes:
         best = outcomes[0]
-        broadcasts = {leaf.get("broadcast_id") for leaf in outcomes if leaf.get("state") == SENT}
+        broadcasts = {ledger_ref(leaf) for leaf in outcomes if leaf.get("state") == SENT}
         return Resolution(best, [leaf for leaf in leaves if leaf is not best], Merge.NONE,
                           double_sent=len(broadcasts) > 1)
     may_have_sent = False

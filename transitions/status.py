@@ -31,6 +31,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from transitions.broadcasts import BroadcastKey, as_uuid, broadcast_key
 from transitions.dispatch import TaskUpdate
 from transitions.outgoing import TASK_KINDS, find_task_message
 from transitions.states import (
@@ -101,19 +102,6 @@ def period(tier: Tier, policy: Policy) -> float:
 # ---------------------------------------------------------------------------- small helpers
 
 
-def broadcast_id(gateway_ref: Any) -> int | None:
-    """CHT stores RapidPro's integer broadcast id as gateway_ref (an int, or digits in a string).
-    Anything else (another gateway's reference) is not a RapidPro broadcast: never asked about."""
-    if isinstance(gateway_ref, bool):
-        return None
-    if isinstance(gateway_ref, int):
-        return gateway_ref if gateway_ref > 0 else None
-    if isinstance(gateway_ref, str) and gateway_ref.strip().isdigit():
-        value = int(gateway_ref.strip())
-        return value if value > 0 else None
-    return None
-
-
 def _rank(state: Any, details: Any) -> int:
     """Progress order of a tracked or final state. `Initializing` (old RapidPro) precedes Queued."""
     if state == RECEIVED_BY_GATEWAY:
@@ -170,11 +158,13 @@ class Candidate:
 
     uuid: str
     doc_id: str
-    broadcast: int
+    broadcast: BroadcastKey  # the gateway_ref: a broadcast id, or uuid (transitions/broadcasts.py)
     state: str
     details: str | None
     sent_at: float | None  # when the task first reached RapidPro (history), epoch s
     state_since: float | None  # when the task entered its current state (history)
+    to: str | None = None  # the recipient and the text, to recognise the message on a server whose
+    text: str | None = None  # messages do not name their broadcast
 
 
 def _history_times(task: Mapping[str, Any]) -> tuple[float | None, float | None]:
@@ -196,7 +186,8 @@ def _history_times(task: Mapping[str, Any]) -> tuple[float | None, float | None]
 
 def trackable_messages(doc: Mapping[str, Any]) -> list[Candidate]:
     """The doc's messages worth asking RapidPro about: task in received-by-gateway,
-    forwarded-by-gateway or sent, with a RapidPro gateway_ref, message with a uuid. Never pending,
+    forwarded-by-gateway or sent, with a RapidPro gateway_ref (a broadcast id, or a broadcast uuid
+    from a server without ids), message with a uuid. Never pending,
     scheduled, muted, duplicate, cleared, final states, or a task without gateway_ref."""
     found: list[Candidate] = []
     doc_id = doc.get("_id")
@@ -210,7 +201,7 @@ def trackable_messages(doc: Mapping[str, Any]) -> list[Candidate]:
         for task in tasks:
             if not isinstance(task, dict) or task.get("state") not in GATEWAY_TRACKED_STATES:
                 continue
-            broadcast = broadcast_id(task.get("gateway_ref"))
+            broadcast = broadcast_key(task.get("gateway_ref"))
             if broadcast is None:
                 continue
             sent_at, since = _history_times(task)
@@ -220,8 +211,11 @@ def trackable_messages(doc: Mapping[str, Any]) -> list[Candidate]:
                 if not isinstance(uuid, str) or not uuid or uuid in seen:
                     continue
                 seen.add(uuid)
+                to, text = message.get("to"), message.get("message")
                 found.append(Candidate(uuid, doc_id, broadcast, task["state"],
-                                       details if isinstance(details, str) else None, sent_at, since))
+                                       details if isinstance(details, str) else None, sent_at, since,
+                                       to if isinstance(to, str) else None,
+                                       text if isinstance(text, str) else None))
     return found
 
 
@@ -232,7 +226,7 @@ def trackable_messages(doc: Mapping[str, Any]) -> list[Candidate]:
 class Tracked:
     uuid: str
     doc_id: str
-    broadcast: int
+    broadcast: BroadcastKey
     state: str
     details: str | None
     sent_at: float
@@ -243,6 +237,13 @@ class Tracked:
     modified_on: float | None = None  # RapidPro's modified_on of the last answer applied
     missing: int = 0  # consecutive "no such message" answers
     checks: int = 0
+    own: bool = False  # the worker sent it (the ledger knows when): else another sender's
+    broadcast_uuid: str | None = None  # known from the ledger, or the gateway_ref itself
+    message_uuid: str | None = None  # RapidPro's message uuid, once seen (servers since v10.3.79)
+    urn: str | None = None  # the recipient's URN and the text: what recognises the message on a
+    text: str | None = None  # server whose messages do not name their broadcast
+    channel: str | None = None  # RapidPro's channel uuid, once seen
+    parked: bool = False  # `sent` on a channel that never reports delivery: only failures are looked for
 
     def created_estimate(self, policy: Policy) -> float:
         """Lower bound for `after=`: the known created_on, else the send time minus skew."""
@@ -288,9 +289,11 @@ def is_due(item: Tracked, now: float, policy: Policy) -> bool:
     return item.next_check <= now + policy.due_tolerance
 
 
-def start_tracking(candidate: Candidate, now: float, policy: Policy, *, at_start: bool = False) -> Tracked:
-    """A message seen for the first time: asked at once — but never before one interval after
-    sending (an empty answer is normal then, and costs a call).
+def start_tracking(candidate: Candidate, now: float, policy: Policy, *, at_start: bool = False,
+                   own: bool = False) -> Tracked:
+    """A message seen for the first time: asked at once — but the worker's own send never before
+    one interval after sending (an empty answer is normal then, and costs a call). Another
+    sender's message is asked about at once: when it was sent is not the worker's to know.
 
     Its tiers count from now (new in the view while running: another sender's, or our own just
     sent), or — found at start or on a rescan — from when it was sent, when its history says so:
@@ -299,10 +302,11 @@ def start_tracking(candidate: Candidate, now: float, policy: Policy, *, at_start
     sent_at = candidate.sent_at if candidate.sent_at is not None else now
     since = candidate.state_since if candidate.state_since is not None else sent_at
     sent_at = min(sent_at, now)
-    first = max(now, sent_at + policy.interval) if candidate.sent_at is not None else now
+    first = max(now, sent_at + policy.interval) if own and candidate.sent_at is not None else now
     fresh_since = sent_at if at_start else now
     return Tracked(candidate.uuid, candidate.doc_id, candidate.broadcast, candidate.state,
-                   candidate.details, sent_at, min(max(since, sent_at), now), first, fresh_since)
+                   candidate.details, sent_at, min(max(since, sent_at), now), first, fresh_since,
+                   own=own, broadcast_uuid=as_uuid(candidate.broadcast), text=candidate.text)
 
 
 def expired(item: Tracked, now: float, policy: Policy) -> bool:
@@ -317,6 +321,12 @@ def observe(item: Tracked, result: Mapping[str, Any], now: float, policy: Policy
     created = parse_time(result.get("created_on"))
     if created is not None:
         item.created_on = created
+    message_uuid = as_uuid(result.get("uuid"))
+    if message_uuid is not None:
+        item.message_uuid = message_uuid
+    channel = result.get("channel")
+    if isinstance(channel, Mapping) and isinstance(channel.get("uuid"), str):
+        item.channel = channel["uuid"]
     modified = parse_time(result.get("modified_on"))
     if modified is not None and item.modified_on is not None and modified < item.modified_on:
         schedule(item, now, policy)  # an older answer than one already applied
@@ -371,7 +381,12 @@ def observe_broadcast(item: Tracked, broadcast: Mapping[str, Any] | None, now: f
 
 
 def visible_yet(item: Tracked, now: float, policy: Policy) -> bool:
-    """An empty answer right after sending is normal: messages appear a few seconds later."""
+    """An empty answer right after the worker's own send is normal: messages appear a few seconds
+    after the broadcast POST. Another sender's message (CHT's own sender before a switch, another
+    tool, a restored doc) was sent at a time the worker does not know: RapidPro is asked about it
+    at once the first time, so its created_on is learnt in its first round."""
+    if not item.own and item.created_on is None and item.checks == 0:
+        return True
     return now - item.sent_at >= policy.visibility_grace
 
 
@@ -401,7 +416,7 @@ def apply_status_updates(doc: dict[str, Any], updates: Sequence[TaskUpdate],
         task = found[2]
         state = task.get("state")
         if (state not in GATEWAY_TRACKED_STATES
-                or broadcast_id(task.get("gateway_ref")) != broadcast_id(update.gateway_ref)):
+                or broadcast_key(task.get("gateway_ref")) != broadcast_key(update.gateway_ref)):
             outcomes[update.uuid] = Applied.NOT_TRACKED
             continue
         if not is_forward(state, task.get("state_details"), update.state, update.details):

@@ -1,8 +1,8 @@
 """Status tracking's round plan (pure): which due messages to ask about together, and how — one
 bulk folder sync (`messages.json?folder=…&after=…&before=…`, 250 a page, newest first) for a
-window of `created_on`, or one query per broadcast, whichever costs fewer calls. A round splits
-the due messages into windows wherever the gap between them would cost a page of its own. The
-schedule it plans from is in transitions/status.py.
+window of `created_on`, or one query per message (transitions/status_api.py), whichever costs
+fewer calls. A round splits the due messages into windows wherever the gap between them would
+cost a page of its own. The schedule it plans from is in transitions/status.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from transitions.states import RECEIVED_BY_GATEWAY
-from transitions.status import FOLDERS, OUTBOX, SENT_FOLDER, Policy, Tier, Tracked, folder_of, is_due
+from transitions.status import (
+    FAILED_FOLDER,
+    FOLDERS,
+    OUTBOX,
+    SENT_FOLDER,
+    Policy,
+    Tier,
+    Tracked,
+    folder_of,
+    is_due,
+)
+from transitions.status_api import Ask, ServerApi, message_ask
 
 ROW_BUCKET = 300.0  # seconds of created_on per counted bucket
 
@@ -63,15 +74,21 @@ class FolderStats:
 @dataclass(frozen=True)
 class Window:
     """Due messages answered together: by a sync of [after, before] (before None: up to now), or
-    one query per broadcast."""
+    one call each (`asks`). A *parked* window syncs the `failed` folder alone: its messages sit
+    at `sent` on channels that never report delivery, and only a failure can still come."""
 
     due: tuple[str, ...]
     sync: bool
     after: float
     before: float | None
     expected_pages: int
-    broadcasts: tuple[int, ...]
+    asks: tuple[Ask, ...]
     tier: Tier  # the freshest tier in it (windows run freshest first)
+    parked: bool = False
+
+    @property
+    def expected_calls(self) -> int:
+        return self.expected_pages if self.sync else len(self.asks)
 
 
 @dataclass(frozen=True)
@@ -84,12 +101,12 @@ class Plan:
         return tuple(uuid for window in self.windows for uuid in window.due)
 
     @property
-    def broadcasts(self) -> tuple[int, ...]:
-        return tuple(b for window in self.windows if not window.sync for b in window.broadcasts)
+    def asks(self) -> tuple[Ask, ...]:
+        return tuple(a for window in self.windows if not window.sync for a in window.asks)
 
     @property
     def expected_calls(self) -> int:
-        return sum(w.expected_pages if w.sync else len(w.broadcasts) for w in self.windows)
+        return sum(w.expected_calls for w in self.windows)
 
 
 def sync_folders(due: Sequence[Tracked]) -> tuple[str, ...]:
@@ -123,42 +140,116 @@ def expected_pages(folders: Iterable[str], after: float, before: float, tracked:
     return total
 
 
-def plan_round(tracked: Iterable[Tracked], now: float, policy: Policy, stats: FolderStats) -> Plan:
+def _freshest(group: Iterable[Tracked], now: float, policy: Policy) -> Tier:
+    return min((item.tier(now, policy) for item in group), key=lambda t: list(Tier).index(t))
+
+
+@dataclass
+class _Group:
+    """Due messages that may share a window, and what its cost depends on."""
+
+    items: list[Tracked]
+    after: float
+    upper: float
+    queued: bool  # one is still in the outbox (the sync reads it too)
+    asks: set[Ask]
+    unaskable: bool  # one can only be found by a sync
+    estimated: bool  # one's created_on is not known yet (its bounds are estimates)
+
+    @classmethod
+    def of(cls, item: Tracked, policy: Policy, api: ServerApi) -> _Group:
+        ask = message_ask(item, api)
+        return cls([item], item.created_estimate(policy), item.created_upper(policy),
+                   item.state == RECEIVED_BY_GATEWAY, {ask} if ask is not None else set(), ask is None,
+                   item.created_on is None)
+
+    def absorb(self, other: _Group) -> None:
+        self.items.extend(other.items)
+        self.after, self.upper = min(self.after, other.after), max(self.upper, other.upper)
+        self.queued, self.unaskable = self.queued or other.queued, self.unaskable or other.unaskable
+        self.estimated = self.estimated or other.estimated
+        self.asks |= other.asks
+
+
+class _Planner:
+    """The windows of one round (see plan_round)."""
+
+    def __init__(self, items: list[Tracked], now: float, policy: Policy, stats: FolderStats,
+                 api: ServerApi) -> None:
+        self.items, self.now, self.policy, self.stats, self.api = items, now, policy, stats, api
+        self.own = _own_buckets(items, policy)
+
+    def before(self, group: _Group, newest: bool) -> float | None:
+        # Older windows stop at their newest message, so the rows of fresher windows are not read
+        # twice. The newest reads up to now while a created_on in it is only estimated (CHT's
+        # clock, RapidPro's queue), else it stops there too: the last rows are no due message's.
+        if newest and (group.estimated or group.upper >= self.now - self.policy.due_tolerance):
+            return None
+        return group.upper
+
+    def cost(self, group: _Group, newest: bool) -> tuple[int, bool]:
+        """(a sync's pages, whether to sync rather than ask one call per message): a sync when it
+        is cheaper, or when some due message can only be found by a sync."""
+        before = self.before(group, newest)
+        folders = (SENT_FOLDER, OUTBOX) if group.queued else (SENT_FOLDER,)
+        pages = expected_pages(folders, group.after, self.now if before is None else before, self.items,
+                               self.stats, self.policy, self.own)
+        asks = len(group.asks)
+        # On a tie a sync still wins when it answers for several: it refreshes the others too.
+        return pages, group.unaskable or asks > pages or (asks == pages and asks > 1)
+
+    def window(self, group: _Group, newest: bool) -> Window:
+        pages, sync = self.cost(group, newest)
+        asks = () if sync else tuple(sorted(group.asks, key=lambda a: (a.param, str(a.value))))
+        return Window(tuple(item.uuid for item in group.items), sync, group.after, self.before(group, newest),
+                      pages, asks, _freshest(group.items, self.now, self.policy))
+
+    def split(self, due: list[Tracked], folder: str) -> list[_Group]:
+        """Newest first, split wherever the rows of `folder` between two due messages would fill
+        a page of their own."""
+        due.sort(key=lambda item: item.created_upper(self.policy), reverse=True)
+        groups = [_Group.of(due[0], self.policy, self.api)]
+        for previous, item in itertools.pairwise(due):
+            gap = self.stats.estimate(folder, item.created_upper(self.policy),
+                                      previous.created_estimate(self.policy), self.own.get(folder, {}))
+            single = _Group.of(item, self.policy, self.api)
+            if gap >= self.policy.page_size:
+                groups.append(single)
+            else:
+                groups[-1].absorb(single)
+        return groups
+
+    def parked_windows(self, parked: list[Tracked]) -> list[Window]:
+        """The parked messages due (hourly): one sync of `failed` over where they sit, split where
+        the failed rows between two would fill a page."""
+        windows = []
+        for group in self.split(parked, FAILED_FOLDER):
+            pages = expected_pages((FAILED_FOLDER,), group.after, group.upper, self.items, self.stats,
+                                   self.policy, self.own)
+            windows.append(Window(tuple(item.uuid for item in group.items), True, group.after, group.upper,
+                                  pages, (), Tier.OLD, parked=True))
+        return windows
+
+
+def plan_round(tracked: Iterable[Tracked], now: float, policy: Policy, stats: FolderStats,
+               api: ServerApi | None = None) -> Plan:
     """The due messages, split into windows of created_on wherever the rows between two of them
     would fill a page (asking across such a gap costs more than it can save), each answered the
-    cheaper way: the pages of a sync, or one call per broadcast. Freshest window first, so a
-    short budget delays the older tiers, not the fresh one."""
+    cheaper way: the pages of a sync, or one call per message. Freshest window first, so a
+    short budget delays the older tiers, not the fresh one. Parked messages due are looked for
+    in the `failed` folder alone, last."""
     items = list(tracked)
     due = [item for item in items if is_due(item, now, policy)]
     if not due:
         return Plan("idle")
-    own = _own_buckets(items, policy)
-    due.sort(key=lambda item: item.created_upper(policy), reverse=True)
-    groups: list[list[Tracked]] = [[due[0]]]
-    for previous, item in itertools.pairwise(due):
-        gap = stats.estimate(SENT_FOLDER, item.created_upper(policy), previous.created_estimate(policy),
-                             own.get(SENT_FOLDER, {}))
-        if gap >= policy.page_size:
-            groups.append([item])
-        else:
-            groups[-1].append(item)
-    windows: list[Window] = []
-    for index, group in enumerate(groups):
-        after = min(item.created_estimate(policy) for item in group)
-        # The newest window reads up to now (rows created meanwhile are few); older ones stop
-        # at their newest message, so the rows of fresher windows are not read twice.
-        before = None if index == 0 else max(item.created_upper(policy) for item in group)
-        pages = expected_pages(sync_folders(group), after, now if before is None else before, items,
-                               stats, policy, own)
-        broadcasts = tuple(sorted({item.broadcast for item in group}))
-        tier = min((item.tier(now, policy) for item in group), key=lambda t: list(Tier).index(t))
-        # On a tie a sync still wins when it answers for several: it refreshes the others too.
-        sync = len(broadcasts) > pages or (len(broadcasts) == pages and len(broadcasts) > 1)
-        windows.append(Window(tuple(item.uuid for item in group), sync, after, before, pages, broadcasts,
-                              tier))
+    planner = _Planner(items, now, policy, stats, api or ServerApi())
+    active = [item for item in due if not item.parked]
+    windows = [planner.window(group, index == 0)
+               for index, group in enumerate(planner.split(active, SENT_FOLDER))] if active else []
     windows.sort(key=lambda w: list(Tier).index(w.tier))
+    parked = [item for item in due if item.parked]
+    if parked:
+        windows.extend(planner.parked_windows(parked))
     kinds = {w.sync for w in windows}
     kind = "mixed" if len(kinds) > 1 else ("sync" if kinds == {True} else "broadcasts")
     return Plan(kind, tuple(windows))
-
-

@@ -42,6 +42,16 @@ def test_two_broadcasts_for_one_message_are_named():
     assert result.entry is second and result.double_sent
 
 
+def test_broadcasts_known_by_uuid_alone_are_told_apart_too():
+    # A RapidPro without broadcast ids: the ledger holds the broadcast's uuid alone.
+    first = leaf("2-a", SENT, broadcast_uuid="0b5f6c1e-1a2b-4c3d-8e9f-000000000001")
+    second = leaf("2-b", SENT, broadcast_uuid="0b5f6c1e-1a2b-4c3d-8e9f-000000000002")
+    result = judge([second, first])
+    assert result.entry is first and result.double_sent
+    again = leaf("2-c", SENT, broadcast_uuid="0b5f6c1e-1a2b-4c3d-8e9f-000000000001")
+    assert not judge([first, again]).double_sent
+
+
 def test_a_fresh_claim_of_someone_else_means_wait():
     ours, theirs = leaf("1-a", CLAIMED, nonce="mine"), leaf("1-b", CLAIMED, owner="host:2", nonce="t")
     result = judge([ours, theirs], unsent={"mine"})

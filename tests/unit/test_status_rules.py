@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from transitions.broadcasts import broadcast_key
 from transitions.dispatch import TaskUpdate
 from transitions.status import (
     OUTBOX,
@@ -19,7 +20,6 @@ from transitions.status import (
     Tier,
     Tracked,
     apply_status_updates,
-    broadcast_id,
     expired,
     folder_of,
     is_due,
@@ -34,6 +34,7 @@ from transitions.status import (
     trackable_messages,
     visible_yet,
 )
+from transitions.status_api import Ask
 from transitions.status_plan import ROW_BUCKET, FolderStats, expected_pages, plan_round, sync_folders
 from transitions.timestamps import parse_time, rapidpro_time
 
@@ -49,9 +50,9 @@ def iso(ts: float) -> str:
 
 def item(state: str = "sent", details: str | None = "Sent", *, broadcast: int = 1, sent_at: float = T0,
          since: float = T0, next_check: float = T0, fresh_since: float | None = None,
-         uuid: str = "m1") -> Tracked:
+         uuid: str = "m1", own: bool = True) -> Tracked:
     return Tracked(uuid, "d1", broadcast, state, details, sent_at, since, next_check,
-                   sent_at if fresh_since is None else fresh_since)
+                   sent_at if fresh_since is None else fresh_since, own=own)
 
 
 def result(status: str | None, *, modified: float = T0, created: float = T0, broadcast: int = 1) -> dict:
@@ -65,9 +66,12 @@ def result(status: str | None, *, modified: float = T0, created: float = T0, bro
 @pytest.mark.parametrize(("ref", "expected"), [
     (123, 123), ("123", 123), (" 42 ", 42), (0, None), (-5, None), ("ATXid_1", None), ("", None),
     (None, None), (True, None), (1.5, None), ("12a", None),
+    # a broadcast uuid: what a RapidPro without ids gives (lower-cased, as RapidPro writes them)
+    ("0199BB98-3637-778D-9DFC-0AB85C950D7C", "0199bb98-3637-778d-9dfc-0ab85c950d7c"),
+    ("0199bb98-3637-778d-9dfc", None),
 ])
-def test_broadcast_id(ref, expected):
-    assert broadcast_id(ref) == expected
+def test_broadcast_key(ref, expected):
+    assert broadcast_key(ref) == expected
 
 
 def test_parse_time_both_formats():
@@ -241,8 +245,10 @@ def test_start_tracking_from_candidate():
     assert i.next_check == T0 + 600 and i.fresh_since == T0 + 600  # new in the view: fresh from now
     found = start_tracking(c, T0 + 86400, P, at_start=True)
     assert found.next_check == T0 + 86400 and found.fresh_since == T0  # at start: at once, then by age
-    just_sent = start_tracking(Candidate("m2", "d1", 9, "sent", None, T0, None), T0 + 5, P)
+    just_sent = start_tracking(Candidate("m2", "d1", 9, "sent", None, T0, None), T0 + 5, P, own=True)
     assert just_sent.next_check == T0 + P.interval  # one interval after sending
+    another_senders = start_tracking(Candidate("m4", "d1", 9, "sent", None, T0, None), T0 + 5, P)
+    assert another_senders.next_check == T0 + 5  # when it was sent is not ours to know: at once
     unknown = start_tracking(Candidate("m3", "d1", 9, "sent", None, None, None), T0, P)
     assert unknown.sent_at == T0 and unknown.state_since == T0 and unknown.next_check == T0
 
@@ -255,6 +261,16 @@ def test_expired_after_the_horizon():
 def test_visible_only_after_grace():
     assert not visible_yet(item(sent_at=T0), T0 + 5, P)
     assert visible_yet(item(sent_at=T0), T0 + P.visibility_grace, P)
+
+
+def test_another_senders_message_is_looked_up_at_once_the_first_time():
+    stranger = item(sent_at=T0, own=False)
+    assert visible_yet(stranger, T0 + 5, P)  # its send time is not ours to know: ask now
+    stranger.checks = 1
+    assert not visible_yet(stranger, T0 + 5, P)  # asked once: then as any message
+    seen = item(sent_at=T0, own=False)
+    seen.created_on = T0
+    assert not visible_yet(seen, T0 + 5, P)
 
 
 # ---------------------------------------------------------------------------- observations
@@ -347,7 +363,7 @@ def test_nothing_due_is_idle():
 def test_one_due_is_asked_on_its_own():
     plan = plan_round([item("received-by-gateway", "Queued", broadcast=7),
                        item(uuid="m2", broadcast=8, next_check=T0 + 999)], T0, P, FolderStats())
-    assert plan.kind == "broadcasts" and plan.broadcasts == (7,)  # a sync: 2 pages for 1
+    assert plan.kind == "broadcasts" and plan.asks == (Ask("broadcast", 7),)  # a sync: 2 pages for 1
 
 
 def test_two_due_sharing_a_page_are_synced():
@@ -390,7 +406,7 @@ def test_windows_split_where_the_gap_costs_a_page_and_run_freshest_first():
     assert [w.tier for w in plan.windows] == [Tier.FRESH, Tier.OLD, Tier.OLD, Tier.OLD]
     first, *rest = plan.windows
     assert first.sync and set(first.due) == {f"f{i}" for i in range(20)} and first.before is None
-    assert all(not w.sync and len(w.broadcasts) == 1 for w in rest)  # one call each beats pages
+    assert all(not w.sync and len(w.asks) == 1 for w in rest)  # one call each beats pages
     assert plan.kind == "mixed" and plan.expected_calls == 1 + 3
 
 

@@ -13,8 +13,16 @@ import sys
 from pathlib import Path
 
 from config.env import Config
+from transitions.broadcasts import BroadcastKey, broadcast_key
 from worker.commands.command import Command
 from worker.couch.client import CouchError, CouchServer
+
+
+def _broadcast(value: str) -> BroadcastKey:
+    key = broadcast_key(value)
+    if key is None:
+        raise argparse.ArgumentTypeError(f"not a broadcast id or uuid: {value!r}")
+    return key
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +37,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                                  help="record what happened to one in-doubt message")
     resolve.add_argument("uuid", help="the message uuid (message_uuid in the listing)")
     decision = resolve.add_mutually_exclusive_group(required=True)
-    decision.add_argument("--sent", type=int, metavar="BROADCAST_ID",
-                          help="it went out as this RapidPro broadcast (its integer id)")
+    decision.add_argument("--sent", type=_broadcast, metavar="BROADCAST",
+                          help="it went out as this RapidPro broadcast: its integer id, or its uuid "
+                               "on a RapidPro without ids")
     decision.add_argument("--resend", action="store_true", help="it never went out: send it now, once")
     decision.add_argument("--failed", metavar="REASON", help="do not send it; mark its task failed")
 

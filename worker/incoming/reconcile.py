@@ -10,6 +10,9 @@ The two paths recognise each other only through the id: a record's `_id` derives
 RapidPro id it was stored under. The reconciliation stores under the message **uuid**, so the
 flow's webhook body must send that uuid as `id` (`"id": "@input.uuid"`); a flow that sends
 something else (CHT's docs use the run uuid) makes every reconciled message a second copy.
+RapidPro's API lists message uuids only since v10.3.79 (Oct 2025): an older server's listing
+has nothing the webhook's ids can be matched with, so the round stores nothing and says why
+(`skipped_reason`) rather than store every message a second time.
 
 The watermark (`after=`) is a doc in the worker's own database, moved only when a whole round
 succeeded; each round re-reads `overlap` seconds before it (clock skew, messages that became
@@ -142,6 +145,7 @@ class IncomingReconciler:
         result.after, result.before = rapidpro_time(since), rapidpro_time(upto)
 
         messages: dict[str, tuple[IncomingMessage, int]] = {}
+        without_uuid = 0
         for folder in FOLDERS:
             cursor: str | None = None
             while True:
@@ -150,6 +154,7 @@ class IncomingReconciler:
                     cursor_url=cursor, priority=Priority.INCOMING)
                 for item in page.results:
                     result.listed += 1
+                    without_uuid += "uuid" not in item
                     message = message_from_api(item)
                     if message is None:
                         result.skipped += 1
@@ -161,6 +166,12 @@ class IncomingReconciler:
                     break
                 cursor = page.next
 
+        if without_uuid:
+            # Nothing to tell which of them the webhook stored: storing would duplicate them.
+            result.skipped = result.listed
+            result.skipped_reason = ("this RapidPro lists no message uuid (it is older than v10.3.79, "
+                                     "Oct 2025): the webhook's ids cannot be matched, nothing is stored")
+            return self._done(result)
         current = self._settings() or Settings()
         translations = self._translations()
         items = list(messages.values())

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.settings import Settings
+from transitions.broadcasts import BroadcastKey, as_id, as_uuid, key_of, log_fields, refs_of
 from transitions.dispatch import FORWARDED_TO_GATEWAY, TaskUpdate, projection
 from transitions.in_doubt import (
     Decision,
     Kind,
     Listing,
     Window,
-    broadcast_id,
     claim_window,
     claimed_epoch,
     decide,
@@ -233,17 +233,15 @@ class InDoubtResolver:
                                         retry=True)
                 continue
             self._failing_since = None
-            ids = [i for i in (broadcast_id(b) for b in listing.broadcasts) if i is not None]
-            recorded = set(await self._ledger.outcomes_of(ids))
+            keys = [key for b in listing.broadcasts for key in refs_of(b)]
+            recorded = set(await self._ledger.outcomes_of(keys))
             for uuid in uuids:
                 entry = by_uuid[uuid]
                 decision = decide(urn=entry["urn"], text=message_text(docs.get(entry["doc_id"]), uuid),
                                   claimed_at=claimed_epoch(entry), listing=listing, recorded=recorded,
                                   rapidpro_timeout=self._rapidpro_timeout, margin=self._margin)
                 if await self._act(entry, decision, docs, result) and decision.broadcast is not None:
-                    found = broadcast_id(decision.broadcast)
-                    if found is not None:
-                        recorded.add(found)  # not also another claim's outcome
+                    recorded.update(refs_of(decision.broadcast))  # not also another claim's outcome
 
     async def _list(self, base_url: str, token: str, window: Window) -> Listing:
         started = self._clock()
@@ -283,19 +281,18 @@ class InDoubtResolver:
                                                       f"longer waiting to be sent (state {state!r})")
         if decision.kind is Kind.FOUND:
             assert decision.broadcast is not None
-            found = broadcast_id(decision.broadcast)
+            found = key_of(decision.broadcast)
             assert found is not None
             status = decision.broadcast.get("status")
-            bc_uuid = decision.broadcast.get("uuid")
             updated = await self._ledger.resolve_sent(
-                entry, found, bc_uuid if isinstance(bc_uuid, str) else None,
+                entry, as_id(decision.broadcast.get("id")), as_uuid(decision.broadcast.get("uuid")),
                 status if isinstance(status, str) else None,
-                self._ledger.resolution("found", broadcast_id=found))
+                self._ledger.resolution("found", **log_fields(found)))
             if updated is None:
                 return False
             result.found += 1
             result.resolved.add(uuid)
-            log.info("in_doubt_resolved", resolution="found", message_uuid=uuid, broadcast_id=found,
+            log.info("in_doubt_resolved", resolution="found", message_uuid=uuid, **log_fields(found),
                      doc_id=entry.get("doc_id"))
             await self._write_task(doc, updated)
             return True
@@ -373,7 +370,7 @@ async def list_in_doubt(ledger: Ledger, claim_timeout: float, every: bool,
 
 
 async def operator_resolve(ledger: Ledger, medic: Database, uuid: str, *, claim_timeout: float,
-                           sent: int | None = None, resend: bool = False, failed: str | None = None,
+                           sent: BroadcastKey | None = None, resend: bool = False, failed: str | None = None,
                            who: str | None = None, clock: Callable[[], float] = time.time) -> dict[str, Any]:
     """Record the operator's decision in the ledger and on the task, as the daemon would have."""
     who = who or _os_user()
@@ -387,8 +384,8 @@ async def operator_resolve(ledger: Ledger, medic: Database, uuid: str, *, claim_
         holders = await ledger.outcomes_of([sent])
         if holders.get(sent) not in (None, uuid):
             raise OperatorError(f"broadcast {sent} is already the outcome of message {holders[sent]}")
-        resolution = ledger.resolution("operator", by=who, decision="sent", broadcast_id=sent)
-        updated = await ledger.resolve_sent(entry, sent, None, None, resolution)
+        resolution = ledger.resolution("operator", by=who, decision="sent", **log_fields(sent))
+        updated = await ledger.resolve_sent(entry, as_id(sent), as_uuid(sent), None, resolution)
         task_update = None if updated is None else projection(updated)
     elif resend:
         resolution = ledger.resolution("operator", by=who, decision="resend")
@@ -404,7 +401,7 @@ async def operator_resolve(ledger: Ledger, medic: Database, uuid: str, *, claim_
         raise OperatorError(f"message {uuid} changed while being resolved (the daemon may have just "
                             "resolved it); run `cht-rapidpro-worker in-doubt --all` and try again")
     log.info("in_doubt_resolved", resolution="operator", decision=resolution["decision"], message_uuid=uuid,
-             doc_id=entry.get("doc_id"), broadcast_id=sent, by=who)
+             doc_id=entry.get("doc_id"), **log_fields(sent), by=who)
     doc = await medic.get_or_none(entry["doc_id"]) if isinstance(entry.get("doc_id"), str) else None
     task_written = False
     if doc is not None and task_update is not None:

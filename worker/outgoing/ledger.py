@@ -25,6 +25,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any
 
+from transitions.broadcasts import BroadcastKey
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
 from transitions.ledger_leaves import Merge, Resolution, merged_entry, resolve
 from transitions.timestamps import cht_time
@@ -38,12 +39,14 @@ log = get_logger(__name__)
 LEDGER_PREFIX = "msg:"
 DESIGN_DOC = "rapidpro-worker"
 # Views on the ledger (JavaScript as CouchDB runs it): claims without outcome, by claim time; and
-# which entry holds a broadcast as its outcome.
+# which entry holds a broadcast as its outcome, by the broadcast's id and by its uuid.
 LEDGER_VIEWS = {
     "unresolved": {"map": "function (doc) { if (doc.type === 'dispatch' && (doc.state === 'claimed' || "
                           "doc.state === 'in-doubt')) { emit(doc.claimed_at_epoch || 0, null); } }"},
-    "by_broadcast": {"map": "function (doc) { if (doc.type === 'dispatch' && doc.state === 'sent' && "
-                            "typeof doc.broadcast_id === 'number') { emit(doc.broadcast_id, doc.uuid); } }"},
+    "by_broadcast": {"map": "function (doc) { if (doc.type === 'dispatch' && doc.state === 'sent') { "
+                            "if (typeof doc.broadcast_id === 'number') { emit(doc.broadcast_id, doc.uuid); } "
+                            "if (typeof doc.broadcast_uuid === 'string') { "
+                            "emit(doc.broadcast_uuid, doc.uuid); } } }"},
     # Entries with conflicting revisions (a clustered CouchDB): resolved by in-doubt resolution.
     "conflicted": {"map": "function (doc) { if (doc.type === 'dispatch' && doc._conflicts) { "
                           "emit(doc._id, null); } }"},
@@ -51,6 +54,8 @@ LEDGER_VIEWS = {
 # An outcome or decision stored on too few copies is confirmed by writing it again on top: a
 # quorum taking the update proves a quorum held it. Tried this often before giving up for now.
 CONFIRM_TRIES = 3
+
+
 def _same_claim(current: dict[str, Any], entry: dict[str, Any]) -> bool:
     return all(current.get(k) == entry.get(k) for k in ("owner", "claimed_at_epoch", "state"))
 
@@ -215,7 +220,7 @@ class Ledger:
     def resolution(self, how: str, by: str | None = None, **details: Any) -> dict[str, Any]:
         return {"how": how, "by": by or self._owner, "at": cht_time(self._clock()), **details}
 
-    async def resolve_sent(self, entry: dict[str, Any], broadcast_id: int, broadcast_uuid: str | None,
+    async def resolve_sent(self, entry: dict[str, Any], broadcast_id: int | None, broadcast_uuid: str | None,
                            broadcast_status: str | None, resolution: dict[str, Any]) -> dict[str, Any] | None:
         return await self.decide(entry, state=SENT, broadcast_id=broadcast_id, broadcast_uuid=broadcast_uuid,
                                  broadcast_status=broadcast_status, error=None, needs_operator=None,
@@ -273,18 +278,19 @@ class Ledger:
         return [str(row["id"]).removeprefix(LEDGER_PREFIX) for row in result.get("rows", [])
                 if isinstance(row.get("id"), str)]
 
-    async def outcomes_of(self, broadcast_ids: list[int]) -> dict[int, str]:
-        """Which message uuid holds each of these broadcasts as its outcome."""
-        if not broadcast_ids:
+    async def outcomes_of(self, broadcasts: list[BroadcastKey]) -> dict[BroadcastKey, str]:
+        """Which message uuid holds each of these broadcasts (ids or uuids) as its outcome."""
+        if not broadcasts:
             return {}
+        keys = sorted(set(broadcasts), key=lambda key: (isinstance(key, str), str(key)))
         try:
-            result = await self._db.view(DESIGN_DOC, "by_broadcast", keys=sorted(set(broadcast_ids)),
-                                         reduce=False)
+            result = await self._db.view(DESIGN_DOC, "by_broadcast", keys=keys, reduce=False)
         except NotFound:
             return {}
-        return {row["key"]: row["value"] for row in result.get("rows", []) if isinstance(row.get("key"), int)}
+        return {row["key"]: row["value"] for row in result.get("rows", [])
+                if isinstance(row.get("key"), int | str) and not isinstance(row.get("key"), bool)}
 
-    async def record_sent(self, entry: dict[str, Any], broadcast_id: int, broadcast_uuid: str | None,
+    async def record_sent(self, entry: dict[str, Any], broadcast_id: int | None, broadcast_uuid: str | None,
                           broadcast_status: str | None) -> dict[str, Any]:
         return await self._update(entry, state=SENT, broadcast_id=broadcast_id, broadcast_uuid=broadcast_uuid,
                                   broadcast_status=broadcast_status, error=None)

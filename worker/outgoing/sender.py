@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any
 
 from config.settings import Settings
+from transitions.broadcasts import gateway_ref, ledger_ref, log_fields
 from transitions.dispatch import (
     Action,
     TaskUpdate,
@@ -310,7 +311,7 @@ class OutgoingSender:
             assert entry is not None
             self.stats.reprojected += 1
             log.info("message_reprojected", message_uuid=message.uuid, state=entry.get("state"),
-                     broadcast_id=entry.get("broadcast_id"))
+                     **log_fields(ledger_ref(entry)))
             return projection(entry)
         if action is Action.MARK_IN_DOUBT:
             assert entry is not None
@@ -365,7 +366,8 @@ class OutgoingSender:
                                    broadcast.status)
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         self.stats.sent += 1
-        log.info("message_sent", message_uuid=message.uuid, broadcast_id=broadcast.id,
+        log.info("message_sent", message_uuid=message.uuid,
+                 **log_fields(gateway_ref(broadcast.id, broadcast.uuid)),
                  to=mask_phone(urn.removeprefix("tel:")), duration_ms=duration_ms)
         return projection(entry)
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from transitions.broadcasts import as_id, as_uuid
 from worker.backoff import parse_retry_after
 from worker.rapidpro.errors import (
     MessageRejected,
@@ -27,8 +28,8 @@ MESSAGE_FIELDS = frozenset({"urns", "text", "attachments", "base_language", "qui
 
 @dataclass(frozen=True)
 class Broadcast:
-    id: int  # the integer id CHT stores as gateway_ref (deprecated by RapidPro, still sent)
-    uuid: str | None  # absent on older RapidPro
+    id: int | None  # the integer id CHT stores as gateway_ref (deprecated since v10.3.79, still sent)
+    uuid: str | None  # since v10.3.79 (Oct 2025); absent on older RapidPro
     status: str | None  # pending|queued|started|completed|failed|interrupted (legacy: queued|sent|failed)
     raw: dict[str, Any]
 
@@ -92,14 +93,16 @@ def broadcast_from(answer: Answer) -> Broadcast:
                            "check sms.rapidpro.url", status=answer.status) from None
         raise SendInDoubt(f"{answer.status} with an unreadable body: "
                           f"{answer.body_error or 'not JSON'}", status=answer.status) from None
-    broadcast_id = value.get("id") if isinstance(value, dict) else None
-    if isinstance(broadcast_id, bool) or not isinstance(broadcast_id, int):
-        raise SendInDoubt(f"{answer.status} without a broadcast id", status=answer.status)
-    uuid = value.get("uuid")
+    if not isinstance(value, dict):
+        raise SendInDoubt(f"{answer.status} without a broadcast", status=answer.status)
+    # The id until RapidPro drops it (deprecated since v10.3.79), the uuid since then: either names it.
+    broadcast_id, uuid = as_id(value.get("id")), as_uuid(value.get("uuid"))
+    if broadcast_id is None and uuid is None:
+        raise SendInDoubt(f"{answer.status} without a broadcast id or uuid", status=answer.status)
     status = value.get("status")
     return Broadcast(
         id=broadcast_id,
-        uuid=uuid if isinstance(uuid, str) else None,
+        uuid=uuid,
         status=status if isinstance(status, str) else None,
         raw=value,
     )

@@ -190,14 +190,19 @@ class RapidProClient:
         *,
         after: str | None = None,
         before: str | None = None,
+        uuid: str | None = None,
+        broadcast_id: int | None = None,
         cursor_url: str | None = None,
         priority: Priority = Priority.STATUS,
         max_wait: float | None = None,
     ) -> MessagesPage:
-        """One page of `broadcasts.json` (newest first; `after`/`before` inclusive on `created_on`).
+        """One page of `broadcasts.json` (newest first; `after`/`before` inclusive on `created_on`;
+        `uuid` since RapidPro v10.3.81, `id` until it drops it). RapidPro ignores a filter it
+        does not read and lists everything: the caller checks the results are what it asked for.
         With `cursor_url` (a previous page's `next`) the filters are ignored."""
-        return await self._list_page(base_url, BROADCASTS_PATH, token, {"after": after, "before": before},
-                                     cursor_url, priority, max_wait)
+        filters = {"after": after, "before": before, "uuid": uuid, "id": broadcast_id}
+        return await self._list_page(base_url, BROADCASTS_PATH, token, filters, cursor_url, priority,
+                                     max_wait)
 
     async def _list_page(self, base_url: str, path: str, token: str, filters: Mapping[str, object],
                          cursor_url: str | None, priority: Priority, max_wait: float | None
@@ -220,19 +225,21 @@ class RapidProClient:
         self,
         base_url: str,
         token: str,
-        broadcast_id: int,
+        broadcast: int | str,
         *,
         priority: Priority = Priority.STATUS,
         max_wait: float | None = None,
     ) -> dict[str, Any] | None:
-        """The broadcast as `broadcasts.json?id=` lists it, or None when RapidPro has no such one."""
-        url = _api_url(base_url, BROADCASTS_PATH).update_query(id=str(int(broadcast_id)))
-        page = json_object(await self._call("GET", url, token, priority, max_wait))
-        results = page.get("results")
-        if not isinstance(results, list):
-            raise WrongUrl("broadcasts.json answered without a results list", status=200)
-        for item in results:
-            if isinstance(item, dict):
+        """The broadcast as `broadcasts.json?id=` (an int) or `?uuid=` lists it, or None when
+        RapidPro lists no such one — also when it does not read that filter and lists others."""
+        by_uuid = isinstance(broadcast, str)
+        page = await self.list_broadcasts(base_url, token, uuid=broadcast if by_uuid else None,
+                                          broadcast_id=None if by_uuid else int(broadcast),
+                                          priority=priority, max_wait=max_wait)
+        field, wanted = ("uuid", str(broadcast).lower()) if by_uuid else ("id", int(broadcast))
+        for item in page.results:
+            value = item.get(field)
+            if (value.lower() if by_uuid and isinstance(value, str) else value) == wanted:
                 return item
         return None
 

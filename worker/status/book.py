@@ -8,10 +8,14 @@ whoever sent it; `tracked_rows` reads it, `candidates` the docs (and ledger entr
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from transitions.broadcasts import BroadcastKey, as_uuid, message_broadcast
 from transitions.states import GATEWAY_TRACKED_STATES
 from transitions.status import Candidate, Policy, Tier, Tracked, expired, period, trackable_messages
+from transitions.status_api import could_be, recipient
+from transitions.timestamps import parse_time
 from worker.couch.client import Database
 from worker.status.round import chunks
 
@@ -27,7 +31,14 @@ Rows = dict[str, tuple[str, str, Any]]  # uuid -> (doc_id, state, gateway_ref)
 class Book:
     def __init__(self) -> None:
         self.items: dict[str, Tracked] = {}
-        self.by_broadcast: dict[int, set[str]] = {}
+        self.by_broadcast: dict[BroadcastKey, set[str]] = {}
+        self.by_message: dict[str, str] = {}  # RapidPro's message uuid → the tracked message
+        # Messages not seen yet, by (URN, text): what finds them on a server whose rows name no
+        # broadcast (transitions/status_api.py).
+        self.by_recipient: dict[tuple[str, str], set[str]] = {}
+        # RapidPro messages already found to be a tracked message's (also after it ended): never
+        # taken for another by recipient.
+        self.known_rows: dict[str, None] = {}
         self.expired: dict[str, None] = {}  # past the horizon: never asked again
         self.missing: dict[str, None] = {}  # gave up on this host; asked again after a rescan
 
@@ -37,6 +48,29 @@ class Book:
     def add(self, item: Tracked) -> None:
         self.items[item.uuid] = item
         self.by_broadcast.setdefault(item.broadcast, set()).add(item.uuid)
+        self._index(item)
+
+    def _index(self, item: Tracked) -> None:
+        if item.message_uuid is not None:
+            self.by_message[item.message_uuid] = item.uuid
+            self.remember(self.known_rows, item.message_uuid)
+        elif (known := recipient(item.urn, item.text)) is not None:
+            self.by_recipient.setdefault(known, set()).add(item.uuid)
+
+    def _unindex(self, item: Tracked, message_uuid: str | None) -> None:
+        if message_uuid is not None and self.by_message.get(message_uuid) == item.uuid:
+            del self.by_message[message_uuid]
+        known = recipient(item.urn, item.text)
+        if known is not None and (uuids := self.by_recipient.get(known)) is not None:
+            uuids.discard(item.uuid)
+            if not uuids:
+                del self.by_recipient[known]
+
+    def seen(self, item: Tracked, message_uuid_before: str | None) -> None:
+        """An answer told the item's message uuid: index it by that from now on."""
+        if item.message_uuid != message_uuid_before and item.uuid in self.items:
+            self._unindex(item, message_uuid_before)
+            self._index(item)
 
     def drop(self, uuid: str) -> Tracked | None:
         item = self.items.pop(uuid, None)
@@ -46,11 +80,53 @@ class Book:
                 uuids.discard(uuid)
                 if not uuids:
                     del self.by_broadcast[item.broadcast]
+            self._unindex(item, item.message_uuid)
         return item
 
     def clear(self) -> None:
+        self.known_rows.clear()
         self.items.clear()
         self.by_broadcast.clear()
+        self.by_message.clear()
+        self.by_recipient.clear()
+
+    def match(self, results: Sequence[Mapping[str, Any]],
+              policy: Policy) -> list[tuple[Tracked, dict[str, Any]]]:
+        """Which tracked message each outgoing row is about: by RapidPro's message uuid once known,
+        by the broadcast the row names, and — only for rows that name no broadcast at all (a
+        server without ids) — by recipient and text near the send, to the send closest in time.
+        The newest row of a message wins (rows come newest first)."""
+        matched: dict[str, dict[str, Any]] = {}
+        unnamed: list[dict[str, Any]] = []
+        for row in results:
+            if row.get("direction", "out") != "out":
+                continue
+            message_uuid = as_uuid(row.get("uuid"))
+            if message_uuid is not None and message_uuid in self.by_message:
+                matched.setdefault(self.by_message[message_uuid], dict(row))
+                continue
+            key = message_broadcast(row)
+            if key is not None:
+                for uuid in self.by_broadcast.get(key, ()):
+                    matched.setdefault(uuid, dict(row))
+            elif "broadcast" not in row and message_uuid not in self.known_rows:
+                unnamed.append(dict(row))
+        for row in reversed(unnamed):
+            known = recipient(row.get("urn"), row.get("text"))
+            candidates = self.by_recipient.get(known, set()) if known is not None else set()
+            found = [item for uuid in candidates
+                     if uuid not in matched and could_be(item := self.items[uuid], row, policy)]
+            created = parse_time(row.get("created_on")) or 0.0
+            if found:  # the send closest before it (the same text to the same number twice)
+                matched[min(found, key=lambda item: (abs(created - item.sent_at), item.uuid)).uuid] = row
+        return [(self.items[uuid], row) for uuid, row in matched.items() if uuid in self.items]
+
+    def parked_by_channel(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.items.values():
+            if item.parked and item.channel is not None:
+                counts[item.channel] = counts.get(item.channel, 0) + 1
+        return counts
 
     @staticmethod
     def remember(memory: dict[str, None], uuid: str) -> None:

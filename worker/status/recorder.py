@@ -10,9 +10,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from transitions.broadcasts import broadcast_key, ledger_ref
 from transitions.dispatch import SENT as LEDGER_SENT
 from transitions.dispatch import TaskUpdate
-from transitions.status import Applied, apply_status_updates, broadcast_id, is_forward
+from transitions.status import Applied, apply_status_updates, is_forward
 from transitions.timestamps import cht_time
 from worker.couch.client import Database
 from worker.logs import get_logger
@@ -54,8 +55,8 @@ class StatusRecorder:
             changed: list[dict[str, Any]] = []
             for uuid, entry in entries.items():
                 update = pending[uuid][1]
-                if entry.get("state") != LEDGER_SENT or \
-                        broadcast_id(entry.get("broadcast_id")) != broadcast_id(update.gateway_ref):
+                ours = ledger_ref(entry) == broadcast_key(update.gateway_ref)
+                if entry.get("state") != LEDGER_SENT or not ours:
                     continue
                 current = entry.get("task_state")
                 current_details = entry.get("task_state_details")

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from transitions.status_api import Ask
 from transitions.status_plan import Plan, Window
 
 
@@ -38,6 +39,7 @@ class StatusStats:
     throttled: int = 0
     budget_short: int = 0  # rounds cut short because the shared budget had nothing to spare
     rescans: int = 0
+    parked: int = 0  # messages parked: `sent` on a channel that never reports delivery
     last_round_at: str | None = None
     last_error: str | None = None
 
@@ -63,12 +65,17 @@ class Part:
 
 @dataclass
 class Step:
-    kind: str  # "folder" | "decide" | "broadcast" | "lookup"
+    # "folder" | "decide" | "settle" | "ask" (messages.json?uuid|broadcast) | "around" (messages.json
+    # of every folder near one message) | "lookup" (broadcasts.json)
+    kind: str
     part: int = -1
     folder: str | None = None
     cursor: str | None = None
     created: list[float] = field(default_factory=list)  # created_on of the rows read (to learn)
-    broadcast: int | None = None
+    ask: Ask | None = None
+    uuids: tuple[str, ...] = ()  # the tracked messages an ask, a lookup or a listing is about
+    after: float | None = None  # "around": the created_on a listing without folder reads
+    before: float | None = None
 
 
 @dataclass
@@ -78,8 +85,8 @@ class Round:
     parts: list[Part]
     now: float  # when this (part of the) round started: checks are scheduled from it
     matched: set[str] = field(default_factory=set)
-    asked: set[int] = field(default_factory=set)  # broadcasts queried one by one
-    looked_up: set[int] = field(default_factory=set)
+    asked: set[Ask] = field(default_factory=set)  # messages queried one by one
+    looked_up: set[Ask] = field(default_factory=set)  # broadcasts looked up
 
 
 def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

@@ -30,8 +30,11 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from config.settings import Settings
+from transitions.broadcasts import as_uuid, broadcast_key, ledger_ref, log_fields
+from transitions.delivery_reports import DeliveryReports, should_park, should_unpark
 from transitions.dispatch import SENT as LEDGER_SENT
 from transitions.dispatch import TaskUpdate, not_sending_reason
+from transitions.outgoing import recipient_urn
 from transitions.states import GATEWAY_TRACKED_STATES
 from transitions.status import (
     Applied,
@@ -40,10 +43,11 @@ from transitions.status import (
     Observation,
     Policy,
     Tracked,
-    broadcast_id,
     is_forward,
+    schedule,
     start_tracking,
 )
+from transitions.status_api import ServerApi
 from transitions.status_plan import FolderStats, plan_round
 from transitions.timestamps import cht_time, parse_time
 from worker.couch.client import CouchError, Database
@@ -96,6 +100,8 @@ class StatusTracker:
         self._recorder = StatusRecorder(medic, Ledger(own_db) if own_db is not None else None, clock)
         self._unwritten: dict[str, tuple[str, TaskUpdate]] = {}  # uuid → (doc_id, update)
         self._folder_stats = FolderStats()
+        self._api = ServerApi()  # what this RapidPro reads, learnt from its answers
+        self._reports = DeliveryReports()  # its channels that never report delivery
         self._round: Round | None = None
         self._loaded = False
         self._rescan = False
@@ -109,7 +115,8 @@ class StatusTracker:
         self.on_state_learned: Callable[[float], None] | None = None
         self._runner = RoundRunner(book=self._book, client=client, policy=self.policy, stats=self.stats,
                                    folder_stats=self._folder_stats, apply=self._apply,
-                                   after_step=self._flush_if_due, max_wait=max_wait, clock=clock)
+                                   after_step=self._flush_if_due, max_wait=max_wait, api=self._api,
+                                   reports=self._reports, clock=clock)
 
     # ------------------------------------------------------------------ public
 
@@ -123,7 +130,9 @@ class StatusTracker:
         return {**asdict(self.stats), "due": self.due_count(), "unwritten": len(self._unwritten),
                 "remembered": {"past_horizon": len(self._book.expired),
                                "unknown_to_rapidpro": len(self._book.missing)},
-                "freshness": self.freshness(), "progress": self.progress.health(self._clock())}
+                "freshness": self.freshness(), "progress": self.progress.health(self._clock()),
+                "channels_without_delivery_reports": self._reports.health(self._book.parked_by_channel()),
+                "rapidpro_api": self._api.health()}
 
     def freshness(self) -> dict[str, Any]:
         """Per tier: messages followed, and those whose check is late by more than the tier's
@@ -198,6 +207,8 @@ class StatusTracker:
         if self._url is not None and self._url != base_url:
             log.info("status_rapidpro_host_changed", old=self._url, new=base_url)
             self._rescan = True
+            self._api.forget()  # another server, maybe another version
+            self._reports.forget()
         self._url = base_url
 
         self.stats.rounds += 1
@@ -216,10 +227,11 @@ class StatusTracker:
         await self._flush()  # the ledger may know more than a task (its write failed)
         now = self._clock()
         self._expire(now)
+        self._park(now)
         self._folder_stats.prune(now - self.policy.horizon - 86400)
 
         if self._round is None:
-            plan = plan_round(self._book.items.values(), now, self.policy, self._folder_stats)
+            plan = plan_round(self._book.items.values(), now, self.policy, self._folder_stats, self._api)
             result.plan = plan.kind
             if plan.kind == "idle":
                 self._short_since = None
@@ -262,6 +274,7 @@ class StatusTracker:
             log.warning("status_round_interrupted", error=self.stats.last_error,
                         steps_left=len(self._round.steps))
         finally:
+            self._park(self._clock())  # what this round learnt of the channels, at once
             await self._flush()
             result.calls = self.stats.calls - calls_before
             result.updates = self.stats.updates_written - written_before
@@ -275,8 +288,20 @@ class StatusTracker:
     def _expire(self, now: float) -> None:
         for item in self._book.past_horizon(now, self.policy):
             self.stats.expired += 1
-            log.info("status_tracking_horizon", message_uuid=item.uuid, broadcast_id=item.broadcast,
+            log.info("status_tracking_horizon", message_uuid=item.uuid, **log_fields(item.broadcast),
                      state=item.state, details=item.details, sent_at=cht_time(item.sent_at))
+
+    def _park(self, now: float) -> None:
+        """Past the up-to-an-hour tier a message `sent` on a channel that never reports delivery
+        is parked: only the hourly sync of the failed folder looks for it. Parked ones whose
+        channel reports again go back to the hourly tier."""
+        for item in self._book.items.values():
+            if should_park(item, now, self.policy, self._reports):
+                item.parked = True
+                self.stats.parked += 1
+            elif should_unpark(item, self._reports):
+                item.parked = False
+                schedule(item, now, self.policy)
 
     async def _tracked_rows(self) -> Rows:
         rows = await tracked_rows(self._medic, self._view_page_size)
@@ -290,6 +315,8 @@ class StatusTracker:
             self.stats.rescans += 1
             self._book.missing.clear()
             self._folder_stats.forget()  # another host has other traffic
+            self._api.forget()
+            self._reports.forget()
             self._round = None
         self._book.clear()
         wanted = {uuid: row for uuid, row in rows.items() if uuid not in self._book.expired}
@@ -304,7 +331,7 @@ class StatusTracker:
         for uuid in list(self._book.items):
             row = rows.get(uuid)
             item = self._book.items[uuid]
-            if row is None or row[1] != item.state or broadcast_id(row[2]) != item.broadcast:
+            if row is None or row[1] != item.state or broadcast_key(row[2]) != item.broadcast:
                 self._book.drop(uuid)  # moved by another writer (or by us, already written): re-read
         new = {uuid: row for uuid, row in rows.items()
                if uuid not in self._book.items and uuid not in self._book.expired
@@ -317,10 +344,11 @@ class StatusTracker:
         now = self._clock()
         found = await candidates(self._medic, rows)
         ledger = await self._recorder.ledger_entries(list(found))
+        settings = self._settings()
         for uuid, candidate in found.items():
             entry = ledger.get(uuid)
             own = entry is not None and entry.get("state") == LEDGER_SENT \
-                and broadcast_id(entry.get("broadcast_id")) == candidate.broadcast
+                and ledger_ref(entry) == candidate.broadcast
             if own and candidate.sent_at is None:
                 assert entry is not None
                 sent = parse_time(entry.get("outcome_at")) or parse_time(entry.get("claimed_at"))
@@ -328,10 +356,16 @@ class StatusTracker:
             if now - (candidate.sent_at if candidate.sent_at is not None else now) > self.policy.horizon:
                 self._book.remember(self._book.expired, uuid)
                 self.stats.expired += 1
-                log.info("status_tracking_horizon", message_uuid=uuid, broadcast_id=candidate.broadcast,
+                log.info("status_tracking_horizon", message_uuid=uuid, **log_fields(candidate.broadcast),
                          state=candidate.state, at="load")
                 continue
-            item = start_tracking(candidate, now, self.policy, at_start=at_start)
+            item = start_tracking(candidate, now, self.policy, at_start=at_start, own=own)
+            if own and entry is not None:
+                item.urn = entry.get("urn") if isinstance(entry.get("urn"), str) else None
+                item.broadcast_uuid = as_uuid(entry.get("broadcast_uuid")) or item.broadcast_uuid
+            elif candidate.to and settings is not None:
+                item.urn = recipient_urn(candidate.to, settings.default_country_code,
+                                         settings.phone_validation)
             if own and entry is not None:
                 # The ledger can be ahead of the task (its write failed after the ledger's).
                 state, details = entry.get("task_state"), entry.get("task_state_details")
@@ -354,7 +388,7 @@ class StatusTracker:
             self._book.drop(item.uuid)
             self._book.remember(self._book.missing, item.uuid)
             self.stats.missing_gave_up += 1
-            log.warning("status_message_not_found", message_uuid=item.uuid, broadcast_id=item.broadcast,
+            log.warning("status_message_not_found", message_uuid=item.uuid, **log_fields(item.broadcast),
                         host=self._url, answers=item.missing,
                         hint="RapidPro does not know this broadcast (sent from another host?); "
                              "no longer asked about until the next rescan")
