@@ -62,6 +62,7 @@ from transitions.status import Policy
 from transitions.timestamps import parse_time
 from worker.couch.client import CouchServer
 from worker.logs import configure_logging
+from worker.outgoing.ledger import Ledger
 from worker.rapidpro.budget import RateBudget
 from worker.rapidpro.client import RapidProClient
 from worker.status.tracker import StatusTracker
@@ -177,6 +178,7 @@ async def simulate(work: Workload, args: argparse.Namespace, server_url: str) ->
     client = RapidProClient(budget, timeout=10.0)
     settings = Settings(outgoing_service="rapidpro", rapidpro_url=fake.url)
     policy = Policy(interval=interval, horizon=args.horizon)
+    ledger = Ledger(couch.db(f"{name}-rapidpro"), clock=clock)
     tracker = StatusTracker(medic=medic, own_db=couch.db(f"{name}-rapidpro"), client=client,
                             token=StaticToken(), settings=lambda: settings, clock=clock, policy=policy,
                             max_wait=0.0)
@@ -224,10 +226,14 @@ async def simulate(work: Workload, args: argparse.Namespace, server_url: str) ->
                     steps = [(when + offset, status) for offset, status in timeline(rng, args.stuck)]
                     channel = channel_of(steps)
                     fake.channel_for = lambda _urn, channel=channel: channel
-                    to = f"+2547{next_send:08d}"
+                    to, message_uuid = f"+2547{next_send:08d}", str(uuid.uuid4())
+                    # The worker's own send: a claim, the POST, the outcome (worker/outgoing/sender.py).
+                    claim = await ledger.claim(message_uuid, f"msg-{next_send:06d}", f"tel:{to}")
+                    assert claim is not None
                     sent = await client.send_broadcast(fake.url, DEFAULT_TOKEN, f"tel:{to}", "hi",
                                                        max_wait=0.0)
                     assert sent.id is not None
+                    await ledger.record_sent(claim, sent.id, sent.uuid, sent.status)
                     by_id[sent.id] = fake.broadcasts[-1]
                     ours[sent.id] = (when, steps)
                     for at, status in steps:
@@ -235,7 +241,7 @@ async def simulate(work: Workload, args: argparse.Namespace, server_url: str) ->
                         heapq.heappush(events, (at, seq, sent.id, status))
                     docs.append({"_id": f"msg-{next_send:06d}", "type": "data_record", "tasks": [{
                         "state": "received-by-gateway", "state_details": "Queued", "gateway_ref": sent.id,
-                        "messages": [{"uuid": str(uuid.uuid4()), "to": to, "message": "hi"}],
+                        "messages": [{"uuid": message_uuid, "to": to, "message": "hi"}],
                         "state_history": [{"state": "pending", "timestamp": iso(when - 1)},
                                           {"state": "received-by-gateway", "state_details": "Queued",
                                            "timestamp": iso(when)}]}]})

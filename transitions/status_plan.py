@@ -180,20 +180,27 @@ class _Planner:
         self.own = _own_buckets(items, policy)
 
     def before(self, group: _Group, newest: bool) -> float | None:
-        # Older windows stop at their newest message, so the rows of fresher windows are not read
-        # twice. The newest reads up to now while a created_on in it is only estimated (CHT's
-        # clock, RapidPro's queue), else it stops there too: the last rows are no due message's.
-        if newest and (group.estimated or group.upper >= self.now - self.policy.due_tolerance):
+        """Older windows stop at their newest message, so the rows of fresher windows are not read
+        twice. The newest reads on to now when that costs no page more — it refreshes the
+        messages sent since the last round early, and a quiet workspace's tail fits the same page —
+        or while a created_on in it is only estimated (CHT's clock, RapidPro's queue: the message
+        may sit later than thought); else it stops there too."""
+        if not newest:
+            return group.upper
+        if group.estimated:
             return None
-        return group.upper
+        return None if self.pages(group, self.now) <= self.pages(group, group.upper) else group.upper
+
+    def pages(self, group: _Group, before: float) -> int:
+        """The pages a sync of the group's window up to `before` should read."""
+        folders = (SENT_FOLDER, OUTBOX) if group.queued else (SENT_FOLDER,)
+        return expected_pages(folders, group.after, before, self.items, self.stats, self.policy, self.own)
 
     def cost(self, group: _Group, newest: bool) -> tuple[int, bool]:
         """(a sync's pages, whether to sync rather than ask one call per message): a sync when it
         is cheaper, or when some due message can only be found by a sync."""
         before = self.before(group, newest)
-        folders = (SENT_FOLDER, OUTBOX) if group.queued else (SENT_FOLDER,)
-        pages = expected_pages(folders, group.after, self.now if before is None else before, self.items,
-                               self.stats, self.policy, self.own)
+        pages = self.pages(group, self.now if before is None else before)
         asks = len(group.asks)
         # On a tie a sync still wins when it answers for several: it refreshes the others too.
         return pages, group.unaskable or asks > pages or (asks == pages and asks > 1)

@@ -8,7 +8,7 @@ import pytest
 
 from transitions.broadcasts import gateway_ref, key_of, ledger_ref, message_broadcast, refs_of
 from transitions.delivery_reports import DeliveryReports, ReportsPolicy, should_park, should_unpark
-from transitions.status import Policy, Tier, Tracked
+from transitions.status import SENT_FOLDER, Policy, Tier, Tracked
 from transitions.status_api import (
     BROADCASTS_BY_UUID,
     MESSAGES_BY_BROADCAST,
@@ -165,3 +165,16 @@ def test_parked_messages_due_are_looked_for_in_the_failed_folder_alone():
     [window] = plan.windows
     assert window.parked and window.sync and set(window.due) == {f"p{n}" for n in range(5)}
     assert window.before is not None and window.tier is Tier.OLD
+
+
+def test_the_newest_window_reads_on_to_now_only_where_that_costs_no_page_more():
+    due = [item(f"m{n}", n, sent_at=T0 - 600 + n) for n in range(5)]
+    for tracked in due:
+        tracked.created_on = tracked.sent_at
+    quiet = plan_round(due, T0, P, FolderStats())
+    assert quiet.windows[0].before is None  # a few rows since, in the same page: read to now
+    busy = FolderStats()
+    busy.learn(SENT_FOLDER, [T0 - 600 + n * 0.5 for n in range(1200)], T0 - 600, T0)  # 2 a second
+    assert plan_round(due, T0, P, busy).windows[0].before == T0 - 596
+    due[0].created_on = None  # an estimate: CHT's clock, RapidPro's queue — read to now
+    assert plan_round(due, T0, P, busy).windows[0].before is None
