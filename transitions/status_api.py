@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transitions.broadcasts import as_id, as_uuid, message_broadcast
+from transitions.broadcasts import as_id, as_uuid
 from transitions.in_doubt import normalise_urn
 from transitions.status import Policy, Tracked
 from transitions.timestamps import parse_time
@@ -41,7 +41,6 @@ class ServerApi:
     matched what was asked), False (it ignored the filter). Unknown lookups are tried."""
 
     learnt: dict[str, bool] = field(default_factory=dict)
-    ids: bool | None = None  # its broadcasts carry an integer id (None: not seen one yet)
     message_uuids: bool | None = None  # its messages carry a uuid
 
     def usable(self, lookup: str) -> bool:
@@ -62,7 +61,7 @@ class ServerApi:
 
     def forget(self) -> None:
         self.learnt.clear()
-        self.ids = self.message_uuids = None
+        self.message_uuids = None
 
     def health(self) -> dict[str, Any]:
         return {"lookups": {name: self.learnt.get(name) for name in LOOKUPS},
@@ -144,6 +143,3 @@ def could_be(item: Tracked, result: Mapping[str, Any], policy: Policy) -> bool:
     low = item.created_on if item.created_on is not None else item.sent_at - policy.created_margin
     return low - 1.0 <= created <= item.sent_at + RECIPIENT_MATCH_SLACK
 
-
-def row_broadcast(result: Mapping[str, Any]) -> int | str | None:
-    return message_broadcast(result)

@@ -151,23 +151,24 @@ class _Group:
     items: list[Tracked]
     after: float
     upper: float
-    queued: bool  # one is still in the outbox (the sync reads it too)
     asks: set[Ask]
     unaskable: bool  # one can only be found by a sync
-    estimated: bool  # one's created_on is not known yet (its bounds are estimates)
 
     @classmethod
     def of(cls, item: Tracked, policy: Policy, api: ServerApi) -> _Group:
         ask = message_ask(item, api)
         return cls([item], item.created_estimate(policy), item.created_upper(policy),
-                   item.state == RECEIVED_BY_GATEWAY, {ask} if ask is not None else set(), ask is None,
-                   item.created_on is None)
+                   {ask} if ask is not None else set(), ask is None)
+
+    @property
+    def estimated(self) -> bool:
+        """One's created_on is not known yet (its bounds are estimates)."""
+        return any(item.created_on is None for item in self.items)
 
     def absorb(self, other: _Group) -> None:
         self.items.extend(other.items)
         self.after, self.upper = min(self.after, other.after), max(self.upper, other.upper)
-        self.queued, self.unaskable = self.queued or other.queued, self.unaskable or other.unaskable
-        self.estimated = self.estimated or other.estimated
+        self.unaskable = self.unaskable or other.unaskable
         self.asks |= other.asks
 
 
@@ -193,23 +194,20 @@ class _Planner:
 
     def pages(self, group: _Group, before: float) -> int:
         """The pages a sync of the group's window up to `before` should read."""
-        folders = (SENT_FOLDER, OUTBOX) if group.queued else (SENT_FOLDER,)
-        return expected_pages(folders, group.after, before, self.items, self.stats, self.policy, self.own)
-
-    def cost(self, group: _Group, newest: bool) -> tuple[int, bool]:
-        """(a sync's pages, whether to sync rather than ask one call per message): a sync when it
-        is cheaper, or when some due message can only be found by a sync."""
-        before = self.before(group, newest)
-        pages = self.pages(group, self.now if before is None else before)
-        asks = len(group.asks)
-        # On a tie a sync still wins when it answers for several: it refreshes the others too.
-        return pages, group.unaskable or asks > pages or (asks == pages and asks > 1)
+        return expected_pages(sync_folders(group.items), group.after, before, self.items, self.stats,
+                              self.policy, self.own)
 
     def window(self, group: _Group, newest: bool) -> Window:
-        pages, sync = self.cost(group, newest)
+        """The group answered the cheaper way: a sync when its pages cost fewer calls than one per
+        message, or when some due message can only be found by a sync."""
+        before = self.before(group, newest)
+        pages = self.pages(group, self.now if before is None else before)
+        count = len(group.asks)
+        # On a tie a sync still wins when it answers for several: it refreshes the others too.
+        sync = group.unaskable or count > pages or (count == pages and count > 1)
         asks = () if sync else tuple(sorted(group.asks, key=lambda a: (a.param, str(a.value))))
-        return Window(tuple(item.uuid for item in group.items), sync, group.after, self.before(group, newest),
-                      pages, asks, _freshest(group.items, self.now, self.policy))
+        return Window(tuple(item.uuid for item in group.items), sync, group.after, before, pages, asks,
+                      _freshest(group.items, self.now, self.policy))
 
     def split(self, due: list[Tracked], folder: str) -> list[_Group]:
         """Newest first, split wherever the rows of `folder` between two due messages would fill

@@ -254,12 +254,16 @@ class RoundRunner:
         visible = [item for item in unmatched if visible_yet(item, now, self.policy)]
         asks = {item.uuid: message_ask(item, self._api) for item in unmatched}
         queued = [item for item in unmatched if item.state == RECEIVED_BY_GATEWAY]
+
+        def worth_a_folder(items: list[Tracked]) -> bool:
+            # Two calls or more asked one by one, or one message only a sync can find.
+            return (len({asks[i.uuid] or i.uuid for i in items}) >= 2
+                    or any(asks[i.uuid] is None for i in items))
+
         folder: str | None = None
-        if OUTBOX not in part.read and (len({asks[i.uuid] or i.uuid for i in queued}) >= 2
-                                        or any(asks[i.uuid] is None for i in queued)):
+        if OUTBOX not in part.read and worth_a_folder(queued):
             folder = OUTBOX
-        elif FAILED_FOLDER not in part.read and (len({asks[i.uuid] or i.uuid for i in visible}) >= 2
-                                                 or any(asks[i.uuid] is None for i in visible)):
+        elif FAILED_FOLDER not in part.read and worth_a_folder(visible):
             folder = FAILED_FOLDER  # one page for them all rather than one call each
         if folder is not None:
             work.steps.insert(1, Step("decide", part=index))

@@ -206,9 +206,7 @@ class StatusTracker:
         base_url = settings.rapidpro_url
         if self._url is not None and self._url != base_url:
             log.info("status_rapidpro_host_changed", old=self._url, new=base_url)
-            self._rescan = True
-            self._api.forget()  # another server, maybe another version
-            self._reports.forget()
+            self._rescan = True  # the rebuild below forgets what was learnt of the old server
         self._url = base_url
 
         self.stats.rounds += 1
@@ -315,8 +313,8 @@ class StatusTracker:
             self.stats.rescans += 1
             self._book.missing.clear()
             self._folder_stats.forget()  # another host has other traffic
-            self._api.forget()
-            self._reports.forget()
+            self._api.forget()  # maybe another version
+            self._reports.forget()  # and other channels
             self._round = None
         self._book.clear()
         wanted = {uuid: row for uuid, row in rows.items() if uuid not in self._book.expired}
