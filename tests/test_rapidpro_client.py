@@ -209,7 +209,7 @@ async def test_bodyless_500_on_a_send_is_in_doubt_but_not_on_a_read(client, odd_
     with pytest.raises(SendInDoubt):
         await client.send_broadcast(url, DEFAULT_TOKEN, URN, "Hi")
     with pytest.raises(RapidProServerError):
-        await client.get_broadcast(url, DEFAULT_TOKEN, 1)
+        await client.list_broadcasts(url, DEFAULT_TOKEN, broadcast_id=1)
 
 
 async def test_201_with_an_unreadable_body_is_in_doubt(client, odd_server):
@@ -330,7 +330,7 @@ async def test_429_beyond_the_wait_limit_is_rate_limited(make_client, fake_rapid
     # The budget stays paused for everyone: the next call gives up without calling RapidPro.
     assert budget.paused_for() > 1000
     with pytest.raises(RateLimited):
-        await client.get_broadcast(fake.url, DEFAULT_TOKEN, 1, max_wait=0.05)
+        await client.list_broadcasts(fake.url, DEFAULT_TOKEN, broadcast_id=1, max_wait=0.05)
     assert len(fake.requests) == 1
 
 
@@ -384,18 +384,18 @@ async def test_a_next_link_is_followed_on_the_base_urls_origin(client, fake_rapi
     assert [m["text"] for m in page.results] == ["one"]
 
 
-async def test_get_broadcast(client, fake_rapidpro):
+async def test_list_broadcasts_by_id(client, fake_rapidpro):
     sent = await client.send_broadcast(fake_rapidpro.url, DEFAULT_TOKEN, URN, "Hi")
     fake_rapidpro.fail_broadcast(sent.id)
-    got = await client.get_broadcast(fake_rapidpro.url, DEFAULT_TOKEN, sent.id)
-    assert got is not None and got["id"] == sent.id and got["status"] == "failed"
-    assert await client.get_broadcast(fake_rapidpro.url, DEFAULT_TOKEN, 999) is None
+    [got] = (await client.list_broadcasts(fake_rapidpro.url, DEFAULT_TOKEN, broadcast_id=sent.id)).results
+    assert got["id"] == sent.id and got["status"] == "failed"
+    assert (await client.list_broadcasts(fake_rapidpro.url, DEFAULT_TOKEN, broadcast_id=999)).results == []
     assert fake_rapidpro.requests_to(BROADCASTS_PATH, "GET")[0].query == {"id": [str(sent.id)]}
 
 
 async def test_reads_share_the_error_types(client, fake_rapidpro):
     with pytest.raises(RapidProUnauthorized):
-        await client.get_broadcast(fake_rapidpro.url, "nope", 1)
+        await client.list_broadcasts(fake_rapidpro.url, "nope", broadcast_id=1)
     fake_rapidpro.fail_next(1)
     with pytest.raises(RapidProServerError):
         await client.list_messages(fake_rapidpro.url, DEFAULT_TOKEN, folder="sent")

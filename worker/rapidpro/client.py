@@ -221,28 +221,6 @@ class RapidProClient:
         return MessagesPage(results=[r for r in results if isinstance(r, dict)],
                             next=next_url if isinstance(next_url, str) and next_url else None)
 
-    async def get_broadcast(
-        self,
-        base_url: str,
-        token: str,
-        broadcast: int | str,
-        *,
-        priority: Priority = Priority.STATUS,
-        max_wait: float | None = None,
-    ) -> dict[str, Any] | None:
-        """The broadcast as `broadcasts.json?id=` (an int) or `?uuid=` lists it, or None when
-        RapidPro lists no such one — also when it does not read that filter and lists others."""
-        by_uuid = isinstance(broadcast, str)
-        page = await self.list_broadcasts(base_url, token, uuid=broadcast if by_uuid else None,
-                                          broadcast_id=None if by_uuid else int(broadcast),
-                                          priority=priority, max_wait=max_wait)
-        field, wanted = ("uuid", str(broadcast).lower()) if by_uuid else ("id", int(broadcast))
-        for item in page.results:
-            value = item.get(field)
-            if (value.lower() if by_uuid and isinstance(value, str) else value) == wanted:
-                return item
-        return None
-
     async def get_workspace(self, base_url: str, token: str, *, priority: Priority = Priority.STATUS,
                             max_wait: float | None = None) -> dict[str, Any]:
         """`GET workspace.json`: the workspace the token belongs to (reads only; for `check`)."""
