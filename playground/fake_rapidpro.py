@@ -865,12 +865,8 @@ class FakeRapidPro:
     async def _get_broadcasts(self, request: web.Request) -> web.StreamResponse:
         q = self._honoured(request, self.profile.broadcast_filters)
         items = list(self.broadcasts)
-        if "id" in q:
-            wanted = _int_param(q, "id")
-            items = [b for b in items if b.id == wanted]
-        if "uuid" in q:
-            wanted_uuid = _uuid_param(q, "uuid")
-            items = [b for b in items if b.uuid == wanted_uuid]
+        items = _filter_equal(items, q, "id", _int_param, lambda b: b.id)
+        items = _filter_equal(items, q, "uuid", _uuid_param, lambda b: b.uuid)
         items = _filter_dates(items, q, lambda b: b.created_on)
         items.sort(key=lambda b: (b.created_on, b.id), reverse=True)
         return self._page(request, items, lambda b: (b.created_on, b.id), self._broadcast_json)
@@ -893,9 +889,7 @@ class FakeRapidPro:
             )
         now = self._clock()
         items = [m for m in self.messages if m.visible_at <= now]
-        if "broadcast" in q:
-            wanted = _int_param(q, "broadcast")
-            items = [m for m in items if m.broadcast == wanted]
+        items = _filter_equal(items, q, "broadcast", _int_param, lambda m: m.broadcast)
         if "contact" in q:
             items = [m for m in items if m.contact_uuid == q["contact"]]
         if "label" in q:
@@ -903,12 +897,8 @@ class FakeRapidPro:
         if "folder" in q:
             folder = q["folder"].lower()
             items = [m for m in items if folder in FOLDERS and m.in_folder(folder)]
-        if "uuid" in q:
-            wanted_uuid = _uuid_param(q, "uuid")
-            items = [m for m in items if m.uuid == wanted_uuid]
-        if "id" in q:
-            wanted = _int_param(q, "id")
-            items = [m for m in items if m.id == wanted]
+        items = _filter_equal(items, q, "uuid", _uuid_param, lambda m: m.uuid)
+        items = _filter_equal(items, q, "id", _int_param, lambda m: m.id)
         items = _filter_dates(items, q, lambda m: m.created_on)
         if self.advance_scripts_on_poll and "cursor" not in request.query:
             for m in items:
@@ -1027,6 +1017,15 @@ def _uuid_param(query: Mapping[str, str], name: str) -> str:
         return str(uuid.UUID(query[name]))
     except ValueError as exc:
         raise _ApiError(400, {"detail": f"Param '{name}': {query[name]} is not a valid UUID."}) from exc
+
+
+def _filter_equal(items: list[T], query: Mapping[str, str], name: str,
+                  parse: Callable[[Mapping[str, str], str], Any], field: Callable[[T], Any]) -> list[T]:
+    """The items whose `field` equals the `name` parameter, read by `parse` (its 400 on a bad value)."""
+    if name not in query:
+        return items
+    wanted = parse(query, name)
+    return [i for i in items if field(i) == wanted]
 
 
 def _filter_dates(items: list[T], query: Mapping[str, str], created: Callable[[T], datetime]) -> list[T]:

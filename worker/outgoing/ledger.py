@@ -27,7 +27,7 @@ from typing import Any
 
 from transitions.broadcasts import BroadcastKey
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
-from transitions.ledger_leaves import Merge, Resolution, merged_entry, resolve
+from transitions.ledger_leaves import Merge, Resolution, merged_entry, resolve, writer_nonce
 from transitions.timestamps import cht_time
 from worker.couch.bulk import BulkWriter
 from worker.couch.client import Accepted, Conflict, Database, NotFound
@@ -115,8 +115,7 @@ class Ledger:
 
     def is_unsent(self, entry: dict[str, Any]) -> bool:
         """A claim (or its in-doubt mark) this process wrote and was never told it won."""
-        writer = entry.get("writer")
-        return isinstance(writer, dict) and writer.get("nonce") in self.unsent
+        return writer_nonce(entry) in self.unsent
 
     async def _put_confirmed(self, doc: dict[str, Any]) -> str:
         """Write `doc` (with its `_rev`); returns the rev once a quorum holds it. Raises Conflict,
