@@ -371,7 +371,7 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
             f"{fmt(pct(f.cht_delays[tier], 99))}" for f in results])
     line("changes never shown (horizon)", [str(sum(f.never_shown.values())) for f in results])
     line("status calls per final message", [f"{f.calls / max(f.final, 1):.3f} ({f.calls} calls)"
-                                            for f in results], "<= 0.15 at 1,000/h")
+                                            for f in results], "<= 3 at 1,000/h")
     line("   CHT", [f"{f.cht_calls / max(f.final, 1):.1f} ({f.cht_calls:.0f} calls)" for f in results])
     # The first hour after sending ends holds the fresh and up-to-an-hour tiers; the rest is the
     # hourly tier, which the messages that never report delivery keep busy until the horizon.
@@ -379,9 +379,14 @@ def report(results: list[Figures], args: argparse.Namespace) -> None:
     line("   of which sending time + 1 h", [f"{e / max(f.final, 1):.3f} ({e} calls)"
                                             for f, e in zip(results, early, strict=True)])
     sending = [max(0, math.ceil(f.workload.hours) - 1) for f in results]
-    line("status calls/hour while sending", [
-        "mean {:.0f}, peak {}".format(*hourly(f.calls_by_hour, 0, s))
-        for f, s in zip(results, sending, strict=True)], "<= 120/h at 20/h")
+
+    def while_sending(by_hour: Counter[int], last: int) -> str:
+        mean, peak = hourly(by_hour, 0, last)
+        return f"mean {mean:.0f}, peak {peak} ({peak / args.calls_per_hour:.0%})"  # of the budget
+
+    line("status calls/hour while sending", [while_sending(f.calls_by_hour, s)
+                                             for f, s in zip(results, sending, strict=True)],
+         "<= 40% of the budget at 1,000/h; <= 120/h at 20/h")
     line("   CHT", ["mean {:.0f}, peak {}".format(*hourly(f.cht_calls_by_hour, 0, s))
                    for f, s in zip(results, sending, strict=True)])
     line("status calls/hour after sending", [
