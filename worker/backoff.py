@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Backoff:
-    """Delays grow base·2ⁿ up to `cap`, with "full jitter" so restarting workers do not stampede.
+    """Delays grow base·2ⁿ up to `cap`, with "equal jitter" (a delay drawn between half the ceiling
+    and the ceiling) so restarting workers do not stampede yet never retry at once.
 
     `next_delay(retry_after)` honours a server's Retry-After when it is longer than our own delay.
     """

@@ -8,13 +8,15 @@ nothing is skipped when the worker stops, however it stops.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections import deque
 from typing import Any
 
 from worker.couch.client import Accepted, Conflict, CouchError, Database
+from worker.logs import get_logger
+
+log = get_logger(__name__)
 
 CHECKPOINT_ID = "cht-rapidpro-worker-checkpoint"
 # A holder's own writes never conflict with its own leaf, so conflicting revisions a deposed holder
@@ -143,8 +145,11 @@ class CheckpointStore:
         losers = [{"_id": leaf["_id"], "_rev": leaf["_rev"], "_deleted": True} for leaf in leaves
                   if leaf is not best]
         if losers:
-            with contextlib.suppress(CouchError):
+            try:
                 await self._db.bulk_docs(losers, quorum=True)
+            except CouchError as exc:  # settled again at the next look: the newest leaf still wins
+                log.warning("checkpoint_conflicts_not_settled", losers=len(losers),
+                            error=f"{type(exc).__name__}: {exc}")
         self._fence(best)
         self._rev = best.get("_rev")
         return best

@@ -87,8 +87,10 @@ class ChangesFollower:
             await self._follow()
         finally:
             if self._ahead is not None:
+                # The page read ahead is abandoned: its result (or failure) no longer matters, and
+                # the cancellation itself must not escape the follower's own ending.
                 self._ahead.cancel()
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._ahead
                 self._ahead = None
 
