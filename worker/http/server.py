@@ -87,9 +87,9 @@ class HttpServer:
             await self._runner.cleanup()
             raise ListenError(f"cannot listen on {self._host}:{self._port} ({self._door} door): "
                               f"{exc.strerror or exc}") from None
-        server = site._server  # the bound socket tells the real port when 0 was asked for
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        # The runner's bound addresses tell the real port when 0 was asked for.
+        addresses = self._runner.addresses
+        self.port = addresses[0][1] if addresses else self._port
         log.info("http_listening", host=self._host, port=self.port, door=self._door)
 
     async def stop(self, grace: float = 0.0) -> None:
