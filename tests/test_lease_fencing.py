@@ -117,6 +117,31 @@ async def test_writes_and_rapidpro_calls_stop_with_the_lease(own_db, medic_db):
     assert await own_db.get_or_none("too-late") is None
 
 
+async def test_a_deposed_holder_can_write_through_no_method_not_even_delete(own_db):
+    clock, roles = Clock(), []
+    a = keeper(own_db, "a", clock, roles)
+    await a.tick()
+    fenced = FencedDatabase(own_db.server, own_db.name, a.may_act)
+    rev = await fenced.put({"_id": "kept", "n": 1})
+    local_rev = await fenced.put_local("kept-local", {"n": 1})
+    clock.now += 15  # not renewed in time: deposed
+    attempts = {
+        "delete": lambda: fenced.delete("kept", rev),
+        "put": lambda: fenced.put({"_id": "kept", "_rev": rev, "n": 2}),
+        "write": lambda: fenced.write({"_id": "kept", "_rev": rev, "n": 2}),
+        "bulk": lambda: fenced.bulk([{"_id": "kept", "_rev": rev, "n": 2}]),
+        "bulk_docs": lambda: fenced.bulk_docs([{"_id": "kept", "_rev": rev, "_deleted": True}]),
+        "put_local": lambda: fenced.put_local("kept-local", {"_rev": local_rev, "n": 2}),
+        "create": lambda: fenced.create(),
+    }
+    for _name, attempt in attempts.items():  # each refused before anything leaves
+        with pytest.raises(Fenced):
+            await attempt()
+    doc = await own_db.get("kept")
+    assert doc["_rev"] == rev and doc["n"] == 1
+    assert (await own_db.get_local("kept-local"))["n"] == 1
+
+
 async def test_the_expiry_timer_steps_down_without_waiting_for_a_renewal(own_db):
     roles: list[str] = []
     a = LeaseKeeper(own_db, "a", ttl=1.0, renew_interval=0.3, request_timeout=1,

@@ -229,13 +229,23 @@ class CouchServer:
 
 
 class Database:
-    """One database on a CouchServer."""
+    """One database on a CouchServer.
 
-    def __init__(self, server: CouchServer, name: str) -> None:
+    Every method that writes calls `_before_write()` first: with a `fence` (a callable that
+    raises when this process may no longer write, e.g. a deposed lease holder), every write is
+    refused in this one place, whichever method it goes through.
+    """
+
+    def __init__(self, server: CouchServer, name: str, *, fence: Callable[[], None] | None = None) -> None:
         self.server = server
         self.name = name
         self.on_write: Callable[[str, str], None] | None = None  # (doc_id, rev) after our writes
         self._quorum: int | None = None
+        self._fence = fence
+
+    def _before_write(self) -> None:
+        if self._fence is not None:
+            self._fence()
 
     def _wrote(self, doc_id: str, rev: str | None) -> None:
         if self.on_write is not None and rev:
@@ -246,6 +256,7 @@ class Database:
 
     async def create(self) -> bool:
         """Create the database; False when it already exists."""
+        self._before_write()
         try:
             await self.server.call(self.server.sdk.put_database, self.name)
         except PreconditionFailed:
@@ -269,6 +280,7 @@ class Database:
 
         Raises Conflict (stale `_rev`, or the doc exists for a create), and `Accepted` when fewer
         copies than the quorum took it (202): the caller has not won anything."""
+        self._before_write()
         w = await self.quorum()
         path = f"{quote(self.name, safe='')}/{quote(doc['_id'], safe='')}"
         status, body = await self.server.request_json_status("PUT", path, params={"w": str(w)}, body=doc)
@@ -309,6 +321,7 @@ class Database:
 
         Raises Conflict when the rev is stale or the doc exists (create-only semantics).
         """
+        self._before_write()
         sdk = self.server.sdk
         result = _json_result(await self.server.call(sdk.put_document, self.name, doc["_id"], doc))
         rev = result.get("rev")
@@ -316,10 +329,12 @@ class Database:
         return rev
 
     async def delete(self, doc_id: str, rev: str) -> None:
+        self._before_write()
         await self.server.call(self.server.sdk.delete_document, self.name, doc_id, rev=rev)
 
     async def bulk(self, docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """`_bulk_docs`: one result per doc, `{"id","rev"}` or `{"id","error","reason"}`."""
+        self._before_write()
         docs = list(docs)
         result = _json_result(await self.server.call(self.server.sdk.post_bulk_docs, self.name,
                                                      BulkDocs(docs=docs)))
@@ -332,6 +347,7 @@ class Database:
                         quorum: bool = False) -> list[dict[str, Any]]:
         """`_bulk_docs` through aiohttp (no thread; cancellable): one result per doc, in order.
         With `quorum`, asks `w` = a quorum of copies; an item stored on fewer says `accepted`."""
+        self._before_write()
         params = {"w": str(await self.quorum())} if quorum else None
         result = await self.server.request_json("POST", f"{quote(self.name, safe='')}/_bulk_docs",
                                                 params=params, body={"docs": docs}, timeout=timeout)
@@ -358,6 +374,7 @@ class Database:
 
     async def put_local(self, local_id: str, doc: dict[str, Any]) -> str | None:
         """Write a `_local` doc; returns its new rev."""
+        self._before_write()
         result = _json_result(await self.server.call(self.server.sdk.put_local_document, self.name,
                                                      local_id, doc))
         return result.get("rev") if isinstance(result, dict) else None

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from transitions.lease import (
@@ -307,35 +307,14 @@ class LeaseKeeper:
 
 
 class FencedDatabase(Database):
-    """A handle on a database whose writes are refused once the session that makes them has lost
-    the lease: `allowed()` is consulted right before each write (status tracking's writes, so a
-    deposed holder's late round cannot overwrite what the new holder learned)."""
+    """A handle on a database whose writes — every one, through whichever method — are refused
+    once the session that makes them has lost the lease: `allowed()` is consulted right before
+    each write (status tracking's writes, so a deposed holder's late round cannot overwrite what
+    the new holder learned). The check itself is `Database`'s fence."""
 
     def __init__(self, server: CouchServer, name: str, allowed: Callable[[], bool]) -> None:
-        super().__init__(server, name)
-        self._allowed = allowed
+        def fence() -> None:
+            if not allowed():
+                raise Fenced("not written: this worker no longer holds the lease")
 
-    def _check(self) -> None:
-        if not self._allowed():
-            raise Fenced("not written: this worker no longer holds the lease")
-
-    async def put(self, doc: dict[str, Any]) -> str:
-        self._check()
-        return await super().put(doc)
-
-    async def bulk(self, docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        self._check()
-        return await super().bulk(docs)
-
-    async def bulk_docs(self, docs: list[dict[str, Any]], timeout: float | None = None, *,
-                        quorum: bool = False) -> list[dict[str, Any]]:
-        self._check()
-        return await super().bulk_docs(docs, timeout, quorum=quorum)
-
-    async def write(self, doc: dict[str, Any]) -> str:
-        self._check()
-        return await super().write(doc)
-
-    async def put_local(self, local_id: str, doc: dict[str, Any]) -> str | None:
-        self._check()
-        return await super().put_local(local_id, doc)
+        super().__init__(server, name, fence=fence)
