@@ -208,7 +208,8 @@ async def test_rapidpro_failing_every_send_fires_sending_paused_then_resolves(
 
 async def test_a_send_in_doubt_fires_messages_in_doubt_until_the_operator_settles_it(rig: Rig, medic_db):
     await rig.wait_quiet()
-    waiting = {"state": "in-doubt", "needs_operator": {"reason": "2 broadcasts to this number", "since": iso_ago()}}
+    reason = {"reason": "2 broadcasts to this number", "since": iso_ago()}
+    waiting = {"state": "in-doubt", "needs_operator": reason}
     message_uuid = await doc_with_stale_claim(medic_db, f"doubt-{uuidlib.uuid4().hex[:6]}", "in doubt",
                                               **waiting)
     alert = await rig.wait_firing("ChtRapidproMessagesInDoubt")
