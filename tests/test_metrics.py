@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid as uuidlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from playground.fake_rapidpro import DEFAULT_TOKEN
@@ -28,7 +25,6 @@ from worker.rapidpro.budget import RateBudget
 from worker.rapidpro.client import RapidProClient
 
 KEY = "incoming-test-key"
-RULES_FILE = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
 
 
 def settings_for(url: str) -> dict[str, Any]:
@@ -201,27 +197,6 @@ async def _ok(get: Any) -> bool:
 
 async def _equals(value: Any, expected: float) -> bool:
     return await value == expected
-
-
-async def test_alert_rules_parse_and_name_only_metrics_the_worker_exports(medic_db, http, in_process_workers):
-    groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
-    rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) >= 8
-    names = set()
-    for rule in rules:
-        assert rule["alert"] and rule["expr"] and rule["labels"]["severity"] in ("warning", "critical")
-        assert rule["annotations"]["summary"]
-        names.update(re.findall(r"\bcht_rapidpro_\w+", rule["expr"]))
-    # Every metric an alert names is one the worker really exports (a typo would never fire).
-    worker = await start(in_process_workers, medic_db.url)
-    assert worker.http is not None
-    async with http.get(f"http://127.0.0.1:{worker.http.port}/metrics") as response:
-        text = await response.text()
-    # Families are listed (HELP, TYPE) even before their first sample.
-    exported = {family.name for family in text_string_to_metric_families(text)}
-    assert names, "no metric named"
-    for name in names:
-        assert re.sub(r"_(total|bucket|count|sum)$", "", name) in exported, name
 
 
 async def test_a_status_tracking_stall_shows_in_healthz_and_metrics_and_clears(
