@@ -116,7 +116,9 @@ class Machine:
             state = await self.run("systemctl is-system-running --wait", timeout=120)
             if state.out.strip() in ("running", "degraded"):
                 return
-            if "Failed to connect to bus" not in state.err or time.monotonic() > deadline:
+            # Before its systemd answers, systemctl says "offline" or cannot reach the bus at all.
+            starting = state.out.strip() == "offline" or "Failed to connect to bus" in state.err
+            if not starting or time.monotonic() > deadline:
                 raise RuntimeError(f"the machine did not boot: {state.out.strip()} {state.err.strip()}")
             await asyncio.sleep(0.5)
 
