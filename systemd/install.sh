@@ -2,7 +2,7 @@
 # Installs, upgrades or removes cht-rapidpro-worker as a systemd service. Run as root from a
 # checkout of the project:
 #   systemd/install.sh install     first install: code, venv, configuration, credentials, unit
-#   systemd/install.sh upgrade     new code beside the old one; switched only if `check` passes
+#   systemd/install.sh upgrade     new code beside the old one; switched unless `check` finds it fatal
 #   systemd/install.sh rollback    back to the previous release
 #   systemd/install.sh uninstall   stop and remove the service and code (add --purge for /etc too)
 # Layout: /opt/cht-rapidpro-worker/releases/<version>-<time>/ (code + venv built from
@@ -87,7 +87,10 @@ write_config() {
 
 check_release() {
   # The same view of the configuration the service gets: worker.env plus the credential files.
-  CREDENTIALS_DIRECTORY="$ETC/credentials" "$1/venv/bin/$NAME" check --env-file "$ETC/worker.env"
+  # Only a fatal line (the daemon cannot work: CouchDB, rights, the token) stops an install or an
+  # upgrade; a problem on RapidPro's side (the relay flow not imported yet, a channel asleep) is
+  # printed but does not: the daemon sends meanwhile (README, "What check says").
+  CREDENTIALS_DIRECTORY="$ETC/credentials" "$1/venv/bin/$NAME" check --for-install --env-file "$ETC/worker.env"
 }
 
 switch_to() {
@@ -110,9 +113,10 @@ case "${1:-}" in
     if check_release "$release"; then
       systemctl enable --now "$NAME"
       say "running: systemctl status $NAME; journalctl -fu $NAME"
+      say "problems listed above (if any) do not stop it but need fixing; \`$NAME check\` lists them again"
     else
       systemctl enable "$NAME"
-      say "installed but not started: fix the problems above (worker.env, credentials/), then"
+      say "installed but not started: fix the fatal lines above (worker.env, credentials/), then"
       say "  systemctl start $NAME"
     fi
     ;;
@@ -121,7 +125,7 @@ case "${1:-}" in
     release=$(new_release)
     if ! check_release "$release"; then
       rm -rf "$release"  # else `rollback` would switch to it: the newest release not in service
-      die "check failed: still running $(readlink -f "$PREFIX/current")"
+      die "check found a fatal problem: still running $(readlink -f "$PREFIX/current")"
     fi
     install -m 0644 "$SRC/systemd/$NAME.service" "$UNIT_DIR/$NAME.service"
     systemctl daemon-reload

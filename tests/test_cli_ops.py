@@ -48,12 +48,15 @@ def rapidpro_settings(url: str, service: str = "rapidpro") -> dict[str, Any]:
 
 
 def lines_of(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, str]]:
-    """check's output: {check: (level, detail)}; every line must follow the format."""
+    """check's output: {check: (level, detail)}; every line must follow the format, the last one
+    being the summary."""
     found = {}
-    for line in result.stdout.splitlines():
+    *lines, last = result.stdout.splitlines()
+    assert last.startswith("summary: ") and " fatal, " in last, last
+    for line in lines:
         level, rest = line.split(" ", 1)
         name, detail = rest.split(": ", 1)
-        assert level in ("ok", "warning", "problem"), line
+        assert level in ("ok", "warning", "problem", "fatal"), line
         found[name] = (level, detail)
     return found
 
@@ -107,8 +110,25 @@ async def test_check_finds_a_wrong_token(base_env, tmp_path):
     result = await acli("check", env={**base_env, "RAPIDPRO_API_TOKEN": "not-the-token"}, cwd=tmp_path)
     assert result.returncode == 1
     level, detail = lines_of(result)["rapidpro"]
-    assert level == "problem" and "refused the token" in detail
+    # The worker is in charge of sending and cannot: an install must not start it.
+    assert level == "fatal" and "refused the token" in detail
     assert "not-the-token" not in result.stdout
+    assert "1 fatal" in result.stdout.splitlines()[-1]
+    gate = await acli("check", "--for-install", env={**base_env, "RAPIDPRO_API_TOKEN": "not-the-token"},
+                      cwd=tmp_path)
+    assert gate.returncode == 1, gate.stdout
+
+
+async def test_an_unreachable_rapidpro_does_not_stop_an_install(base_env, medic_db, tmp_path):
+    # RapidPro down at the moment of an upgrade: the daemon waits and retries; no reason to refuse.
+    put_settings(medic_db.url, rapidpro_settings(f"http://127.0.0.1:{unused_port()}"))
+    result = await acli("check", env=base_env, cwd=tmp_path)
+    level, detail = lines_of(result)["rapidpro"]
+    assert level == "problem" and "cannot be reached" in detail, result.stdout
+    assert result.returncode == 1
+    gate = await acli("check", "--for-install", env=base_env, cwd=tmp_path)
+    assert gate.returncode == 0, gate.stdout
+    assert "0 fatal, 1 problem" in gate.stdout.splitlines()[-1], gate.stdout
 
 
 async def test_check_finds_an_unreachable_couchdb(tmp_path):
@@ -117,8 +137,12 @@ async def test_check_finds_an_unreachable_couchdb(tmp_path):
     assert result.returncode == 1
     checks = lines_of(result)
     assert checks["config"][0] == "ok"
-    assert checks["couchdb"][0] == "problem" and "cannot reach" in checks["couchdb"][1]
+    assert checks["couchdb"][0] == "fatal" and "cannot reach" in checks["couchdb"][1]
     assert "secret" not in result.stdout + result.stderr
+    gate = await acli("check", "--for-install", "--json", env={
+        "COUCH_URL": "http://admin:secret@127.0.0.1:1/medic", "COUCH_TIMEOUT": "2"}, cwd=tmp_path)
+    body = json.loads(gate.stdout)
+    assert gate.returncode == 1 and body["fatal"] is True and body["counts"]["fatal"] == 1, gate.stdout
 
 
 async def test_check_finds_the_double_sender_hazard(base_env, medic_db, fake_rapidpro, tmp_path):
@@ -131,7 +155,7 @@ async def test_check_finds_the_double_sender_hazard(base_env, medic_db, fake_rap
     result = await acli("check", env=base_env, cwd=tmp_path)
     assert result.returncode == 1
     level, detail = lines_of(result)["double_sender"]
-    assert level == "problem" and "sent twice" in detail
+    assert level == "fatal" and "sent twice" in detail
     # The way out the README gives: a service name of the worker's own.
     await asyncio.to_thread(put_settings, medic_db.url,
                             rapidpro_settings(fake_rapidpro.url, service="rapidpro-worker"))
@@ -143,7 +167,7 @@ async def test_check_finds_the_double_sender_hazard(base_env, medic_db, fake_rap
 async def test_check_reports_a_broken_configuration_and_missing_key(base_env, tmp_path):
     bad = await acli("check", env={"COUCH_URL": "ftp://nowhere/medic"}, cwd=tmp_path)
     assert bad.returncode == 1
-    assert lines_of(bad)["config"][0] == "problem"
+    assert lines_of(bad)["config"][0] == "fatal"
     no_key = await acli("check", env={**base_env, "RAPIDPRO_INCOMING_KEY": ""}, cwd=tmp_path)
     assert no_key.returncode == 0  # a warning only
     level, detail = lines_of(no_key)["incoming_key"]
@@ -301,7 +325,7 @@ async def test_check_reports_the_rights_a_non_admin_user_lacks(base_env, medic_d
         assert checks["couchdb"][0] == "ok" and "server admin" not in checks["couchdb"][1]
         assert checks["medic"][0] == "ok"
         level, detail = checks["worker_db"]
-        assert level == "problem" and "may not create it" in detail and name in detail
+        assert level == "fatal" and "may not create it" in detail and name in detail
         assert checks["vault"][0] == "warning"
         assert "worker-pass" not in result.stdout + result.stderr
     finally:

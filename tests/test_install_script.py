@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.couch_fixtures import MedicDb, put_settings
+from tests.test_cli_ops import rapidpro_settings, unused_port
+
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "cht-rapidpro-worker"
 
@@ -110,3 +113,20 @@ def test_install_refuses_a_release_the_service_cannot_read(place: Path) -> None:
     assert not (hidden / "opt" / "current").exists()
     assert not list((hidden / "opt" / "releases").iterdir())  # nothing left for `rollback` to pick
     assert calls == []
+
+
+def test_install_starts_the_service_when_check_finds_only_problems(place: Path, medic_db: MedicDb) -> None:
+    # A new deployment: CouchDB and the token are fine, RapidPro's side is not ready (here: not
+    # even reachable). check prints the problem; it is not fatal, so the service is started.
+    put_settings(medic_db.url, rapidpro_settings(f"http://127.0.0.1:{unused_port()}"))
+    etc = place / "etc"
+    (etc / "credentials").mkdir(parents=True, mode=0o700)
+    (etc / "worker.env").write_text(f"LISTEN_PORT={unused_port()}\n")
+    (etc / "credentials" / "couch-url").write_text(medic_db.url)
+    (etc / "credentials" / "rapidpro-token").write_text("a-token")
+    result, calls = _install(place, place / "opt")
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = result.stdout
+    assert "problem rapidpro:" in said and "summary: 0 fatal, 1 problem" in said, said
+    assert calls == ["daemon-reload", f"enable --now {NAME}"]
+    assert "do not stop it but need fixing" in result.stderr

@@ -182,6 +182,10 @@ async def test_readyz_is_503_while_couchdb_is_down_then_200(medic_db, http, in_p
         assert any("CouchDB does not answer" in p for p in body["problems"]), body
         async with http.get(f"http://127.0.0.1:{worker.http.port}/healthz") as response:
             assert response.status == 200  # liveness stays: the process is fine, CouchDB is not
+        # The probe Kubernetes restarts on (the watchdog's signal): it never waits on CouchDB.
+        async with http.get(f"http://127.0.0.1:{worker.http.port}/livez",
+                            timeout=aiohttp.ClientTimeout(total=1)) as response:
+            assert (response.status, await response.json()) == (200, {"alive": True})
         proxy.set_mode("up")
         assert await eventually(lambda: _ok(get), timeout=10)
     finally:

@@ -241,30 +241,43 @@ class SmokeCouch:
 
 
 # ---------------------------------------------------------------------------- RapidPro
-async def start_rapidpro_standin(webhook_url: str) -> RapidProStandIn:
-    """The playground's RapidPro stand-in on a free loopback port, its flow calling `webhook_url`.
-    The stand-in is due to move out of tests/: its import above and this function are all that change."""
-    return await RapidProStandIn(token=API_TOKEN, webhook_url=webhook_url, webhook_key=INCOMING_KEY,
+async def start_rapidpro_standin(webhook_url: str | None) -> RapidProStandIn:
+    """The playground's RapidPro stand-in on a free loopback port. With `webhook_url`, a built-in
+    flow calls it until one is imported; without, the workspace is as RapidPro makes it: incoming
+    SMS reach the worker only once the operator has imported the relay flow (`rapidpro setup`)."""
+    return await RapidProStandIn(token=API_TOKEN, webhook_url=webhook_url,
+                                 webhook_key=INCOMING_KEY if webhook_url else None,
                                  host="127.0.0.1", port=0).start()
 
 
 async def send_and_receive(checks: Checks, couch: SmokeCouch, standin: StandIn, label: str) -> None:
     """Checks `sends_message` and `stores_incoming_sms`: one pending CHT message goes out through
     RapidPro, one SMS arriving at RapidPro becomes a CHT report."""
+    await check_sends(checks, couch, standin, label)
+    await check_receives(checks, couch, standin)
+
+
+async def check_sends(checks: Checks, couch: SmokeCouch, standin: StandIn, label: str) -> bool:
+    """Check `sends_message`: one pending CHT message goes out through RapidPro, once."""
     to = "+254712000101"
     doc_id = await couch.add_pending_message(to, f"Smoke test from the {label}: your visit is due tomorrow.")
     started = time.monotonic()
     task = await couch.sent_task(doc_id, timeout=30)
     broadcasts = [b for b in standin.fake.broadcasts if b.urns == [f"tel:{to}"]]
-    checks.record("sends_message", task is not None and len(broadcasts) == 1,
-                  f"task {task.get('state')} with gateway_ref {task.get('gateway_ref')} after "
-                  f"{time.monotonic() - started:.1f} s; {len(broadcasts)} broadcast(s) at RapidPro"
-                  if task else f"the task got no gateway_ref within 30 s; {len(broadcasts)} broadcast(s)")
+    detail = (f"task {task.get('state')} with gateway_ref {task.get('gateway_ref')} after "
+              f"{time.monotonic() - started:.1f} s; {len(broadcasts)} broadcast(s) at RapidPro" if task
+              else f"the task got no gateway_ref within 30 s; {len(broadcasts)} broadcast(s)")
+    return checks.record("sends_message", task is not None and len(broadcasts) == 1, detail)
+
+
+async def check_receives(checks: Checks, couch: SmokeCouch, standin: StandIn) -> bool:
+    """Check `stores_incoming_sms`: one SMS arriving at RapidPro becomes a CHT report."""
     result = await standin.receive("Smoke test: hello from a phone", "+254722000202")
     report = await couch.incoming_report(result.message.uuid) if result.status is not None else None
-    checks.record("stores_incoming_sms", bool(result.status and 200 <= result.status < 300 and report),
-                  f"webhook answered {result.status}; report {report['_id']} stored" if report
-                  else f"webhook answered {result.status} {result.error or result.body}; no report stored")
+    detail = (f"webhook answered {result.status}; report {report['_id']} stored" if report
+              else f"webhook answered {result.status} {result.error or result.body}; no report stored")
+    return checks.record("stores_incoming_sms", bool(result.status and 200 <= result.status < 300 and report),
+                         detail)
 
 
 # ---------------------------------------------------------------------------- Debian root file systems

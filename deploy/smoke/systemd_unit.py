@@ -10,18 +10,28 @@ stand-in this script runs. Needs root, debootstrap, systemd-nspawn (systemd-cont
 nsenter (util-linux). Commands run inside with `nsenter -t <the container's systemd> -a` with a
 clean environment; nspawn runs with --register=no --keep-unit, so the host needs no systemd.
 
+The stand-in's workspace starts as RapidPro makes one, without the relay flow or its globals,
+as at every new deployment's install; the operator sets it up once the service runs.
+
 Checks, one line each, then `N passed, N failed` (exit status 1 on any failure):
   install_umask_077       install.sh under umask 077 exits 0 and the service user can read the release
+  install_without_relay   on that workspace install.sh starts the service: check's lines on the relay
+                          are problems, none fatal (README, "What check says")
   active_via_notify       the unit reaches active (running) through READY=1 (Type=notify), time to ready
   status_line             `systemctl status` shows the daemon's STATUS= line
-  sends_message           a pending CHT message is sent through the RapidPro stand-in
-  stores_incoming_sms     an SMS arriving at the stand-in is stored as a CHT report
+  sends_message           a pending CHT message is sent through the RapidPro stand-in (no flow needed)
+  rapidpro_setup          the operator's set-up: `rapidpro setup`, the file imported, then `check`
+                          exits 0 with nothing worse than a warning
+  stores_incoming_sms     an SMS arriving at the stand-in reaches the worker through the imported
+                          flow and is stored as a CHT report
   resource_limits_logged  the start-up line resource_limits says whether MemoryMax=/TasksMax= are in
                           force, as the service's cgroup seen from the host says (a warning if not)
   watchdog_restarts       a SIGSTOPped daemon is killed by the watchdog and restarted
   stops_cleanly           `systemctl stop` ends it with exit status 0
   no_restart_on_exit_2    a configuration error (exit 2) is not restarted
-  upgrade                 install.sh upgrade (a newer version) switches, restarts; the new code sends
+  upgrade                 install.sh upgrade (a newer version) while RapidPro's side has a problem
+                          (a stale global): check prints it, the upgrade goes on, restarts; the new
+                          code sends
   rollback                install.sh rollback goes back; the old code sends
   uninstall               install.sh uninstall --purge removes the unit, the code and /etc
 """
@@ -48,11 +58,12 @@ if __package__ in (None, ""):  # run as a file: make `deploy.smoke` importable
 from deploy.smoke.common import (
     API_TOKEN,
     INCOMING_KEY,
-    WEBHOOK_PATH,
     Checks,
     Result,
     SmokeCouch,
     StandIn,
+    check_receives,
+    check_sends,
     copy_source,
     couch_url_argument,
     debootstrap_tarball,
@@ -61,7 +72,6 @@ from deploy.smoke.common import (
     missing_tools,
     note,
     quiet_logs,
-    send_and_receive,
     sh,
     smoke_main,
     start_rapidpro_standin,
@@ -78,9 +88,11 @@ SRC = Path("/root/cht-rapidpro-worker")  # the operator's clone, inside the mach
 NEXT_SRC = Path("/root/cht-rapidpro-worker-next")  # the same with a newer version, for `upgrade`
 CLEAN_ENV = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
              "LANG=C.UTF-8"]
-CHECKS = ["install_umask_077", "active_via_notify", "status_line", "sends_message", "stores_incoming_sms",
-          "resource_limits_logged", "watchdog_restarts", "stops_cleanly", "no_restart_on_exit_2", "upgrade",
-          "rollback", "uninstall"]
+FLOW_FILE = Path("/root/cht-rapidpro-flow.json")  # where the operator's `rapidpro setup` writes
+CHECKS = ["install_umask_077", "install_without_relay", "active_via_notify", "status_line", "sends_message",
+          "rapidpro_setup", "stores_incoming_sms", "resource_limits_logged", "watchdog_restarts",
+          "stops_cleanly", "no_restart_on_exit_2", "upgrade", "rollback", "uninstall"]
+RELAY_LINES = ("rapidpro_cht_url", "rapidpro_cht_api_key", "rapidpro_flow")  # check's, on a bare workspace
 
 
 class Machine:
@@ -104,7 +116,9 @@ class Machine:
             state = await self.run("systemctl is-system-running --wait", timeout=120)
             if state.out.strip() in ("running", "degraded"):
                 return
-            if "Failed to connect to bus" not in state.err or time.monotonic() > deadline:
+            # Before its systemd answers, systemctl says "offline" or cannot reach the bus at all.
+            starting = state.out.strip() == "offline" or "Failed to connect to bus" in state.err
+            if not starting or time.monotonic() > deadline:
                 raise RuntimeError(f"the machine did not boot: {state.out.strip()} {state.err.strip()}")
             await asyncio.sleep(0.5)
 
@@ -202,6 +216,37 @@ async def send_one(couch: SmokeCouch, standin: StandIn) -> str | None:
     return posts[-1].user_agent if posts else None
 
 
+def check_lines(output: str) -> dict[str, str]:
+    """`check`'s lines in some output: {check: level}."""
+    found = {}
+    for line in output.splitlines():
+        level, _, rest = line.partition(" ")
+        if level in ("ok", "warning", "problem", "fatal") and ": " in rest:
+            found[rest.split(": ", 1)[0]] = level
+    return found
+
+
+async def set_up_rapidpro(machine: Machine, standin: StandIn) -> tuple[bool, str]:
+    """As the README's operator: `rapidpro setup` with the service's configuration, the file it
+    writes imported on the workspace's import page, then `check`."""
+    cli = (f"CREDENTIALS_DIRECTORY={ETC}/credentials {PREFIX}/current/venv/bin/cht-rapidpro-worker")
+    setup = await machine.run(f"cd /root && {cli} rapidpro setup --env-file {ETC}/worker.env "
+                              f"--output {FLOW_FILE} 2>&1")
+    if setup.rc != 0:
+        return False, f"rapidpro setup exited {setup.rc}: {setup.out.strip()[-300:]}"
+    imported = await machine.run(f"curl -sS -f -H 'Authorization: Token {API_TOKEN}' -F file=@{FLOW_FILE} "
+                                 f"{standin.url}/orgimport/create/ 2>&1")
+    if imported.rc != 0:
+        return False, f"the import failed (curl {imported.rc}): {imported.out.strip()[-300:]}"
+    check = await machine.run(f"{cli} check --env-file {ETC}/worker.env 2>&1")
+    said = check_lines(check.out)
+    worse = {name: level for name, level in said.items() if level in ("problem", "fatal")}
+    summary = next((line for line in check.out.splitlines() if line.startswith("summary: ")), "")
+    return (check.rc == 0 and not worse and all(said.get(name) == "ok" for name in RELAY_LINES),
+            f"rapidpro setup and the import done; check exited {check.rc}, relay lines "
+            f"{ {name: said.get(name) for name in RELAY_LINES} }, {worse or 'no problem'}; {summary}")
+
+
 async def run(args: argparse.Namespace) -> int:
     checks = Checks()
     missing = missing_tools({"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container",
@@ -222,7 +267,7 @@ async def run(args: argparse.Namespace) -> int:
 
     couch = SmokeCouch(couch_url)
     operator_port, public_port = free_port(), free_port()
-    standin = await start_rapidpro_standin(f"http://127.0.0.1:{public_port}{WEBHOOK_PATH}")
+    standin = await start_rapidpro_standin(None)  # no relay flow until the operator imports it
     root = Path(tempfile.mkdtemp(prefix="machine-", dir=args.work_dir))
     machine = Machine(root, f"smoke-{couch.name.removeprefix('smoke-')}")
     try:
@@ -253,7 +298,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def prepare(root: Path, source: Path, couch_url: str, operator_port: int, public_port: int) -> None:
     """The project as a clone made under umask 077 (files 0600, dirs 0700), a newer copy of it,
-    and the settings and secrets an operator writes before installing."""
+    and the settings and secrets an operator writes before installing (RapidPro reaches the
+    public door at WEBHOOK_PUBLIC_URL, here on loopback)."""
     for target, bump in ((root / SRC.relative_to("/"), False), (root / NEXT_SRC.relative_to("/"), True)):
         copy_source(source, target)
         if bump:
@@ -268,7 +314,8 @@ def prepare(root: Path, source: Path, couch_url: str, operator_port: int, public
     # The operator's door and the public one on loopback: the machine shares the host's network.
     (etc / "worker.env").write_text(
         f"LISTEN_HOST=127.0.0.1\nLISTEN_PORT={operator_port}\nWEBHOOK_LISTEN_HOST=127.0.0.1\n"
-        f"WEBHOOK_LISTEN_PORT={public_port}\nLOG_FORMAT=json\nINSTANCE_ID=smoke-systemd\n")
+        f"WEBHOOK_LISTEN_PORT={public_port}\nLOG_FORMAT=json\nINSTANCE_ID=smoke-systemd\n"
+        f"WEBHOOK_PUBLIC_URL=http://127.0.0.1:{public_port}\n")
     for name, value in (("couch-url", couch_url), ("couch-secret", ""), ("rapidpro-token", API_TOKEN),
                         ("rapidpro-incoming-key", INCOMING_KEY)):
         (etc / "credentials" / name).write_text(value)
@@ -299,6 +346,15 @@ async def check_all(checks: Checks, machine: Machine, couch: SmokeCouch, standin
     done("install_umask_077", True,
          "install.sh exited 0; everything under /opt readable by the service's user")
 
+    # 1b. The workspace has no relay yet: check says so, and the service starts all the same.
+    said = check_lines(installed.out)
+    relay = {name: level for name, level in said.items() if name in RELAY_LINES}
+    summary = next((line for line in installed.out.splitlines() if line.startswith("summary: ")), "")
+    done("install_without_relay", props is not None and set(relay.values()) == {"problem"}
+         and "fatal" not in said.values() and summary.startswith("summary: 0 fatal"),
+         f"check said {relay or 'nothing on the relay'}; {summary or 'no summary line'}; the service "
+         f"{'started' if props else 'did not start'}")
+
     # 2. Type=notify: active (running) once the daemon said READY=1.
     if props is None:
         state = await machine.show("ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts")
@@ -314,10 +370,14 @@ async def check_all(checks: Checks, machine: Machine, couch: SmokeCouch, standin
     line = next((s.strip() for s in status.out.splitlines() if s.strip().startswith("Status:")), "")
     done("status_line", bool(line), line or f"no Status: line in systemctl status: {status.out[-300:]}")
 
-    # 3. The job itself, from inside the sandbox.
-    await send_and_receive(checks, couch, standin, "systemd unit")
+    # 3. The job itself, from inside the sandbox: sending needs no relay flow.
     remaining.remove("sends_message")
+    await check_sends(checks, couch, standin, "systemd unit")
+
+    # 3b. The operator sets RapidPro's side up (README, "Setting up RapidPro"), then incoming works.
+    done("rapidpro_setup", *await set_up_rapidpro(machine, standin))
     remaining.remove("stores_incoming_sms")
+    await check_receives(checks, couch, standin)
 
     # 4. Defect 3: the start-up line says whether the unit's limits are in force, and it is right.
     lines = [e for e in await machine.journal() if e.get("event") == "resource_limits"]
@@ -372,14 +432,21 @@ async def check_all(checks: Checks, machine: Machine, couch: SmokeCouch, standin
         return
     first_release = (await machine.run(f"readlink -f {PREFIX}/current")).out.strip()
 
-    # 8. Upgrade to a newer version, then roll back; each time the code in service sends.
+    # 8. Upgrade to a newer version while RapidPro's side has a problem of its own (a stale
+    # global, nothing to do with the release), then roll back; each time the code in service sends.
+    good_url = standin.workspace.globals["cht_url"].value
+    standin.workspace.set_global("cht_url", "https://old.example.org/rapidpro-worker", name="CHT URL")
     upgraded = await machine.run(f"umask 077 && cd {NEXT_SRC} && systemd/install.sh upgrade 2>&1")
+    standin.workspace.set_global("cht_url", good_url, name="CHT URL")
     now = await active(machine, 30, other_than=first["MainPID"])
     release = (await machine.run(f"readlink -f {PREFIX}/current")).out.strip()
     agent = await send_one(couch, standin) if now else None
+    stale = check_lines(upgraded.out).get("rapidpro_cht_url")
     done("upgrade",
-         upgraded.rc == 0 and now is not None and "+smoke" in release and "+smoke" in (agent or ""),
-         f"current -> {release}; restarted as pid {now['MainPID']}; it sends as {agent!r}" if now
+         upgraded.rc == 0 and stale == "problem" and now is not None and "+smoke" in release
+         and "+smoke" in (agent or ""),
+         f"check said rapidpro_cht_url {stale}; current -> {release}; restarted as pid {now['MainPID']}; "
+         f"it sends as {agent!r}" if now
          else f"install.sh upgrade exited {upgraded.rc}: {upgraded.out.strip()[-300:]}")
 
     rolled = await machine.run(f"cd {NEXT_SRC} && systemd/install.sh rollback 2>&1")

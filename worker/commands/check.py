@@ -1,7 +1,10 @@
 """`check`: is this configuration ready to run? Read-only: nothing is sent or written anywhere.
 
-Prints one line per check, `ok|warning|problem <check>: <detail>` (or one JSON object with
-`--json`), and exits 1 when any check found a problem. Run it before `systemctl start`.
+Prints one line per check, `ok|warning|problem|fatal <check>: <detail>`, then a summary line (or
+one JSON object with `--json`), and exits 1 when any check found a problem. With `--for-install`
+it exits 1 only on a fatal one: what `systemd/install.sh` gates `install` and `upgrade` on.
+Which lines are fatal: transitions/check_grades.py. Each line's level is given where it is added
+(`report.add`), so a new line is graded by its author; none is fatal unless added as FATAL.
 """
 
 from __future__ import annotations
@@ -11,12 +14,23 @@ import asyncio
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
 
 from config.env import Config, ConfigError, load_config, read_environment
 from config.settings import SETTINGS_DOC_ID, Settings, SettingsError, parse_settings
+from transitions.check_grades import (
+    FATAL,
+    OK,
+    PROBLEM,
+    WARNING,
+    Finding,
+    blocks_install,
+    counts,
+    exit_status,
+    summary,
+)
 from transitions.dispatch import double_sender_risk, not_sending_reason
 from worker.commands.command import Command
 from worker.commands.local import DaemonProblem, call, daemon_url
@@ -34,15 +48,6 @@ from worker.limits import check_finding, read_limits
 from worker.logs import configure_logging
 from worker.rapidpro.errors import RapidProError, RapidProUnauthorized, WrongUrl
 
-OK, WARNING, PROBLEM = "ok", "warning", "problem"
-
-
-@dataclass
-class Finding:
-    level: str
-    check: str
-    detail: str
-
 
 class Report:
     def __init__(self) -> None:
@@ -54,11 +59,14 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(f.level != PROBLEM for f in self.findings)
+        return exit_status(self.findings, for_install=False) == 0
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    parser.add_argument("--for-install", action="store_true",
+                        help="exit 1 only when a check is fatal (the daemon cannot work), not on every "
+                             "problem: what systemd/install.sh gates install and upgrade on")
 
 
 def main(args: argparse.Namespace, _config: Config | None) -> int:
@@ -66,7 +74,7 @@ def main(args: argparse.Namespace, _config: Config | None) -> int:
     try:
         config: Config | None = load_config(read_environment(args.env_file))
     except ConfigError as exc:
-        report.add(PROBLEM, "config", str(exc))
+        report.add(FATAL, "config", str(exc))
         config = None
     if config is not None:
         report.add(OK, "config", f"valid; CouchDB {config.couch.redacted_url}, worker db {config.worker_db}")
@@ -75,11 +83,14 @@ def main(args: argparse.Namespace, _config: Config | None) -> int:
     level, detail = check_finding(read_limits())  # MemoryMax=/TasksMax= may not be enforced here
     report.add(level, "limits", detail)
     if args.json:
-        print(json.dumps({"ok": report.ok, "checks": [asdict(f) for f in report.findings]}, sort_keys=True))
+        print(json.dumps({"ok": report.ok, "fatal": blocks_install(report.findings),
+                          "counts": counts(report.findings), "summary": summary(report.findings),
+                          "checks": [asdict(f) for f in report.findings]}, sort_keys=True))
     else:
         for finding in report.findings:
             print(f"{finding.level} {finding.check}: {finding.detail}")
-    return 0 if report.ok else 1
+        print(f"summary: {summary(report.findings)}")
+    return exit_status(report.findings, for_install=args.for_install)
 
 
 async def run_checks(config: Config, report: Report) -> None:
@@ -100,10 +111,10 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
         welcome = await _get(couch, "")
         session = await _get(couch, "_session")
     except Unauthorized:
-        report.add(PROBLEM, "couchdb", f"{config.couch.redacted_url}: the credentials are refused")
+        report.add(FATAL, "couchdb", f"{config.couch.redacted_url}: the credentials are refused")
         return
     except CouchError as exc:
-        report.add(PROBLEM, "couchdb", f"cannot reach {config.couch.redacted_url}: {exc}")
+        report.add(FATAL, "couchdb", f"cannot reach {config.couch.redacted_url}: {exc}")
         return
     ctx = (session or {}).get("userCtx") or {}
     name, roles = ctx.get("name"), list(ctx.get("roles") or [])
@@ -129,11 +140,11 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
     elif worker_state == "missing" and server_admin:
         report.add(OK, "worker_db", f"{config.worker_db} does not exist yet; it is created at start")
     elif worker_state == "missing":
-        report.add(PROBLEM, "worker_db",
+        report.add(FATAL, "worker_db",
                    f"{config.worker_db} does not exist and {name!r} may not create it (only a server admin "
                    f"may): create it as an admin and give {name!r} member rights in its _security")
     else:
-        report.add(PROBLEM, "worker_db", f"{name!r} may not use {config.worker_db} ({worker_state}): "
+        report.add(FATAL, "worker_db", f"{name!r} may not use {config.worker_db} ({worker_state}): "
                    f"give {name!r} member rights in its _security")
     if not medic_ok:
         return
@@ -149,7 +160,8 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
     if token:
         report.add(OK, "token", f"RapidPro API token from {token_cred.source}")
     else:
-        level = PROBLEM if settings and settings.outgoing_service == config.outgoing_service_name else WARNING
+        # In charge of sending without a token, the daemon cannot do its first job.
+        level = FATAL if settings and settings.outgoing_service == config.outgoing_service_name else WARNING
         report.add(level, "token", "no RapidPro API token: set RAPIDPRO_API_TOKEN(_FILE), a rapidpro-token "
                    "credential, or rapidpro:outgoing in CHT's vault (with COUCH_SECRET if the user may not "
                    "read the server config)")
@@ -166,7 +178,7 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
 
     # 5. RapidPro: the token, then (reads only) the globals, the relay flow, the channels.
     if settings is not None and settings.rapidpro_url and token:
-        await _check_rapidpro(config, settings.rapidpro_url, token, key, report)
+        await _check_rapidpro(config, settings.rapidpro_url, token, key, report, in_charge=reason is None)
     else:
         missing = "no token" if not token else "sms.rapidpro.url is not set"
         report.add(WARNING, "rapidpro", f"not asked: {missing}")
@@ -181,7 +193,8 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
         report.add(WARNING, "double_sender", f"cannot tell whether CHT's own sender runs: {exc}")
         return
     if double_sender_risk(settings, in_vault) and config.outgoing_service_name == "rapidpro":
-        report.add(PROBLEM, "double_sender",
+        # Starting a second sender is how a message goes out twice: never on the strength of an install.
+        report.add(FATAL, "double_sender",
                    "CHT's built-in RapidPro sender also runs (sms.outgoing_service is 'rapidpro' and "
                    "rapidpro:outgoing is in CHT's vault): messages can be sent twice. Delete "
                    "rapidpro:outgoing from the vault and give the worker its token, or use "
@@ -230,7 +243,7 @@ async def _check_db(couch: CouchServer, db: str, label: str, report: Report, use
     if state == "ok":
         report.add(OK, label, f"{db} readable by {user!r}; the worker {purpose}")
         return True
-    report.add(PROBLEM if required else WARNING, label,
+    report.add(FATAL if required else WARNING, label,
                f"{db}: {'does not exist' if state == 'missing' else state}; the worker {purpose}")
     return False
 
@@ -239,7 +252,7 @@ async def _check_settings(couch: CouchServer, config: Config, report: Report) ->
     try:
         doc = await couch.db(config.couch.db_name).get_or_none(SETTINGS_DOC_ID)
     except CouchError as exc:
-        report.add(PROBLEM, "settings", f"cannot read the settings doc: {exc}")
+        report.add(FATAL, "settings", f"cannot read the settings doc: {exc}")
         return None
     if doc is None:
         report.add(WARNING, "settings", "no settings doc in medic: CHT's defaults, which never send")
@@ -247,7 +260,7 @@ async def _check_settings(couch: CouchServer, config: Config, report: Report) ->
     try:
         settings = parse_settings(doc)
     except SettingsError as exc:
-        report.add(PROBLEM, "settings", f"the settings doc is invalid: {exc}")
+        report.add(FATAL, "settings", f"the settings doc is invalid: {exc}")
         return None
     report.add(OK, "settings", f"outgoing_service {settings.outgoing_service!r}, rapidpro url "
                f"{settings.rapidpro_url or '(not set)'}")
@@ -264,7 +277,10 @@ def _form_ok(form: Any) -> bool:
     return isinstance(form, Mapping) and isinstance(form.get("fields"), Mapping)
 
 
-async def _check_rapidpro(config: Config, url: str, token: str, key: str | None, report: Report) -> None:
+async def _check_rapidpro(config: Config, url: str, token: str, key: str | None, report: Report, *,
+                          in_charge: bool) -> None:
+    # A token RapidPro refuses (or a URL that is not RapidPro's API) stops sending, if the worker sends.
+    unusable = FATAL if in_charge else PROBLEM
     client = command_client(config, "check")
     workspace = command_workspace(client, url, token)
     try:
@@ -273,15 +289,17 @@ async def _check_rapidpro(config: Config, url: str, token: str, key: str | None,
         for judgement in await judge_workspace(workspace, expectation(config, key)):
             report.add(judgement.level, judgement.check, judgement.detail)
     except RapidProUnauthorized as exc:
-        report.add(PROBLEM, "rapidpro", f"{url} refused the token: {exc.reason}")
+        report.add(unusable, "rapidpro", f"{url} refused the token: {exc.reason}")
     except WrongUrl as exc:
-        report.add(PROBLEM, "rapidpro", f"{url} does not look like RapidPro's API: {exc.reason}")
+        report.add(unusable, "rapidpro", f"{url} does not look like RapidPro's API: {exc.reason}")
     except RapidProError as exc:
+        # RapidPro down or slow right now: the daemon waits and retries, nothing is lost.
         report.add(PROBLEM, "rapidpro", f"{url} cannot be reached: {exc.reason}")
     finally:
         await client.close()
 
 
 COMMAND = Command("check", "validate the configuration and, read-only, reach CouchDB and RapidPro; exits "
-                  "1 on any problem (run it before starting the service)", _arguments, main,
+                  "1 on any problem, or with --for-install on a fatal one only (run it before starting "
+                  "the service)", _arguments, main,
                   loads_config=False)

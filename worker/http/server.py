@@ -1,4 +1,9 @@
-"""The worker's HTTP server: /healthz, and the webhook added by its module.
+"""The worker's HTTP server: /healthz, /livez, and the webhook added by its module.
+
+`/livez` is the systemd watchdog's signal over HTTP, for orchestrators without sd_notify
+(Kubernetes' liveness probe): it is answered from the event loop and asks nothing else (no
+CouchDB, no RapidPro), so it stops answering exactly when a wedged loop would stop the
+WATCHDOG=1 pings, and keeps answering while CouchDB is down (a restart would not help then).
 
 Shutdown is ours, not aiohttp's: aiohttp's own (AppRunner.cleanup) first closes every connection
 for reading — a request whose body is still arriving can then never complete — and then waits
@@ -36,10 +41,15 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200)
 
 
+async def livez(request: web.Request) -> web.Response:
+    return web.json_response({"alive": True}, status=200)
+
+
 def build_app(health: HealthProvider) -> web.Application:
     app = web.Application()
     app[HEALTH_KEY] = health
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
     return app
 
 
