@@ -14,7 +14,7 @@ from config.credentials import encrypt_credential
 from playground.fake_rapidpro import DEFAULT_TOKEN
 from playground.rapidpro_profiles import PROFILE_NAMES
 from tests.support.clock import iso_ago
-from tests.support.couch_fixtures import couch_request, create_db, put_settings
+from tests.support.couch_fixtures import couch_request, create_db, put_settings, put_vault_credential
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from transitions.dispatch import IN_DOUBT_DETAILS
@@ -235,25 +235,26 @@ async def test_two_workers_on_one_cht_send_each_message_once(run_worker, medic_d
 
 
 async def test_token_from_the_vault_and_its_rotation(run_worker, medic_db, fake_rapidpro):
-    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    settings = rapidpro_settings(fake_rapidpro.url)
+    settings["sms"]["outgoing_service"] = "rapidpro-worker"
+    await asyncio.to_thread(put_settings, medic_db.url, settings)
     vault = medic_db.vault_url
     await asyncio.to_thread(create_db, vault)
-    # CHT's doc id is the URI-encoded credential id, literally: credential:rapidpro%3Aoutgoing
-    doc_url = f"{vault}/credential:rapidpro%253Aoutgoing"
-    status, _ = await asyncio.to_thread(couch_request, "PUT", doc_url, {
-        "_id": "credential:rapidpro%3Aoutgoing", "password": encrypt_credential("old-token", SECRET)})
-    assert status == 201
+    # Stored as CHT's api stores it: the doc is credential:rapidpro:outgoing.
+    await asyncio.to_thread(put_vault_credential, vault, "rapidpro:outgoing",
+                            encrypt_credential("old-token", SECRET))
     fake_rapidpro.valid_tokens.update({"old-token", "new-token"})
-    worker = await run_worker(RAPIDPRO_API_TOKEN="", COUCH_SECRET=SECRET, OUTGOING_SERVICE_NAME="rapidpro")
+    # A worker with a service name of its own: CHT's sender (service 'rapidpro') stays off.
+    worker = await run_worker(RAPIDPRO_API_TOKEN="", COUCH_SECRET=SECRET,
+                              OUTGOING_SERVICE_NAME="rapidpro-worker")
     await put_doc(medic_db.url, {"_id": "v1", "tasks": [task("pending")]})
     await wait_state(medic_db.url, "v1", "received-by-gateway")
     assert fake_rapidpro.broadcasts[-1].token == "old-token"
     health = await worker.health()
-    assert health["outgoing"]["double_sender_risk"] is True  # CHT's own sender would run too
+    assert health["outgoing"]["token_source"] == "vault"
 
-    _, current = await asyncio.to_thread(couch_request, "GET", doc_url)
-    current["password"] = encrypt_credential("new-token", SECRET)
-    assert (await asyncio.to_thread(couch_request, "PUT", doc_url, current))[0] == 201
+    await asyncio.to_thread(put_vault_credential, vault, "rapidpro:outgoing",
+                            encrypt_credential("new-token", SECRET))
     await put_doc(medic_db.url, {"_id": "v2", "tasks": [task("pending")]})
     await wait_state(medic_db.url, "v2", "received-by-gateway")
     assert fake_rapidpro.broadcasts[-1].token == "new-token"
