@@ -8,13 +8,22 @@ import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
+import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
 from config.credentials import encrypt_credential
 from playground.fake_rapidpro import DEFAULT_TOKEN
 from playground.rapidpro_profiles import PROFILE_NAMES
 from tests.support.clock import iso_ago
-from tests.support.couch_fixtures import couch_request, create_db, put_settings, put_vault_credential
+from tests.support.couch_fixtures import (
+    couch_request,
+    create_db,
+    delete_vault_credential,
+    put_settings,
+    put_vault_credential,
+)
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from transitions.dispatch import IN_DOUBT_DETAILS
@@ -360,3 +369,52 @@ async def test_outage_with_every_slot_in_flight_pauses_one_backoff_step(run_work
     assert min(r.time for r in after) >= paused_until  # and nothing was sent during the pause
     assert gate.remaining_pause() == 0 and gate.pause_reason is None
     assert sorted(b.raw_text for b in fake_rapidpro.broadcasts) == sorted(ids)
+
+
+async def gauge_value(worker: Worker, name: str) -> float:
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{worker.http.port}/metrics") as response:
+        text = await response.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"no {name} in /metrics")
+
+
+@pytest.mark.parametrize("switch_off", ["vault", "settings"])
+async def test_the_worker_stands_down_while_chts_own_sender_runs(run_worker, medic_db, fake_rapidpro,
+                                                                 switch_off):
+    """CHT's sender runs (service 'rapidpro', a URL, rapidpro:outgoing in the vault): the worker
+    POSTs nothing, says why (/healthz, metrics, log), and sends once CHT's sender is off."""
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    await asyncio.to_thread(create_db, medic_db.vault_url)
+    await asyncio.to_thread(put_vault_credential, medic_db.vault_url, "rapidpro:outgoing",
+                            encrypt_credential("chts-token", SECRET))
+    name = "rapidpro" if switch_off == "vault" else "rapidpro-worker"
+    with structlog.testing.capture_logs() as logs:
+        worker = await run_worker(COUCH_SECRET=SECRET, CREDENTIALS_TTL="1", OUTGOING_SERVICE_NAME=name)
+        assert worker.dispatcher is not None
+        before = worker.dispatcher.stats.processed
+        await put_doc(medic_db.url, {"_id": "cs1", "tasks": [task("pending")]})
+        await eventually(lambda: worker.dispatcher.stats.processed > before)  # seen, and left alone
+        health = await worker.health()
+        assert health["outgoing"]["cht_sender_on"] is True
+        assert health["outgoing"]["sending"] is False
+        assert "CHT's own RapidPro sender is on" in health["outgoing"]["not_sending_reason"]
+        assert await gauge_value(worker, "cht_rapidpro_cht_sender_on") == 1
+        # A log line at every check (each CREDENTIALS_TTL; each minute by default).
+        await eventually(lambda: sum(e["event"] == "cht_sender_on" for e in logs) >= 2)
+    assert fake_rapidpro.broadcasts == []
+    assert (await task_state(medic_db.url, "cs1"))["state"] == "pending"
+
+    if switch_off == "vault":  # the operator deletes CHT's token: the worker's own is configured
+        await asyncio.to_thread(delete_vault_credential, medic_db.vault_url, "rapidpro:outgoing")
+    else:  # or switches CHT to the worker's own service name
+        settings = rapidpro_settings(fake_rapidpro.url)
+        settings["sms"]["outgoing_service"] = "rapidpro-worker"
+        await asyncio.to_thread(put_settings, medic_db.url, settings)
+    await wait_state(medic_db.url, "cs1", "received-by-gateway")
+    assert [b.raw_text for b in fake_rapidpro.broadcasts] == ["Visit due"]
+    assert (await worker.health())["outgoing"]["cht_sender_on"] is False
+    assert await gauge_value(worker, "cht_rapidpro_cht_sender_on") == 0

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from config.env import Config, ConfigError, load_config, read_environment
 from config.settings import SETTINGS_DOC_ID, Settings, SettingsError, parse_settings
-from transitions.dispatch import double_sender_risk, not_sending_reason
+from transitions.dispatch import cht_sender_runs, not_sending_reason
 from worker.commands.command import Command
 from worker.commands.local import DaemonProblem, call, daemon_url
 from worker.commands.rapidpro_side import (
@@ -180,14 +180,17 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
     except CouchError as exc:
         report.add(WARNING, "double_sender", f"cannot tell whether CHT's own sender runs: {exc}")
         return
-    if double_sender_risk(settings, in_vault) and config.outgoing_service_name == "rapidpro":
+    if cht_sender_runs(settings, in_vault):
+        # A problem, but not one that keeps the daemon from running safely: it stands down from
+        # sending while CHT's sender is on, and takes over by itself once it is off.
         report.add(PROBLEM, "double_sender",
-                   "CHT's built-in RapidPro sender also runs (sms.outgoing_service is 'rapidpro' and "
-                   "rapidpro:outgoing is in CHT's vault): messages can be sent twice. Delete "
-                   "rapidpro:outgoing from the vault and give the worker its token, or use "
-                   "OUTGOING_SERVICE_NAME=rapidpro-worker (README, 'Exactly one sender')")
+                   "CHT's own RapidPro sender is on (sms.outgoing_service is 'rapidpro', sms.rapidpro.url "
+                   "is set and rapidpro:outgoing is in CHT's vault): the worker stands down and sends "
+                   "nothing while it is. To let the worker send: delete rapidpro:outgoing from CHT's vault "
+                   "and give the worker its token, or set sms.outgoing_service and OUTGOING_SERVICE_NAME "
+                   "to rapidpro-worker (README, 'Exactly one sender')")
     else:
-        report.add(OK, "double_sender", "CHT's built-in RapidPro sender stays off")
+        report.add(OK, "double_sender", "CHT's own RapidPro sender stays off")
 
 
 async def _check_daemon(config: Config, report: Report) -> None:

@@ -46,11 +46,13 @@ class Vault:
         return None
 
     async def has(self, credential_id: str) -> bool:
-        """Whether CHT's vault holds this credential (without decrypting it)."""
+        """Whether CHT's vault holds this credential with a value (without decrypting it): what
+        CHT's own sender needs to run (cht-core shared-libs/settings `getCredentials`)."""
         try:
-            return await self._db.get_or_none(_doc_id(credential_id)) is not None
+            doc = await self._db.get_or_none(_doc_id(credential_id))
         except NotFound:  # no vault database at all
             return False
+        return doc is not None and bool(doc.get("password"))
 
     async def read(self, credential_id: str) -> str | None:
         """The decrypted credential, or None when absent or undecryptable (logged)."""
