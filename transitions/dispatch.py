@@ -62,15 +62,19 @@ class TaskUpdate:
 CHT_SENDER_ON = ("CHT's own RapidPro sender is on (sms.outgoing_service is 'rapidpro' and "
                  "rapidpro:outgoing is in CHT's vault): the worker stands down so no message goes out "
                  "twice, and takes over once CHT's sender is off (README, 'Exactly one sender')")
+CHT_SENDER_UNKNOWN = ("sms.outgoing_service is 'rapidpro' and the worker's CouchDB user may not read CHT's "
+                      "vault, so CHT's own RapidPro sender cannot be ruled out: the worker stands down. Use "
+                      "the service name rapidpro-worker (README, 'Exactly one sender')")
 
 
 def not_sending_reason(settings: Settings | None, service_name: str, token_available: bool,
-                       cht_sender_on: bool = False) -> str | None:
-    """Why the worker must not send now, or None when it is in charge (one sender only: see the README)."""
+                       cht_sender: str | None = None) -> str | None:
+    """Why the worker must not send now, or None when it is in charge (one sender only: see the README).
+    `cht_sender`: why CHT's own sender may be sending (CHT_SENDER_ON or _UNKNOWN), else None."""
     if settings is None:
         return "the app settings are not loaded"
-    if cht_sender_on:
-        return CHT_SENDER_ON
+    if cht_sender:
+        return cht_sender
     if settings.outgoing_service != service_name:
         return (f"sms.outgoing_service is {settings.outgoing_service!r}, not {service_name!r}: "
                 "another gateway owns sending")

@@ -118,7 +118,7 @@ class Worker:
             settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
             # Longer than any send can take (budget wait + request + recording the outcome).
             claim_timeout=config.claim_timeout,
-            cht_sender_on=lambda: self.cht_sender.on,
+            cht_sender=lambda: self.cht_sender.reason,
         )
         # Status tracking writes through handles fenced by the lease: a deposed holder's late
         # round writes nothing.
@@ -295,9 +295,21 @@ class Worker:
 
     async def _ensure_own_db(self) -> None:
         await self._create_own_db()
-        await self.ledger.ensure_views()
+        try:
+            await self.ledger.ensure_views()
+        except Unauthorized as exc:  # a member but not its admin: no views to find claims in doubt
+            raise StartupError(f"{exc}; give the user admin rights there, or run `check`") from None
 
     async def _create_own_db(self) -> None:
+        # Asked first: a user that is not a server admin may use an existing database (as its
+        # member and admin) but not PUT one, even one that exists (401 "not a server admin").
+        try:
+            if await self.own_db.exists():
+                return
+        except Unauthorized as exc:
+            raise StartupError(
+                f"the CouchDB user may not use the worker's database {self.own_db.name!r} ({exc}); "
+                "make it a member and an admin of that database (its _security), or run `check`") from None
         try:
             created = await self.own_db.create()
         except Unauthorized as exc:

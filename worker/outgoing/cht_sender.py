@@ -14,8 +14,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from config.settings import Settings
-from transitions.dispatch import CHT_SENDER_ON, cht_sender_runs
-from worker.couch.client import CouchError, CouchUnavailable
+from transitions.dispatch import CHT_SENDER_ON, CHT_SENDER_UNKNOWN, cht_sender_runs
+from worker.couch.client import CouchError, Unauthorized
 from worker.logs import get_logger
 from worker.rapidpro.credentials import Vault
 
@@ -29,30 +29,32 @@ class ChtSenderWatch:
         self._settings = settings
         self._interval = interval
         self.on_change = on_change
-        self.on = False  # CHT's own sender runs (as last seen)
-        self.vault_error: str | None = None  # the vault could not be read: CHT's sender unknown
+        self.on = False  # CHT's own sender runs, or cannot be ruled out (as last seen)
+        self.reason: str | None = None  # why the worker stands down (CHT_SENDER_ON / _UNKNOWN)
+        self.vault_error: str | None = None  # the vault could not be read
         self.checks = 0
 
     async def check(self, *, notify: bool = True) -> bool:
-        """Look again (the settings as loaded, the vault now); True while CHT's sender runs.
-        Calls `on_change` when that flips (unless `notify` is False)."""
+        """Look again (the settings as loaded, the vault now); True while CHT's sender runs or
+        cannot be ruled out. Calls `on_change` when that flips (unless `notify` is False)."""
         settings = self._settings()
-        in_vault = self.on  # unknown: as last seen
+        in_vault, reason = False, self.reason  # CouchDB away: as last seen
         if settings is not None and settings.outgoing_service == "rapidpro":
             try:
                 in_vault = await self._vault.has("rapidpro:outgoing")
-                self.vault_error = None
+                self.vault_error, reason = None, CHT_SENDER_ON
+            except Unauthorized as exc:
+                # CHT 4.x's vault is for server admins only: a user that may not read it cannot
+                # tell whether CHT's sender runs, so it must not send under CHT's own service name.
+                self.vault_error, in_vault, reason = f"{exc}", True, CHT_SENDER_UNKNOWN
             except CouchError as exc:
-                # CouchDB away or the vault unreadable: keep the last answer (standing down stays).
-                self.vault_error = f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, CouchUnavailable):
-                    log.warning("cht_sender_unknown", error=self.vault_error,
-                                hint="the worker's CouchDB user may not read CHT's vault")
+                self.vault_error, in_vault = f"{type(exc).__name__}: {exc}", self.on
         now_on = cht_sender_runs(settings, in_vault)
         self.checks += 1
-        changed, self.on = now_on != self.on, now_on
+        changed = now_on != self.on
+        self.on, self.reason = now_on, (reason or CHT_SENDER_ON) if now_on else None
         if now_on:
-            log.error("cht_sender_on", detail=CHT_SENDER_ON)
+            log.error("cht_sender_on", detail=self.reason, vault_error=self.vault_error)
         elif changed:
             log.info("cht_sender_off", detail="CHT's own RapidPro sender is off: the worker may send")
         if changed and notify and self.on_change is not None:

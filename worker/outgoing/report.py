@@ -84,6 +84,8 @@ class OutgoingReport:
             "in_doubt_found": in_doubt.totals["found"] if in_doubt else 0,
             "in_doubt_resent": in_doubt.totals["resent"] if in_doubt else 0,
             "in_doubt_lookups": in_doubt.health() if in_doubt else None,
+            # A failing round (e.g. the ledger's views refused): claims in doubt go unseen.
+            "in_doubt_error": in_doubt.last_error if in_doubt else None,
             "reprojected": stats.reprojected,
             "send_errors": stats.send_errors,
             "last_sweep_docs": sweep.last_count if sweep else None,

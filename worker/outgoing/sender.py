@@ -219,7 +219,7 @@ class OutgoingSender:
         service_name: str = "rapidpro",
         claim_timeout: float = 90.0,
         clock: Callable[[], float] = time.time,
-        cht_sender_on: Callable[[], bool] = lambda: False,
+        cht_sender: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._ledger = ledger
         self._client = client
@@ -229,7 +229,7 @@ class OutgoingSender:
         self._service_name = service_name
         self._claim_timeout = claim_timeout
         self._clock = clock
-        self._cht_sender_on = cht_sender_on  # CHT's own sender runs: stand down (cht_sender.py)
+        self._cht_sender = cht_sender  # why CHT's own sender may run: stand down (cht_sender.py)
         self.gate = SendingGate()
         self.stats = OutgoingStats()
 
@@ -244,7 +244,7 @@ class OutgoingSender:
         except CouchUnavailable:
             token = None
         self.gate.set_not_in_charge(not_sending_reason(settings, self._service_name, bool(token),
-                                                       self._cht_sender_on()))
+                                                       self._cht_sender()))
         return self.gate.not_in_charge is None
 
     async def apply(self, doc: dict[str, Any]) -> None:
