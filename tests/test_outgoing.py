@@ -4,6 +4,7 @@ against every RapidPro version of playground/rapidpro_profiles.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -205,6 +206,80 @@ async def test_task_re_pended_after_sending_is_not_sent_again(run_worker, medic_
     await put_doc(medic_db.url, doc)
     back = await wait_state(medic_db.url, "again", "received-by-gateway")
     assert back["gateway_ref"] == sent["gateway_ref"]
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
+async def test_a_sent_scheduled_message_set_back_to_pending_again_and_again_goes_out_once(
+        run_worker, medic_db, fake_rapidpro):
+    """cht-core #10802: sentinel sets an already sent scheduled message back to `pending` (two
+    tasks due together, one stuck `scheduled`), every 5 minutes for days; CHT's own senders sent it
+    each time. The worker sends a message uuid once and writes the recorded outcome back instead.
+    CHT has no way to send the same message again: sending again from CHT makes a new message,
+    with a new uuid, which is sent."""
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    worker = await run_worker()
+    reminder = task("pending", text="ANC visit due")
+    await put_doc(medic_db.url, {"_id": "sched", "type": "data_record",
+                                 "scheduled_tasks": [reminder, task("scheduled", text="stuck")]})
+    sent = await wait_state(medic_db.url, "sched", "received-by-gateway", kind="scheduled_tasks")
+    for repeat in range(1, 6):  # sentinel's due-tasks runs, as in the report
+        doc = await asyncio.to_thread(get_doc, medic_db.url, "sched")
+        doc["scheduled_tasks"][0]["state"] = "pending"
+        doc["scheduled_tasks"][0]["state_history"].append({"state": "pending", "timestamp": iso_ago()})
+        await put_doc(medic_db.url, doc)
+        await eventually(lambda n=repeat: worker.sender.stats.reprojected >= n)
+        back = await wait_state(medic_db.url, "sched", "received-by-gateway", kind="scheduled_tasks")
+        assert back["gateway_ref"] == sent["gateway_ref"]
+    assert len(fake_rapidpro.broadcasts) == 1
+    # Sent again from CHT: a new message (new uuid), same text and recipient.
+    doc = await asyncio.to_thread(get_doc, medic_db.url, "sched")
+    doc["scheduled_tasks"].append(task("pending", text="ANC visit due"))
+    await put_doc(medic_db.url, doc)
+    await wait_state(medic_db.url, "sched", "received-by-gateway", kind="scheduled_tasks", index=2)
+    assert [b.raw_text for b in fake_rapidpro.broadcasts] == ["ANC visit due", "ANC visit due"]
+
+
+async def test_a_broadcast_answer_without_a_status_is_queued_and_sent_once(run_worker, medic_db,
+                                                                        fake_rapidpro):
+    """cht-core #9467: RapidPro answered the broadcast without a status and CHT sent it again and
+    again. The answer's 201 is what counts: the message is `received-by-gateway`, never resent."""
+    fields = tuple(f for f in fake_rapidpro.profile.broadcast_fields if f != "status")
+    fake_rapidpro.profile = dataclasses.replace(fake_rapidpro.profile, broadcast_fields=fields)
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "nostatus", "tasks": [task("pending")]})
+    sent = await wait_state(medic_db.url, "nostatus", "received-by-gateway")
+    assert sent["state_details"] == "Queued" and sent["gateway_ref"]
+    doc = await asyncio.to_thread(get_doc, medic_db.url, "nostatus")
+    doc["tasks"][0]["state"] = "pending"
+    await put_doc(medic_db.url, doc)
+    await eventually(lambda: worker.sender.stats.reprojected >= 1)
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
+async def test_a_doc_deleted_while_its_task_is_written_loses_nothing_and_sends_once(
+        run_worker, medic_db, fake_rapidpro):
+    """cht-core #10944: the doc goes while the send is in flight. The outcome stays in the ledger;
+    when the doc comes back (an old revision replicated from a phone) it is written back, not
+    sent again."""
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    worker = await run_worker()
+    fake_rapidpro.hold = asyncio.Event()  # RapidPro takes its time answering
+    pending = task("pending")
+    uuid = pending["messages"][0]["uuid"]
+    await put_doc(medic_db.url, {"_id": "gone", "tasks": [pending]})
+    await fake_rapidpro.wait_for(lambda: bool(fake_rapidpro.requests_to("/api/v2/broadcasts.json", "POST")))
+    current = await asyncio.to_thread(get_doc, medic_db.url, "gone")
+    status, _ = await asyncio.to_thread(couch_request, "DELETE", f"{medic_db.url}/gone?rev={current['_rev']}")
+    assert status in (200, 202)
+    fake_rapidpro.hold.set()
+    await eventually(lambda: worker.sender.stats.sent >= 1)
+    entry = await worker.ledger.get(uuid)
+    assert entry is not None and entry["state"] == "sent"  # the outcome is kept
+
+    await put_doc(medic_db.url, {"_id": "gone", "tasks": [pending]})  # back, as it was
+    back = await wait_state(medic_db.url, "gone", "received-by-gateway")
+    assert back["gateway_ref"] == fake_rapidpro.ref(fake_rapidpro.broadcasts[0])
     assert len(fake_rapidpro.broadcasts) == 1
 
 
