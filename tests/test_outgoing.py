@@ -481,6 +481,8 @@ async def test_the_worker_stands_down_while_chts_own_sender_runs(run_worker, med
         # A log line at every check (each CREDENTIALS_TTL; each minute by default).
         await eventually(lambda: sum(e["event"] == "cht_sender_on" for e in logs) >= 2)
     assert fake_rapidpro.broadcasts == []
+    assert fake_rapidpro.requests_to("/api/v2/messages.json") == []  # CHT's sender polls statuses
+    assert worker.status.stats.rounds == 0
     assert (await task_state(medic_db.url, "cs1"))["state"] == "pending"
 
     if switch_off == "vault":  # the operator deletes CHT's token: the worker's own is configured
