@@ -314,7 +314,8 @@ async def test_an_sms_stored_by_the_worker_is_processed_by_sentinel_like_one_sto
         assert (await task_in(cht, doc["_id"], {"delivered"}, 30))["gateway_ref"]
 
 
-async def test_the_worker_runs_as_a_non_admin_cht_user(cht, start, fake_rapidpro, worker_db, tmp_path):
+async def test_the_worker_runs_as_a_non_admin_cht_user(cht, start, fake_rapidpro, worker_db, tmp_path,
+                                                       in_process_workers):
     """A CHT user with the `gateway` role (a member of medic, as CHT's api sets medic's _security),
     and a member and admin of the worker's own database, created by an admin (README, 'Minimum
     CouchDB rights'). CHT's vault is for server admins: the token and key are configured."""
@@ -349,4 +350,5 @@ async def test_the_worker_runs_as_a_non_admin_cht_user(cht, start, fake_rapidpro
         assert checks["medic"] == "ok" and checks["worker_db"] == "ok"
         assert checks["double_sender"] != "problem"
     finally:
+        await in_process_workers.stop_all()  # while its user still exists: the last checkpoint
         await asyncio.to_thread(_request, "DELETE", f"{cht.api}/api/v1/users/{name}")
