@@ -11,6 +11,7 @@ import pytest
 
 from config.credentials import encrypt_credential
 from config.env import parse_couch_url
+from config.settings import Settings
 from tests.support.couch_fixtures import (
     MedicDb,
     couch_request,
@@ -18,7 +19,9 @@ from tests.support.couch_fixtures import (
     delete_vault_credential,
     put_vault_credential,
 )
+from transitions.dispatch import CHT_SENDER_ON
 from worker.couch.client import CouchServer
+from worker.outgoing.cht_sender import ChtSenderWatch
 from worker.rapidpro.credentials import Vault
 
 
@@ -79,3 +82,16 @@ async def test_the_secret_is_read_where_cht_reads_it(medic_db, couch, distinct_s
                             encrypt_credential("the-key", distinct_secrets))
     vault = Vault(couch, f"{medic_db.name}-vault")  # no COUCH_SECRET: read from the server config
     assert await vault.read("rapidpro:incoming") == "the-key"
+
+
+async def test_a_settings_switch_to_chts_sender_stands_the_worker_down_at_once(medic_db, couch):
+    """Judged on the settings in force at each send: no window between CHT's settings turning its
+    sender on and the next read of the vault."""
+    await asyncio.to_thread(put_vault_credential, medic_db.vault_url, "rapidpro:outgoing", "00:00")
+    current = {"settings": Settings(outgoing_service="rapidpro-worker", rapidpro_url="https://textit.example")}
+    watch = ChtSenderWatch(Vault(couch, f"{medic_db.name}-vault"), lambda: current["settings"])
+    assert await watch.check() is False
+    current["settings"] = Settings(outgoing_service="rapidpro", rapidpro_url="https://textit.example")
+    assert watch.on and watch.reason == CHT_SENDER_ON  # before any new read
+    await asyncio.to_thread(delete_vault_credential, medic_db.vault_url, "rapidpro:outgoing")
+    assert await watch.check() is False and watch.reason is None
