@@ -276,6 +276,8 @@ class Worker:
 
     async def _start(self) -> None:
         await self._retry_transient("worker_db", self._ensure_own_db)
+        # CHT's vault read before the settings are put in force: they are judged against it at once.
+        await self.cht_sender.check(notify=False)
         await self._retry_transient("settings", lambda: self.settings.load(self.medic))
         await self._retry_transient("translations", lambda: self.translations.load(self.medic))
         app = build_app(self.health)
