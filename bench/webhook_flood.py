@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 from config.credentials import encrypt_credential  # noqa: E402
 from config.env import load_config  # noqa: E402
 from tests.support.couch_fixtures import (  # noqa: E402
-    couch_request,
     create_db,
     delete_db,
     load_example_settings,
     put_settings,
+    put_vault_credential,
     seed_design_docs,
 )
 from tests.support.couchserver import CouchTestServer  # noqa: E402
@@ -101,8 +101,7 @@ async def run(args: argparse.Namespace, server_url: str) -> int:
     seed_design_docs(f"{server_url}/{db}")
     put_settings(f"{server_url}/{db}", load_example_settings())
     create_db(f"{server_url}/{db}-vault")
-    couch_request("PUT", f"{server_url}/{db}-vault/credential:rapidpro%253Aincoming",
-                  {"_id": "credential:rapidpro%3Aincoming", "password": encrypt_credential(KEY, SECRET)})
+    put_vault_credential(f"{server_url}/{db}-vault", "rapidpro:incoming", encrypt_credential(KEY, SECRET))
     proxy = CountingProxy(server_url)
     await proxy.start()
     user, password = server_url.split("//", 1)[1].split("@", 1)[0].split(":", 1)

@@ -19,7 +19,7 @@ import pytest
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from playground.fake_workspace import workspace_of
 from tests.support.clock import iso_ago
-from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
+from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings, put_vault_credential
 from tests.support.daemon import child_env
 from tests.support.rapidpro_fixtures import seed_relay
 from tests.support.waiting import eventually
@@ -147,15 +147,11 @@ async def test_check_finds_an_unreachable_couchdb(tmp_path):
 
 async def test_check_finds_the_double_sender_hazard(base_env, medic_db, fake_rapidpro, tmp_path):
     await asyncio.to_thread(create_db, medic_db.vault_url)
-    # CHT's doc id is the URI-encoded credential id: credential:rapidpro%3Aoutgoing
-    status, _ = await asyncio.to_thread(
-        couch_request, "PUT", f"{medic_db.vault_url}/credential:rapidpro%253Aoutgoing",
-        {"_id": "credential:rapidpro%3Aoutgoing", "password": "00:00"})
-    assert status == 201
+    await asyncio.to_thread(put_vault_credential, medic_db.vault_url, "rapidpro:outgoing", "00:00")
     result = await acli("check", env=base_env, cwd=tmp_path)
     assert result.returncode == 1
     level, detail = lines_of(result)["double_sender"]
-    assert level == "fatal" and "sent twice" in detail
+    assert level == "problem" and "CHT's own RapidPro sender is on" in detail and "stands down" in detail
     # The way out the README gives: a service name of the worker's own.
     await asyncio.to_thread(put_settings, medic_db.url,
                             rapidpro_settings(fake_rapidpro.url, service="rapidpro-worker"))

@@ -19,7 +19,7 @@ from config.credentials import encrypt_credential
 from playground.fake_rapidpro import FakeRapidPro
 from playground.fake_workspace import workspace_of
 from tests.support.clock import iso_ago
-from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings
+from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings, put_vault_credential
 from tests.support.daemon import Daemon, child_env
 from tests.support.http_proxy import CountingProxy
 from worker.incoming.webhook import V1_PATH, V2_PATH
@@ -57,10 +57,8 @@ async def test_nothing_secret_or_a_full_phone_number_leaves(medic_db: MedicDb, f
     await asyncio.to_thread(put_settings, medic_db.url, settings)
     # The incoming key comes from CHT's vault, encrypted with the (configured) server secret.
     await asyncio.to_thread(create_db, medic_db.vault_url)
-    status, _ = await asyncio.to_thread(
-        couch_request, "PUT", f"{medic_db.vault_url}/credential:rapidpro%253Aincoming",
-        {"_id": "credential:rapidpro%3Aincoming", "password": encrypt_credential(KEY, VAULT_SECRET)})
-    assert status == 201
+    await asyncio.to_thread(put_vault_credential, medic_db.vault_url, "rapidpro:incoming",
+                            encrypt_credential(KEY, VAULT_SECRET))
     fake_rapidpro.valid_tokens.add(TOKEN)
     # The worker knows CouchDB by a distinctive password; the proxy swaps in the real admin's.
     proxy = CountingProxy(couch_server_url, accept=("admin", COUCH_PASSWORD))

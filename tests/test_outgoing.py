@@ -4,17 +4,27 @@ against every RapidPro version of playground/rapidpro_profiles.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
+import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
 from config.credentials import encrypt_credential
 from playground.fake_rapidpro import DEFAULT_TOKEN
 from playground.rapidpro_profiles import PROFILE_NAMES
 from tests.support.clock import iso_ago
-from tests.support.couch_fixtures import couch_request, create_db, put_settings
+from tests.support.couch_fixtures import (
+    couch_request,
+    create_db,
+    delete_vault_credential,
+    put_settings,
+    put_vault_credential,
+)
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from transitions.dispatch import IN_DOUBT_DETAILS
@@ -199,6 +209,80 @@ async def test_task_re_pended_after_sending_is_not_sent_again(run_worker, medic_
     assert len(fake_rapidpro.broadcasts) == 1
 
 
+async def test_a_sent_scheduled_message_set_back_to_pending_again_and_again_goes_out_once(
+        run_worker, medic_db, fake_rapidpro):
+    """cht-core #10802: sentinel sets an already sent scheduled message back to `pending` (two
+    tasks due together, one stuck `scheduled`), every 5 minutes for days; CHT's own senders sent it
+    each time. The worker sends a message uuid once and writes the recorded outcome back instead.
+    CHT has no way to send the same message again: sending again from CHT makes a new message,
+    with a new uuid, which is sent."""
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    worker = await run_worker()
+    reminder = task("pending", text="ANC visit due")
+    await put_doc(medic_db.url, {"_id": "sched", "type": "data_record",
+                                 "scheduled_tasks": [reminder, task("scheduled", text="stuck")]})
+    sent = await wait_state(medic_db.url, "sched", "received-by-gateway", kind="scheduled_tasks")
+    for repeat in range(1, 6):  # sentinel's due-tasks runs, as in the report
+        doc = await asyncio.to_thread(get_doc, medic_db.url, "sched")
+        doc["scheduled_tasks"][0]["state"] = "pending"
+        doc["scheduled_tasks"][0]["state_history"].append({"state": "pending", "timestamp": iso_ago()})
+        await put_doc(medic_db.url, doc)
+        await eventually(lambda n=repeat: worker.sender.stats.reprojected >= n)
+        back = await wait_state(medic_db.url, "sched", "received-by-gateway", kind="scheduled_tasks")
+        assert back["gateway_ref"] == sent["gateway_ref"]
+    assert len(fake_rapidpro.broadcasts) == 1
+    # Sent again from CHT: a new message (new uuid), same text and recipient.
+    doc = await asyncio.to_thread(get_doc, medic_db.url, "sched")
+    doc["scheduled_tasks"].append(task("pending", text="ANC visit due"))
+    await put_doc(medic_db.url, doc)
+    await wait_state(medic_db.url, "sched", "received-by-gateway", kind="scheduled_tasks", index=2)
+    assert [b.raw_text for b in fake_rapidpro.broadcasts] == ["ANC visit due", "ANC visit due"]
+
+
+async def test_a_broadcast_answer_without_a_status_is_queued_and_sent_once(run_worker, medic_db,
+                                                                        fake_rapidpro):
+    """cht-core #9467: RapidPro answered the broadcast without a status and CHT sent it again and
+    again. The answer's 201 is what counts: the message is `received-by-gateway`, never resent."""
+    fields = tuple(f for f in fake_rapidpro.profile.broadcast_fields if f != "status")
+    fake_rapidpro.profile = dataclasses.replace(fake_rapidpro.profile, broadcast_fields=fields)
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "nostatus", "tasks": [task("pending")]})
+    sent = await wait_state(medic_db.url, "nostatus", "received-by-gateway")
+    assert sent["state_details"] == "Queued" and sent["gateway_ref"]
+    doc = await asyncio.to_thread(get_doc, medic_db.url, "nostatus")
+    doc["tasks"][0]["state"] = "pending"
+    await put_doc(medic_db.url, doc)
+    await eventually(lambda: worker.sender.stats.reprojected >= 1)
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
+async def test_a_doc_deleted_while_its_task_is_written_loses_nothing_and_sends_once(
+        run_worker, medic_db, fake_rapidpro):
+    """cht-core #10944: the doc goes while the send is in flight. The outcome stays in the ledger;
+    when the doc comes back (an old revision replicated from a phone) it is written back, not
+    sent again."""
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    worker = await run_worker()
+    fake_rapidpro.hold = asyncio.Event()  # RapidPro takes its time answering
+    pending = task("pending")
+    uuid = pending["messages"][0]["uuid"]
+    await put_doc(medic_db.url, {"_id": "gone", "tasks": [pending]})
+    await fake_rapidpro.wait_for(lambda: bool(fake_rapidpro.requests_to("/api/v2/broadcasts.json", "POST")))
+    current = await asyncio.to_thread(get_doc, medic_db.url, "gone")
+    status, _ = await asyncio.to_thread(couch_request, "DELETE", f"{medic_db.url}/gone?rev={current['_rev']}")
+    assert status in (200, 202)
+    fake_rapidpro.hold.set()
+    await eventually(lambda: worker.sender.stats.sent >= 1)
+    entry = await worker.ledger.get(uuid)
+    assert entry is not None and entry["state"] == "sent"  # the outcome is kept
+
+    await put_doc(medic_db.url, {"_id": "gone", "tasks": [pending]})  # back, as it was
+    back = await wait_state(medic_db.url, "gone", "received-by-gateway")
+    assert back["gateway_ref"] == fake_rapidpro.ref(fake_rapidpro.broadcasts[0])
+    assert len(fake_rapidpro.broadcasts) == 1
+
+
 async def test_a_sent_message_re_pended_to_a_now_denied_number_shows_its_recorded_outcome(
         run_worker, medic_db, fake_rapidpro):
     # The claim is tried first only for numbers that may be sent to; a denied one still reads the
@@ -235,25 +319,26 @@ async def test_two_workers_on_one_cht_send_each_message_once(run_worker, medic_d
 
 
 async def test_token_from_the_vault_and_its_rotation(run_worker, medic_db, fake_rapidpro):
-    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    settings = rapidpro_settings(fake_rapidpro.url)
+    settings["sms"]["outgoing_service"] = "rapidpro-worker"
+    await asyncio.to_thread(put_settings, medic_db.url, settings)
     vault = medic_db.vault_url
     await asyncio.to_thread(create_db, vault)
-    # CHT's doc id is the URI-encoded credential id, literally: credential:rapidpro%3Aoutgoing
-    doc_url = f"{vault}/credential:rapidpro%253Aoutgoing"
-    status, _ = await asyncio.to_thread(couch_request, "PUT", doc_url, {
-        "_id": "credential:rapidpro%3Aoutgoing", "password": encrypt_credential("old-token", SECRET)})
-    assert status == 201
+    # Stored as CHT's api stores it: the doc is credential:rapidpro:outgoing.
+    await asyncio.to_thread(put_vault_credential, vault, "rapidpro:outgoing",
+                            encrypt_credential("old-token", SECRET))
     fake_rapidpro.valid_tokens.update({"old-token", "new-token"})
-    worker = await run_worker(RAPIDPRO_API_TOKEN="", COUCH_SECRET=SECRET, OUTGOING_SERVICE_NAME="rapidpro")
+    # A worker with a service name of its own: CHT's sender (service 'rapidpro') stays off.
+    worker = await run_worker(RAPIDPRO_API_TOKEN="", COUCH_SECRET=SECRET,
+                              OUTGOING_SERVICE_NAME="rapidpro-worker")
     await put_doc(medic_db.url, {"_id": "v1", "tasks": [task("pending")]})
     await wait_state(medic_db.url, "v1", "received-by-gateway")
     assert fake_rapidpro.broadcasts[-1].token == "old-token"
     health = await worker.health()
-    assert health["outgoing"]["double_sender_risk"] is True  # CHT's own sender would run too
+    assert health["outgoing"]["token_source"] == "vault"
 
-    _, current = await asyncio.to_thread(couch_request, "GET", doc_url)
-    current["password"] = encrypt_credential("new-token", SECRET)
-    assert (await asyncio.to_thread(couch_request, "PUT", doc_url, current))[0] == 201
+    await asyncio.to_thread(put_vault_credential, vault, "rapidpro:outgoing",
+                            encrypt_credential("new-token", SECRET))
     await put_doc(medic_db.url, {"_id": "v2", "tasks": [task("pending")]})
     await wait_state(medic_db.url, "v2", "received-by-gateway")
     assert fake_rapidpro.broadcasts[-1].token == "new-token"
@@ -359,3 +444,54 @@ async def test_outage_with_every_slot_in_flight_pauses_one_backoff_step(run_work
     assert min(r.time for r in after) >= paused_until  # and nothing was sent during the pause
     assert gate.remaining_pause() == 0 and gate.pause_reason is None
     assert sorted(b.raw_text for b in fake_rapidpro.broadcasts) == sorted(ids)
+
+
+async def gauge_value(worker: Worker, name: str) -> float:
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{worker.http.port}/metrics") as response:
+        text = await response.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"no {name} in /metrics")
+
+
+@pytest.mark.parametrize("switch_off", ["vault", "settings"])
+async def test_the_worker_stands_down_while_chts_own_sender_runs(run_worker, medic_db, fake_rapidpro,
+                                                                 switch_off):
+    """CHT's sender runs (service 'rapidpro', a URL, rapidpro:outgoing in the vault): the worker
+    POSTs nothing, says why (/healthz, metrics, log), and sends once CHT's sender is off."""
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    await asyncio.to_thread(create_db, medic_db.vault_url)
+    await asyncio.to_thread(put_vault_credential, medic_db.vault_url, "rapidpro:outgoing",
+                            encrypt_credential("chts-token", SECRET))
+    name = "rapidpro" if switch_off == "vault" else "rapidpro-worker"
+    with structlog.testing.capture_logs() as logs:
+        worker = await run_worker(COUCH_SECRET=SECRET, CREDENTIALS_TTL="1", OUTGOING_SERVICE_NAME=name)
+        assert worker.dispatcher is not None
+        before = worker.dispatcher.stats.processed
+        await put_doc(medic_db.url, {"_id": "cs1", "tasks": [task("pending")]})
+        await eventually(lambda: worker.dispatcher.stats.processed > before)  # seen, and left alone
+        health = await worker.health()
+        assert health["outgoing"]["cht_sender_on"] is True
+        assert health["outgoing"]["sending"] is False
+        assert "CHT's own RapidPro sender is on" in health["outgoing"]["not_sending_reason"]
+        assert await gauge_value(worker, "cht_rapidpro_cht_sender_on") == 1
+        # A log line at every check (each CREDENTIALS_TTL; each minute by default).
+        await eventually(lambda: sum(e["event"] == "cht_sender_on" for e in logs) >= 2)
+    assert fake_rapidpro.broadcasts == []
+    assert fake_rapidpro.requests_to("/api/v2/messages.json") == []  # CHT's sender polls statuses
+    assert worker.status.stats.rounds == 0
+    assert (await task_state(medic_db.url, "cs1"))["state"] == "pending"
+
+    if switch_off == "vault":  # the operator deletes CHT's token: the worker's own is configured
+        await asyncio.to_thread(delete_vault_credential, medic_db.vault_url, "rapidpro:outgoing")
+    else:  # or switches CHT to the worker's own service name
+        settings = rapidpro_settings(fake_rapidpro.url)
+        settings["sms"]["outgoing_service"] = "rapidpro-worker"
+        await asyncio.to_thread(put_settings, medic_db.url, settings)
+    await wait_state(medic_db.url, "cs1", "received-by-gateway")
+    assert [b.raw_text for b in fake_rapidpro.broadcasts] == ["Visit due"]
+    assert (await worker.health())["outgoing"]["cht_sender_on"] is False
+    assert await gauge_value(worker, "cht_rapidpro_cht_sender_on") == 0

@@ -30,6 +30,7 @@ from worker.couch.client import CouchServer, Database
 from worker.outgoing.ledger import Ledger
 from worker.rapidpro.budget import Priority, RateBudget
 from worker.rapidpro.client import RapidProClient
+from worker.status.report import StatusReport
 from worker.status.tracker import StatusTracker
 
 MESSAGES = "/api/v2/messages.json"
@@ -576,6 +577,8 @@ async def test_task_moved_by_another_writer_is_left_alone(env: Env) -> None:
 
 
 async def test_horizon_stops_tracking_and_leaves_the_state(env: Env) -> None:
+    """A message that stays `sent` for ever (cht-core #9002: a channel that never reports): asked
+    about until STATUS_TRACKING_HORIZON, then left `sent` and counted apart from final states."""
     [bid] = await env.send(1)
     await env.put_tasks([("h", env.task("sent", bid, "Sent"))])
     env.fake.advance_scripts_on_poll = False
@@ -586,6 +589,11 @@ async def test_horizon_stops_tracking_and_leaves_the_state(env: Env) -> None:
     await env.tracker.run_round()
     assert env.status_calls() == calls
     assert (await env.doc_task("h"))["state"] == "sent"
+    part = (await StatusReport(env.tracker).health())
+    ended = {s.labels["how"]: s.value for family in StatusReport(env.tracker).metrics(part)
+             if family.name == "cht_rapidpro_status_tracking_ended" for s in family.samples
+             if s.name.endswith("_total")}
+    assert ended == {"final": 0, "past_horizon": 1, "unknown_to_rapidpro": 0}
 
 
 async def test_old_messages_beyond_the_horizon_are_not_asked_at_start(env: Env) -> None:

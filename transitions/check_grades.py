@@ -4,13 +4,14 @@ Four levels, worst last:
 - `ok`: nothing to do.
 - `warning`: worth a look; nothing is broken by it.
 - `problem`: something does not work and needs the operator (the incoming relay is not set up
-  yet, RapidPro cannot be reached right now, a channel asleep...), but the daemon runs and does
+  yet, RapidPro cannot be reached right now, a channel asleep, CHT's own sender on so the worker
+  stands down from sending...), but the daemon runs and does
   the rest of its job meanwhile: it sends, keeps its checkpoint, serves the webhook. An install
   starts the service anyway and an upgrade goes on: refusing them would fix nothing and, for an
   upgrade, blame the new release for something on RapidPro's side.
 - `fatal`: the daemon cannot do its job (the configuration is invalid; CouchDB cannot be reached
   or refuses the credentials; no rights on the medic database or the worker's; no token, or one
-  RapidPro refuses, while the worker is in charge of sending; two senders for one CHT). An install
+  RapidPro refuses, while the worker is in charge of sending). An install
   leaves the service stopped and an upgrade keeps the release in service.
 
 A line is `fatal` only where it is added so: whatever `check` gains later is not fatal unless

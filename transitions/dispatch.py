@@ -59,10 +59,22 @@ class TaskUpdate:
     gateway_ref: int | str | None = None
 
 
-def not_sending_reason(settings: Settings | None, service_name: str, token_available: bool) -> str | None:
-    """Why the worker must not send now, or None when it is in charge (one sender only: see the README)."""
+CHT_SENDER_ON = ("CHT's own RapidPro sender is on (sms.outgoing_service is 'rapidpro' and "
+                 "rapidpro:outgoing is in CHT's vault): the worker stands down so no message goes out "
+                 "twice, and takes over once CHT's sender is off (README, 'Exactly one sender')")
+CHT_SENDER_UNKNOWN = ("sms.outgoing_service is 'rapidpro' and the worker's CouchDB user may not read CHT's "
+                      "vault, so CHT's own RapidPro sender cannot be ruled out: the worker stands down. Use "
+                      "the service name rapidpro-worker (README, 'Exactly one sender')")
+
+
+def not_sending_reason(settings: Settings | None, service_name: str, token_available: bool,
+                       cht_sender: str | None = None) -> str | None:
+    """Why the worker must not send now, or None when it is in charge (one sender only: see the README).
+    `cht_sender`: why CHT's own sender may be sending (CHT_SENDER_ON or _UNKNOWN), else None."""
     if settings is None:
         return "the app settings are not loaded"
+    if cht_sender:
+        return cht_sender
     if settings.outgoing_service != service_name:
         return (f"sms.outgoing_service is {settings.outgoing_service!r}, not {service_name!r}: "
                 "another gateway owns sending")
@@ -74,9 +86,12 @@ def not_sending_reason(settings: Settings | None, service_name: str, token_avail
     return None
 
 
-def double_sender_risk(settings: Settings | None, vault_has_outgoing_token: bool) -> bool:
-    """CHT's built-in sender also runs when the service is `rapidpro` and its token is in the vault."""
-    return bool(settings and settings.outgoing_service == "rapidpro" and vault_has_outgoing_token)
+def cht_sender_runs(settings: Settings | None, vault_has_outgoing_token: bool) -> bool:
+    """Whether CHT's own RapidPro sender sends: api's minute tick picks the service named by
+    `sms.outgoing_service` ('rapidpro'), which sends when `sms.rapidpro.url` is set and the vault
+    holds `rapidpro:outgoing` (cht-core 4.22 api/src/services/messaging.js, rapidpro.js)."""
+    return bool(settings and settings.outgoing_service == "rapidpro" and settings.rapidpro_url
+                and vault_has_outgoing_token)
 
 
 def ledger_action(entry: Mapping[str, Any] | None, now: float, claim_timeout: float,

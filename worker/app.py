@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from config.env import Config
 from config.settings import Settings
 from transitions.base import Transition
-from transitions.dispatch import double_sender_risk
 from transitions.settings_watcher import SettingsWatcher
 from transitions.status import Policy
 from transitions.translations_watcher import TranslationsWatcher
@@ -47,6 +46,7 @@ from worker.lease.keeper import ACTIVE, FencedDatabase, LeaseKeeper
 from worker.lease.report import LeaseReport
 from worker.limits import log_resource_limits
 from worker.logs import get_logger
+from worker.outgoing.cht_sender import ChtSenderWatch
 from worker.outgoing.in_doubt import InDoubtResolver
 from worker.outgoing.ledger import Ledger
 from worker.outgoing.report import OutgoingReport
@@ -95,6 +95,10 @@ class Worker:
         # Sends first, with a minute of the rate kept for them; a tenth of the rate is guaranteed
         # to in-doubt lookups, status tracking and reconciliation (worker/rapidpro/budget.py).
         self.budget = RateBudget(config.rapidpro_calls_per_hour)
+        # While CHT's own RapidPro sender runs, the worker stands down (worker/outgoing/cht_sender.py).
+        self.cht_sender = ChtSenderWatch(self.vault, lambda: self.settings.current,
+                                         interval=max(config.credentials_ttl, 1.0),
+                                         on_change=self._in_charge_changed)
         # One active worker of several (worker/lease/keeper.py): it alone talks to RapidPro and moves
         # the feed; every worker serves the webhook and the health endpoints.
         self.instance_id = config.instance_id or OWNER
@@ -114,6 +118,7 @@ class Worker:
             settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
             # Longer than any send can take (budget wait + request + recording the outcome).
             claim_timeout=config.claim_timeout,
+            cht_sender=lambda: self.cht_sender.reason,
         )
         # Status tracking writes through handles fenced by the lease: a deposed holder's late
         # round writes nothing.
@@ -124,6 +129,7 @@ class Worker:
             own_db=FencedDatabase(self.couch, config.worker_db, self.lease.may_act),
             client=self.rapidpro, token=self.outgoing_token,
             settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
+            cht_sender=lambda: self.cht_sender.reason,
             policy=Policy(interval=config.status_poll_interval, horizon=config.status_tracking_horizon))
         self.incoming = IncomingWebhook(self.medic, self.incoming_key, lambda: self.settings.current,
                                         translations=lambda: self.translations.current,
@@ -137,7 +143,6 @@ class Worker:
         self.channels = ChannelWatcher(client=self.rapidpro, token=self.outgoing_token,
                                        settings=lambda: self.settings.current,
                                        interval=config.channel_check_interval)
-        self.double_sender_risk = False
         self.settings.subscribe(self._settings_changed)
         self.transitions: list[Transition] = [
             SettingsWatcher(lambda: self.settings.current, self.settings.put_in_force, self.settings.refuse),
@@ -177,7 +182,7 @@ class Worker:
                        follower=lambda: self.follower, dispatcher=lambda: self.dispatcher),
             ChtReport(self.settings, self.translations),
             OutgoingReport(self.sender, self.outgoing_token,
-                           double_sender_risk=lambda: self.double_sender_risk,
+                           cht_sender=self.cht_sender,
                            in_doubt=lambda: self.in_doubt, sweep=lambda: self.sweep),
             StatusReport(self.status),
             IncomingReport(self.incoming, self.incoming_key, self.incoming_reconciler),
@@ -271,6 +276,8 @@ class Worker:
 
     async def _start(self) -> None:
         await self._retry_transient("worker_db", self._ensure_own_db)
+        # CHT's vault read before the settings are put in force: they are judged against it at once.
+        await self.cht_sender.check(notify=False)
         await self._retry_transient("settings", lambda: self.settings.load(self.medic))
         await self._retry_transient("translations", lambda: self.translations.load(self.medic))
         app = build_app(self.health)
@@ -287,13 +294,25 @@ class Worker:
             self.public_http = HttpServer(
                 public_app, self.config.webhook_listen_host, self.config.webhook_listen_port,
                 keepalive_timeout=self.config.webhook_read_timeout, door="public")
-        await self._check_double_sender()
+        await self.cht_sender.check()
 
     async def _ensure_own_db(self) -> None:
         await self._create_own_db()
-        await self.ledger.ensure_views()
+        try:
+            await self.ledger.ensure_views()
+        except Unauthorized as exc:  # a member but not its admin: no views to find claims in doubt
+            raise StartupError(f"{exc}; give the user admin rights there, or run `check`") from None
 
     async def _create_own_db(self) -> None:
+        # Asked first: a user that is not a server admin may use an existing database (as its
+        # member and admin) but not PUT one, even one that exists (401 "not a server admin").
+        try:
+            if await self.own_db.exists():
+                return
+        except Unauthorized as exc:
+            raise StartupError(
+                f"the CouchDB user may not use the worker's database {self.own_db.name!r} ({exc}); "
+                "make it a member and an admin of that database (its _security), or run `check`") from None
         try:
             created = await self.own_db.create()
         except Unauthorized as exc:
@@ -330,6 +349,7 @@ class Worker:
                 lease_loop = group.create_task(self.lease.run(), name="lease")
                 sd_status = group.create_task(self.notifier.status_loop(self._status_line), name="sd-status")
                 refresher = group.create_task(self.standby_refresh.run(), name="standby-refresh")
+                cht_sender = group.create_task(self.cht_sender.run(), name="cht-sender-watch")
                 if self.lease.role != ACTIVE and self.lease.holder is not None:
                     self.ready.set()  # a standby: up as soon as it serves the webhook
                 elif self._session is not None:
@@ -359,6 +379,7 @@ class Worker:
                                              max(1.0, stop_deadline + 2.0 - time.monotonic())))
                 sd_status.cancel()
                 refresher.cancel()
+                cht_sender.cancel()
         except* Exception as group_error:  # a part crashed: a bug; exit non-zero so systemd restarts us
             for exc in group_error.exceptions:
                 log.error("worker_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
@@ -421,29 +442,21 @@ class Worker:
     # ---- settings and sending ----------------------------------------------------------------
 
     async def _settings_changed(self, old: Settings | None, new: Settings) -> None:
+        if self.dispatcher is not None:  # not during start-up: checked once there
+            await self.cht_sender.check(notify=False)  # the switch below covers a change
+        url_changed = old is not None and old.rapidpro_url != new.rapidpro_url
+        await self._in_charge_changed(url_changed)
+
+    async def _in_charge_changed(self, url_changed: bool = False) -> None:
+        """The settings, or CHT's own sender, changed: whether the worker sends may have too."""
         was_in_charge = self.sender.gate.not_in_charge is None
         now_in_charge = await self.sender.refresh_gate()
-        url_changed = old is not None and old.rapidpro_url != new.rapidpro_url
+        settings = self.settings.current
         if now_in_charge and (not was_in_charge or url_changed) and self.sweep is not None:
             # Switched to the worker (or to another RapidPro host): send what is pending now.
-            log.info("outgoing_switched", rapidpro_url=new.rapidpro_url)
+            log.info("outgoing_switched", rapidpro_url=settings.rapidpro_url if settings else None)
             self.sweep.trigger()
             self.status.trigger_rescan()  # as CHT does: ask about every non-final message
-        if self.dispatcher is not None:  # not during start-up: checked once there
-            await self._check_double_sender()
-
-    async def _check_double_sender(self) -> None:
-        try:
-            has_token = await self.vault.has("rapidpro:outgoing")
-        except CouchError:
-            return
-        risk = double_sender_risk(self.settings.current, has_token)
-        if risk and self.config.outgoing_service_name == "rapidpro":
-            log.error("double_sender_risk",
-                      detail="CHT's built-in RapidPro sender also runs (outgoing_service is 'rapidpro' and "
-                             "rapidpro:outgoing is in the vault): messages can be sent twice. See the "
-                             "README, 'Exactly one sender'.")
-        self.double_sender_risk = risk and self.config.outgoing_service_name == "rapidpro"
 
     # ---- health ----------------------------------------------------------------------------
 

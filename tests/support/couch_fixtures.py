@@ -136,6 +136,37 @@ def put_settings(db_url: str, settings: dict[str, Any]) -> str:
     raise RuntimeError(f"writing settings failed: {status} {body}")
 
 
+def put_vault_credential(vault_url: str, credential_id: str, password: str) -> str:
+    """Store a credential as CHT's api does (cht-core shared-libs/settings `setCredentials`): a PUT to
+    `<vault>/credential:<encodeURIComponent(id)>`. CouchDB decodes the URL and keeps the URL's id
+    (CHT's body `_id` is the encoded string, which CouchDB overrides), so the doc is
+    `credential:rapidpro:outgoing`; the body here says that decoded id, so the local test server
+    (which would keep a body's `_id`) stores the same doc. `password` is the stored (encrypted)
+    value. Creates or replaces; returns the rev."""
+    encoded = urllib.parse.quote(credential_id, safe="-_.!~*'()")  # JavaScript's encodeURIComponent
+    url = f"{vault_url}/credential:{encoded}"
+    for _ in range(5):
+        status, current = couch_request("GET", url)
+        doc = current if status == 200 else {"_id": f"credential:{credential_id}"}
+        doc["password"] = password
+        status, body = couch_request("PUT", url, doc)
+        if status in (201, 202):
+            return body["rev"]
+        if status != 409:
+            break
+    raise RuntimeError(f"storing the vault credential failed: {status} {body}")
+
+
+def delete_vault_credential(vault_url: str, credential_id: str) -> None:
+    """Remove a credential from the vault (a missing one is fine)."""
+    url = f"{vault_url}/credential:{urllib.parse.quote(credential_id, safe='')}"
+    status, current = couch_request("GET", url)
+    if status == 200:
+        status, body = couch_request("DELETE", f"{url}?rev={current['_rev']}")
+        if status not in (200, 202):
+            raise RuntimeError(f"deleting the vault credential failed: {status} {body}")
+
+
 @dataclass(frozen=True)
 class MedicDb:
     name: str

@@ -4,10 +4,11 @@ import pytest
 
 from config.settings import Settings
 from transitions.dispatch import (
+    CHT_SENDER_ON,
     IN_DOUBT_DETAILS,
     Action,
     TaskUpdate,
-    double_sender_risk,
+    cht_sender_runs,
     ledger_action,
     not_sending_reason,
     projection,
@@ -29,10 +30,17 @@ def test_in_charge_only_with_service_url_and_token():
     assert not_sending_reason(own, "rapidpro-worker", True) is None
 
 
-def test_double_sender_risk_needs_rapidpro_service_and_vault_token():
-    assert double_sender_risk(IN_CHARGE, True) is True
-    assert double_sender_risk(IN_CHARGE, False) is False
-    assert double_sender_risk(Settings(outgoing_service="rapidpro-worker"), True) is False
+def test_chts_sender_runs_with_rapidpro_service_url_and_vault_token():
+    assert cht_sender_runs(IN_CHARGE, True) is True
+    assert cht_sender_runs(IN_CHARGE, False) is False
+    assert cht_sender_runs(Settings(outgoing_service="rapidpro-worker"), True) is False
+    assert cht_sender_runs(Settings(outgoing_service="rapidpro"), True) is False  # no URL: CHT sends nothing
+    assert cht_sender_runs(None, True) is False
+
+
+def test_the_worker_stands_down_while_chts_sender_runs():
+    assert not_sending_reason(IN_CHARGE, "rapidpro", True, cht_sender=CHT_SENDER_ON) == CHT_SENDER_ON
+    assert not_sending_reason(IN_CHARGE, "rapidpro", True, cht_sender=None) is None
 
 
 @pytest.mark.parametrize(

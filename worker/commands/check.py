@@ -31,7 +31,7 @@ from transitions.check_grades import (
     exit_status,
     summary,
 )
-from transitions.dispatch import double_sender_risk, not_sending_reason
+from transitions.dispatch import CHT_SENDER_UNKNOWN, cht_sender_runs, not_sending_reason
 from worker.commands.command import Command
 from worker.commands.local import DaemonProblem, call, daemon_url
 from worker.commands.rapidpro_side import (
@@ -135,17 +135,23 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
         report.add(WARNING, "vault", f"{name!r} may not read {config.couch.vault_db_name} ({vault_state}): "
                    "the token and key must be configured here, and CHT's own sender cannot be detected")
     worker_state = await _db_state(couch, config.worker_db)
-    if worker_state == "ok":
-        report.add(OK, "worker_db", f"{config.worker_db} exists and {name!r} may use it")
+    worker_admin = server_admin or await _db_admin(couch, config.worker_db, name, roles)
+    if worker_state == "ok" and not worker_admin:
+        # What the daemon needs at start: it writes the ledger's design doc there.
+        report.add(PROBLEM, "worker_db",
+                   f"{name!r} is a member of {config.worker_db} but not its admin: the daemon could not "
+                   f"write the ledger's views there; add {name!r} to the admins in its _security")
+    elif worker_state == "ok":
+        report.add(OK, "worker_db", f"{config.worker_db} exists and {name!r} may use it (member and admin)")
     elif worker_state == "missing" and server_admin:
         report.add(OK, "worker_db", f"{config.worker_db} does not exist yet; it is created at start")
     elif worker_state == "missing":
         report.add(FATAL, "worker_db",
                    f"{config.worker_db} does not exist and {name!r} may not create it (only a server admin "
-                   f"may): create it as an admin and give {name!r} member rights in its _security")
+                   f"may): create it as an admin and make {name!r} a member and an admin in its _security")
     else:
         report.add(FATAL, "worker_db", f"{name!r} may not use {config.worker_db} ({worker_state}): "
-                   f"give {name!r} member rights in its _security")
+                   f"make {name!r} a member and an admin in its _security")
     if not medic_ok:
         return
 
@@ -190,17 +196,22 @@ async def _check_all(config: Config, couch: CouchServer, report: Report) -> None
     try:
         in_vault = await vault.has("rapidpro:outgoing")
     except CouchError as exc:
-        report.add(WARNING, "double_sender", f"cannot tell whether CHT's own sender runs: {exc}")
+        if isinstance(exc, Unauthorized) and cht_sender_runs(settings, True):  # the daemon stands down
+            report.add(PROBLEM, "double_sender", f"{CHT_SENDER_UNKNOWN} ({exc})")
+        else:
+            report.add(WARNING, "double_sender", f"cannot tell whether CHT's own sender runs: {exc}")
         return
-    if double_sender_risk(settings, in_vault) and config.outgoing_service_name == "rapidpro":
-        # Starting a second sender is how a message goes out twice: never on the strength of an install.
-        report.add(FATAL, "double_sender",
-                   "CHT's built-in RapidPro sender also runs (sms.outgoing_service is 'rapidpro' and "
-                   "rapidpro:outgoing is in CHT's vault): messages can be sent twice. Delete "
-                   "rapidpro:outgoing from the vault and give the worker its token, or use "
-                   "OUTGOING_SERVICE_NAME=rapidpro-worker (README, 'Exactly one sender')")
+    if cht_sender_runs(settings, in_vault):
+        # A problem, but not one that keeps the daemon from running safely: it stands down from
+        # sending while CHT's sender is on, and takes over by itself once it is off.
+        report.add(PROBLEM, "double_sender",
+                   "CHT's own RapidPro sender is on (sms.outgoing_service is 'rapidpro', sms.rapidpro.url "
+                   "is set and rapidpro:outgoing is in CHT's vault): the worker stands down and sends "
+                   "nothing while it is. To let the worker send: delete rapidpro:outgoing from CHT's vault "
+                   "and give the worker its token, or set sms.outgoing_service and OUTGOING_SERVICE_NAME "
+                   "to rapidpro-worker (README, 'Exactly one sender')")
     else:
-        report.add(OK, "double_sender", "CHT's built-in RapidPro sender stays off")
+        report.add(OK, "double_sender", "CHT's own RapidPro sender stays off")
 
 
 async def _check_daemon(config: Config, report: Report) -> None:
@@ -235,6 +246,18 @@ async def _db_state(couch: CouchServer, db: str) -> str:
         return f"not a member: {exc}"
     except CouchError as exc:
         return str(exc)
+
+
+async def _db_admin(couch: CouchServer, db: str, name: Any, roles: list[Any]) -> bool:
+    """Whether the user is an admin of `db` by its _security (which a member may read)."""
+    try:
+        security = await _get(couch, f"{quote(db, safe='')}/_security")
+    except CouchError:
+        return False
+    admins = security.get("admins") if isinstance(security, dict) else None
+    if not isinstance(admins, dict):
+        return False
+    return name in (admins.get("names") or []) or bool(set(roles) & set(admins.get("roles") or []))
 
 
 async def _check_db(couch: CouchServer, db: str, label: str, report: Report, user: Any, *,

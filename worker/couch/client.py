@@ -254,6 +254,14 @@ class Database:
     async def info(self) -> dict[str, Any]:
         return _json_result(await self.server.call(self.server.sdk.get_database_information, self.name))
 
+    async def exists(self) -> bool:
+        """`GET /db`: whether the database exists (a member may ask; creating needs a server admin)."""
+        try:
+            await self.server.request_json("GET", quote(self.name, safe=""))
+        except NotFound:
+            return False
+        return True
+
     async def create(self) -> bool:
         """Create the database; False when it already exists."""
         self._before_write()

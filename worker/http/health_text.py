@@ -27,8 +27,8 @@ def _sending(health: dict[str, Any]) -> str:
         text = f"sending paused: {outgoing['paused_reason']}"
     else:
         text = f"not sending: {outgoing.get('not_sending_reason') or 'unknown'}"
-    if outgoing.get("double_sender_risk"):
-        text += " (DOUBLE-SENDER RISK)"
+    if outgoing.get("cht_sender_on"):
+        text += " (CHT'S OWN SENDER IS ON: STANDING DOWN)"
     return text
 
 

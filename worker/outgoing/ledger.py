@@ -30,7 +30,7 @@ from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
 from transitions.ledger_leaves import Merge, Resolution, merged_entry, resolve, writer_nonce
 from transitions.timestamps import cht_time
 from worker.couch.bulk import BulkWriter
-from worker.couch.client import Accepted, Conflict, Database, NotFound
+from worker.couch.client import Accepted, Conflict, Database, NotFound, Unauthorized
 from worker.identity import OWNER, owner_is_dead
 from worker.logs import get_logger
 
@@ -38,6 +38,11 @@ log = get_logger(__name__)
 
 LEDGER_PREFIX = "msg:"
 DESIGN_DOC = "rapidpro-worker"
+
+
+class LedgerRefused(Unauthorized):
+    """The worker's database refused the ledger's design doc (the user is not its db admin): the
+    views that find claims in doubt cannot exist, so the worker must not run on without them."""
 # Views on the ledger (JavaScript as CouchDB runs it): claims without outcome, by claim time; and
 # which entry holds a broadcast as its outcome, by the broadcast's id and by its uuid.
 LEDGER_VIEWS = {
@@ -257,23 +262,34 @@ class Ledger:
         doc: dict[str, Any] = {"_id": doc_id, "language": "javascript", "views": LEDGER_VIEWS}
         if current is not None:
             doc["_rev"] = current["_rev"]
-        await self._db.bulk([doc])  # a conflict: another worker just wrote the same
+        # `_bulk_docs` answers 201 with the refusal inside: read it (a conflict: another worker
+        # just wrote the same).
+        for item in await self._db.bulk([doc]):
+            error = item.get("error") if isinstance(item, dict) else None
+            if error and error != "conflict":
+                db = self._db.name
+                raise LedgerRefused(f"{db} refused the ledger's design doc {doc_id} ({error}: "
+                                    f"{item.get('reason')}); the CouchDB user must be an admin of {db} "
+                                    "(its _security admins)", 403)
+
+    async def _view(self, view: str, **params: Any) -> dict[str, Any]:
+        """A ledger view; a missing design doc (deleted since the start) is written again first,
+        never read as "no rows": claims in doubt would go unseen."""
+        try:
+            return await self._db.view(DESIGN_DOC, view, **params)
+        except NotFound:
+            log.warning("ledger_views_missing", db=self._db.name, view=view)
+            await self.ensure_views()
+            return await self._db.view(DESIGN_DOC, view, **params)
 
     async def unresolved(self) -> list[dict[str, Any]]:
         """Every claim without an outcome (claimed or in doubt), oldest first."""
-        try:
-            result = await self._db.view(DESIGN_DOC, "unresolved", include_docs=True, reduce=False,
-                                         conflicts=True)
-        except NotFound:
-            return []
+        result = await self._view("unresolved", include_docs=True, reduce=False, conflicts=True)
         return [row["doc"] for row in result.get("rows", []) if isinstance(row.get("doc"), dict)]
 
     async def conflicted(self, limit: int = 500) -> list[str]:
         """Message uuids whose entries have conflicting revisions (a clustered CouchDB)."""
-        try:
-            result = await self._db.view(DESIGN_DOC, "conflicted", reduce=False, limit=limit)
-        except NotFound:
-            return []
+        result = await self._view("conflicted", reduce=False, limit=limit)
         return [str(row["id"]).removeprefix(LEDGER_PREFIX) for row in result.get("rows", [])
                 if isinstance(row.get("id"), str)]
 
@@ -282,10 +298,7 @@ class Ledger:
         if not broadcasts:
             return {}
         keys = sorted(set(broadcasts), key=lambda key: (isinstance(key, str), str(key)))
-        try:
-            result = await self._db.view(DESIGN_DOC, "by_broadcast", keys=keys, reduce=False)
-        except NotFound:
-            return {}
+        result = await self._view("by_broadcast", keys=keys, reduce=False)
         return {row["key"]: row["value"] for row in result.get("rows", [])
                 if isinstance(row.get("key"), int | str) and not isinstance(row.get("key"), bool)}
 

@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from worker.outgoing.cht_sender import ChtSenderWatch
 from worker.outgoing.in_doubt import InDoubtResolver
 from worker.outgoing.sender import OutgoingSender
 from worker.outgoing.sweep import PendingSweep
@@ -17,8 +18,8 @@ from worker.reporting import PREFIX, gauge, progress_families
 
 MESSAGE_OUTCOMES = ("sent", "rejected", "denied", "in_doubt", "resent", "reprojected")
 # Bounded label values for why the worker is not sending (the health document has free text).
-PAUSE_REASONS = ("not_started", "settings_not_loaded", "other_gateway", "no_rapidpro_url", "no_token",
-                 "unauthorized", "workspace_blocked", "wrong_url", "rapidpro_server_error",
+PAUSE_REASONS = ("not_started", "settings_not_loaded", "cht_sender_on", "other_gateway", "no_rapidpro_url",
+                 "no_token", "unauthorized", "workspace_blocked", "wrong_url", "rapidpro_server_error",
                  "rate_limited", "rapidpro_unreachable", "other")
 _PAUSE_TYPES = {"RapidProUnauthorized": "unauthorized", "WorkspaceBlocked": "workspace_blocked",
                 "WrongUrl": "wrong_url", "RapidProServerError": "rapidpro_server_error",
@@ -37,6 +38,8 @@ def pause_reason_label(outgoing: Mapping[str, Any]) -> str | None:
         return "not_started"
     if "settings are not loaded" in reason:
         return "settings_not_loaded"
+    if reason.startswith("CHT's own RapidPro sender is on"):
+        return "cht_sender_on"
     if "outgoing_service" in reason:
         return "other_gateway"
     if "rapidpro.url" in reason:
@@ -48,13 +51,13 @@ def pause_reason_label(outgoing: Mapping[str, Any]) -> str | None:
 
 class OutgoingReport:
     def __init__(self, sender: OutgoingSender, token: Credential, *,
-                 double_sender_risk: Callable[[], bool],
+                 cht_sender: ChtSenderWatch,
                  in_doubt: Callable[[], InDoubtResolver | None],
                  sweep: Callable[[], PendingSweep | None]) -> None:
         """`in_doubt`, `sweep`: the active session's (None on a standby, or before the start)."""
         self._sender = sender
         self._token = token
-        self._double_sender_risk = double_sender_risk
+        self._cht_sender = cht_sender
         self._in_doubt = in_doubt
         self._sweep = sweep
 
@@ -68,7 +71,9 @@ class OutgoingReport:
             "sending": gate.not_in_charge is None and not paused,
             "not_sending_reason": gate.not_in_charge,
             "paused_reason": gate.pause_reason if paused else None,
-            "double_sender_risk": self._double_sender_risk(),
+            # CHT's own RapidPro sender runs: the worker stands down (worker/outgoing/cht_sender.py).
+            "cht_sender_on": self._cht_sender.on,
+            "cht_sender_unknown": self._cht_sender.vault_error,
             "token_source": self._token.source,
             "sent": stats.sent,
             "rejected": stats.rejected,
@@ -79,6 +84,8 @@ class OutgoingReport:
             "in_doubt_found": in_doubt.totals["found"] if in_doubt else 0,
             "in_doubt_resent": in_doubt.totals["resent"] if in_doubt else 0,
             "in_doubt_lookups": in_doubt.health() if in_doubt else None,
+            # A failing round (e.g. the ledger's views refused): claims in doubt go unseen.
+            "in_doubt_error": in_doubt.last_error if in_doubt else None,
             "reprojected": stats.reprojected,
             "send_errors": stats.send_errors,
             "last_sweep_docs": sweep.last_count if sweep else None,
@@ -103,6 +110,6 @@ class OutgoingReport:
         for reason in PAUSE_REASONS:
             paused.add_metric([reason], 1.0 if reason == current else 0.0)
         yield paused
-        yield gauge("double_sender_risk", "1 when CHT's built-in RapidPro sender may also send.",
-                    1 if outgoing.get("double_sender_risk") else 0)
+        yield gauge("cht_sender_on", "1 while CHT's own RapidPro sender runs: the worker stands down "
+                    "from sending (README, 'Exactly one sender').", 1 if outgoing.get("cht_sender_on") else 0)
         yield from progress_families({"in_doubt": outgoing.get("in_doubt_lookups") or {}})

@@ -219,6 +219,7 @@ class OutgoingSender:
         service_name: str = "rapidpro",
         claim_timeout: float = 90.0,
         clock: Callable[[], float] = time.time,
+        cht_sender: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._ledger = ledger
         self._client = client
@@ -228,6 +229,7 @@ class OutgoingSender:
         self._service_name = service_name
         self._claim_timeout = claim_timeout
         self._clock = clock
+        self._cht_sender = cht_sender  # why CHT's own sender may run: stand down (cht_sender.py)
         self.gate = SendingGate()
         self.stats = OutgoingStats()
 
@@ -241,7 +243,8 @@ class OutgoingSender:
             token = await self._token.get()
         except CouchUnavailable:
             token = None
-        self.gate.set_not_in_charge(not_sending_reason(settings, self._service_name, bool(token)))
+        self.gate.set_not_in_charge(not_sending_reason(settings, self._service_name, bool(token),
+                                                       self._cht_sender()))
         return self.gate.not_in_charge is None
 
     async def apply(self, doc: dict[str, Any]) -> None:

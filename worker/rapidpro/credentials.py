@@ -11,7 +11,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 from config.credentials import CredentialError, decrypt_credential
 from worker.couch.client import CouchError, CouchServer, CouchUnavailable, NotFound, Unauthorized
@@ -19,7 +18,9 @@ from worker.logs import get_logger
 
 log = get_logger(__name__)
 
-SECRET_PATHS = ("_node/_local/_config/chttpd_auth/secret", "_node/_local/_config/couch_httpd_auth/secret")
+# CHT 4.x reads only `couch_httpd_auth/secret` (cht-core shared-libs/settings `getKey`); the newer
+# `chttpd_auth/secret` is asked only where that one is absent, so both decrypt the same way.
+SECRET_PATHS = ("_node/_local/_config/couch_httpd_auth/secret", "_node/_local/_config/chttpd_auth/secret")
 
 
 class Vault:
@@ -45,11 +46,13 @@ class Vault:
         return None
 
     async def has(self, credential_id: str) -> bool:
-        """Whether CHT's vault holds this credential (without decrypting it)."""
+        """Whether CHT's vault holds this credential with a value (without decrypting it): what
+        CHT's own sender needs to run (cht-core shared-libs/settings `getCredentials`)."""
         try:
-            return await self._db.get_or_none(_doc_id(credential_id)) is not None
+            doc = await self._db.get_or_none(_doc_id(credential_id))
         except NotFound:  # no vault database at all
             return False
+        return doc is not None and bool(doc.get("password"))
 
     async def read(self, credential_id: str) -> str | None:
         """The decrypted credential, or None when absent or undecryptable (logged)."""
@@ -72,7 +75,10 @@ class Vault:
 
 
 def _doc_id(credential_id: str) -> str:
-    return "credential:" + quote(credential_id, safe="")
+    # CHT's api PUTs `<vault>/credential:<encodeURIComponent(id)>` (cht-core shared-libs/settings);
+    # CouchDB decodes the URL, so the doc id is `credential:rapidpro:outgoing`. The CouchDB client
+    # encodes it once on the wire.
+    return "credential:" + credential_id
 
 
 class Credential:

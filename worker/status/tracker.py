@@ -85,14 +85,17 @@ class StatusTracker:
         clock: Callable[[], float] = time.time,
         max_wait: float | None = None,
         view_page_size: int = 5000,
+        cht_sender: Callable[[], str | None] = lambda: None,
     ) -> None:
         """`clock`: epoch seconds (the schedule compares it with CHT's and RapidPro's dates).
-        `max_wait`: how long one status call may wait for the shared budget (sends go first)."""
+        `max_wait`: how long one status call may wait for the shared budget (sends go first).
+        `cht_sender`: why CHT's own sender may run (it then polls the statuses itself)."""
         self._medic = medic
         self._client = client
         self._token = token
         self._settings = settings
         self._service_name = service_name
+        self._cht_sender = cht_sender
         self.policy = policy or Policy()
         self._clock = clock
         self._view_page_size = view_page_size
@@ -198,7 +201,7 @@ class StatusTracker:
             token = await self._token.get()
         except CouchError:
             token = None
-        reason = not_sending_reason(settings, self._service_name, bool(token))
+        reason = not_sending_reason(settings, self._service_name, bool(token), self._cht_sender())
         if reason is not None:
             result.skipped_reason = reason
             return result
