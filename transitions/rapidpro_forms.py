@@ -14,8 +14,8 @@ Read from RapidPro's own code (nyaruka/rapidpro, v26.1.101; unchanged on main):
   then runs its validators on the trimmed text: "Null characters are not allowed." (U+0000),
   "Surrogate characters are not allowed: U+XXXX." and the length limit (`Msg.MAX_TEXT_LEN`,
   4096, on the trimmed text).
-- URN: `temba/api/v2/fields.py` `URNField` is a `CharField` too (the whole URN trimmed), then
-  `validate_urn` → `URN.normalize(urn, org.default_country_code)` and `URN.validate`
+- URN: `temba/api/v2/fields.py` `URNField` (a `CharField` whose own `to_internal_value` does not
+  trim) → `validate_urn` → `URN.normalize(urn, org.default_country_code)` and `URN.validate`
   (`temba/contacts/models.py`), with `parse_number` of `temba/utils/urns/urns.py`: a `tel:` path
   is stripped to its letters and digits, read as international when it began with `+` or has
   11 or more digits not starting with 0, else in the workspace's country; a *possible* number
@@ -38,6 +38,7 @@ TOO_LONG = f"Ensure this field has no more than {MAX_TEXT_LEN} characters."
 INVALID_URN = "Invalid URN: {}. Ensure phone numbers contain country codes."
 
 _NOT_ALNUM = re.compile(r"[^0-9a-z]")  # URN.normalize_number: `regex.sub(r"[^0-9a-z]", "", …)`
+_SCHEME = re.compile("[a-z]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -95,13 +96,14 @@ def rapidpro_urn(urn: Any, country: str | None) -> str | None:
     """
     if not isinstance(urn, str):
         return None
-    urn = urn.strip()  # URNField is a CharField: trimmed first
+    # URNField overrides CharField's to_internal_value: the URN is not trimmed as a whole (a
+    # space before the scheme makes an unknown scheme), only its path is (URN.normalize).
     scheme, colon, path = urn.partition(":")
     if not colon or not scheme or not path or any(c in path for c in "?#"):
         return None
     if scheme != "tel":
-        # RapidPro's schemes are lowercase (URN.VALID_SCHEMES): `TEL:` is refused.
-        return urn if scheme == scheme.lower() else None
+        # RapidPro's schemes are lowercase words (URN.VALID_SCHEMES): `TEL:` is refused.
+        return f"{scheme}:{path.strip()}" if _SCHEME.fullmatch(scheme) else None
     normalised = normalise_number(path.strip(), country)
     if normalised == "" or _parse_number(normalised, country or "") is None:
         return None  # URN.validate: the normalised path must parse as a possible number

@@ -1,7 +1,9 @@
 """RapidPro's stored forms of a text and a URN (transitions/rapidpro_forms.py), checked against
 what RapidPro's own code does (nyaruka/rapidpro v26.1.101: DRF CharField in
 temba/api/v2/fields.py, URN.normalize / URN.validate in temba/contacts/models.py), and the
-in-doubt lookup finding a broadcast under those forms."""
+in-doubt lookup finding a broadcast under those forms. Every row of TEXTS and URNS was also run
+through RapidPro's own `fields.validate_urn` and DRF's `CharField.run_validation` (v26.1.101,
+DRF 3.16.1) with the same results."""
 
 from __future__ import annotations
 
@@ -58,7 +60,8 @@ URNS = [
     ("tel:+254 712-345 678", "KE", "tel:+254712345678"),  # spaced and dashed
     ("tel:0712 345 678", "KE", "tel:+254712345678"),
     ("tel:(071) 234-5678", "KE", "tel:+254712345678"),
-    (" tel:+254712345678 ", "KE", "tel:+254712345678"),  # URNField trims the whole URN
+    ("tel:+254712345678 ", "KE", "tel:+254712345678"),  # the path is trimmed
+    (" tel:+254712345678", "KE", None),  # the URN is not: " tel" is no scheme
     ("tel: 0712345678", "KE", "tel:+254712345678"),
     ("tel:712345678", "KE", "tel:+254712345678"),  # without the trunk 0
     ("tel:+1 (202) 555-0143", "KE", "tel:+12025550143"),
