@@ -328,6 +328,11 @@ class FakeRapidPro:
     def rate_limit(self, value: int) -> None:
         self.rate_limits = dict.fromkeys(self.rate_limits, value)
 
+    def fill_window(self, scope: str, times: Iterable[float], workspace: str = DEFAULT_WORKSPACE) -> None:
+        """Calls the scope's sliding hour already counts (times on this fake's clock), e.g. an hour
+        of steady sending before the moment a test or bench starts from."""
+        self._rate_history[(workspace, scope)] = deque(sorted(times))
+
     def scope_of(self, path: str) -> str:
         """The throttle scope RapidPro counts a call to `path` in (`throttle_scope` of its view)."""
         if path == MESSAGES_PATH:
