@@ -109,6 +109,7 @@ async def drain(profile: str, server_url: str, args: argparse.Namespace) -> dict
             if time.monotonic() - t0 > floor * 3 + 120:
                 raise TimeoutError(f"{len(fake.broadcasts) - before_broadcasts} of {args.messages} sent")
         elapsed = time.monotonic() - t0
+        first = min(b.time for b in fake.broadcasts[before_broadcasts:]) - t0
         if os.environ.get("BENCH_DEBUG"):
             print("   calls:", dict(fake.calls), "429s at:",
                   [round(r.time - t0, 2) for r in fake.requests if r.status == 429],
@@ -119,7 +120,7 @@ async def drain(profile: str, server_url: str, args: argparse.Namespace) -> dict
         return {"scale": scale, "rate": rate, "floor": floor, "elapsed": elapsed,
                 "duplicates": len(texts) - len(set(texts)), "status_calls": fake.calls[("GET", MESSAGES_PATH)]
                 - status_calls_before, "status_paused": status_paused, "429s": throttled,
-                "real_rate": real_rate, "scope": send_scope}
+                "real_rate": real_rate, "scope": send_scope, "first": first}
     finally:
         worker.stop()
         await task
@@ -141,7 +142,8 @@ async def run(args: argparse.Namespace) -> None:
             ratio = r["elapsed"] / r["floor"]
             verdict = "ok" if ratio <= TARGET and not r["duplicates"] and not r["status_paused"] else "MISSED"
             print(f"  {profile}: scope {r['scope']} {r['real_rate']:,}/h (scaled x{r['scale']:.2f} -> "
-                  f"{r['rate']:,}/h); floor {r['floor']:.1f} s, drained in {r['elapsed']:.1f} s, ratio "
+                  f"{r['rate']:,}/h); floor {r['floor']:.1f} s, drained in {r['elapsed']:.1f} s (first send "
+                  f"{r['first']:.1f} s after RapidPro came back: the sending gate's probe), ratio "
                   f"{ratio:.3f} (target <= {TARGET}) {verdict}; duplicates {r['duplicates']}; "
                   f"429s {r['429s']}; "
                   f"status tracking: {r['status_calls']} messages.json calls during the drain, paused by "
