@@ -230,6 +230,11 @@ class Worker:
 
     async def run(self) -> int:
         log.info("worker_starting", couch=self.config.couch.redacted_url, worker_db=self.config.worker_db)
+        if self.config.rapidpro_calls_per_hour is not None:
+            log.warning("setting_deprecated", name="RAPIDPRO_CALLS_PER_HOUR",
+                        hint="it sets every RapidPro throttle scope's rate; RapidPro counts scopes apart: "
+                             "use RAPIDPRO_BROADCASTS_/MESSAGES_/V2_CALLS_PER_HOUR, or nothing for the "
+                             "server version's rates")
         log_resource_limits(log)  # warns when systemd's MemoryMax=/TasksMax= are not in force
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
         try:
