@@ -269,6 +269,7 @@ class FakeRapidPro:
         # RapidPro's URN.normalize does. "" for a workspace without one.
         self.country = "KE"
         self.retry_after_header = True
+        self.retry_after_zero = False  # 429s say `Retry-After: 0` (seen from proxies and older servers)
         self.page_size = 250
         self.max_text_length = 4096
         self.max_urns = 100
@@ -728,6 +729,9 @@ class FakeRapidPro:
         0 (rest_framework/views.py `if getattr(exc, 'wait', None)`)."""
         if wait is None or not self.retry_after_header:
             return 429, {"detail": "Request was throttled."}, {}
+        if self.retry_after_zero:
+            detail = "Request was throttled. Expected available in 0 seconds."
+            return 429, {"detail": detail}, {"Retry-After": "0"}
         unit = "second" if wait == 1 else "seconds"
         headers = {"Retry-After": str(wait)} if wait else {}
         return 429, {"detail": f"Request was throttled. Expected available in {wait} {unit}."}, headers

@@ -673,3 +673,12 @@ async def test_an_incoming_message_not_yet_handled_is_in_no_folder(
         assert body["results"] == []
     _, body, _ = await get(http, url)
     assert [(m["uuid"], m["status"]) for m in body["results"]] == [(pending.uuid, "pending")]
+
+
+async def test_a_429_can_say_retry_after_zero(fake: FakeRapidPro, http: aiohttp.ClientSession) -> None:
+    fake.rate_limit = 1
+    fake.retry_after_zero = True
+    url = fake.url + MESSAGES_PATH
+    assert (await get(http, url))[0] == 200
+    status, _, r = await get(http, url)
+    assert (status, r.headers["Retry-After"]) == (429, "0")

@@ -424,7 +424,9 @@ class RateBudget:
         flight when the window filled all come back 429: only the first one grows the backoff.
         """
         now = self._clock()
-        if retry_after is not None and retry_after >= 0:
+        # `Retry-After: 0` says nothing about when a slot frees (RapidPro's throttle rounds its wait
+        # and the window may be overshot): backed off like a 429 without one, never retried at once.
+        if retry_after is not None and retry_after > 0:
             delay = float(retry_after)
         else:
             remaining = self.paused_for()
