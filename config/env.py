@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -82,7 +82,7 @@ class Config:
     rapidpro_api_token_file: Path | None
     rapidpro_incoming_key: str | None
     rapidpro_incoming_key_file: Path | None
-    rapidpro_calls_per_hour: int
+    rapidpro_calls_per_hour: int | None  # deprecated: every scope's rate (see rapidpro_scope_rates)
     rapidpro_timeout: float
     credentials_ttl: float
     sweep_interval: float
@@ -98,6 +98,8 @@ class Config:
     # The public URL RapidPro calls (`rapidpro setup`, `check`); the worker appends the v2 path.
     webhook_public_url: str | None = None
     channel_check_interval: float = 300.0
+    # Calls an hour per RapidPro throttle scope set by the operator (None: the server version's).
+    rapidpro_scope_rates: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def claim_timeout(self) -> float:
@@ -218,6 +220,18 @@ def _positive_int(values: Mapping[str, str], name: str, default: int) -> int:
     return _get(values, name, default, int, lambda v: v > 0, "must be a positive whole number")
 
 
+def _optional_positive_int(values: Mapping[str, str], name: str) -> int | None:
+    return _get(values, name, None, int, lambda v: v > 0, "must be a positive whole number")
+
+
+# The per-scope rates (transitions/rate_scopes.py), by RapidPro throttle scope.
+SCOPE_RATE_SETTINGS = {
+    "v2.broadcasts": "RAPIDPRO_BROADCASTS_CALLS_PER_HOUR",
+    "v2.messages": "RAPIDPRO_MESSAGES_CALLS_PER_HOUR",
+    "v2": "RAPIDPRO_V2_CALLS_PER_HOUR",
+}
+
+
 def _positive_seconds(values: Mapping[str, str], name: str, default: float) -> float:
     return _get(values, name, default, float, lambda v: 0 < v < 1e9, "must be a positive number of seconds")
 
@@ -299,7 +313,9 @@ def load_config(values: Mapping[str, str], *, stdout_is_terminal: bool = False) 
         rapidpro_api_token_file=_optional_file(values, "RAPIDPRO_API_TOKEN_FILE"),
         rapidpro_incoming_key=values.get("RAPIDPRO_INCOMING_KEY", "").strip() or None,
         rapidpro_incoming_key_file=_optional_file(values, "RAPIDPRO_INCOMING_KEY_FILE"),
-        rapidpro_calls_per_hour=_positive_int(values, "RAPIDPRO_CALLS_PER_HOUR", 3600),
+        rapidpro_calls_per_hour=_optional_positive_int(values, "RAPIDPRO_CALLS_PER_HOUR"),
+        rapidpro_scope_rates={scope: _optional_positive_int(values, name)
+                              for scope, name in SCOPE_RATE_SETTINGS.items()},
         rapidpro_timeout=rapidpro_timeout,
         credentials_ttl=_get(values, "CREDENTIALS_TTL", 60.0, float, lambda v: 0 <= v <= 60,
                              "must be a number of seconds from 0 to 60"),

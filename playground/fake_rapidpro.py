@@ -25,6 +25,7 @@ import binascii
 import inspect
 import json
 import math
+import re
 import time
 import uuid
 from collections import Counter, deque
@@ -37,6 +38,7 @@ from aiohttp import web
 
 from playground.rapidpro_profiles import Profile
 from playground.rapidpro_profiles import profile as resolve_profile
+from transitions.rapidpro_forms import BLANK, INVALID_URN, NULL_CHARACTERS, rapidpro_text, rapidpro_urn
 
 Clock = Callable[[], float]
 Json = dict[str, Any]
@@ -64,6 +66,8 @@ _LEGACY_BROADCAST_STATUS = {
     "failed": "failed",
     "interrupted": "failed",
 }
+
+_LANGUAGE = re.compile("[a-z]{3}")  # an ISO 639-3 code (RapidPro also checks the code exists)
 
 WORKSPACE_ERRORS = {
     "flagged": "Sorry, your workspace is currently flagged. To re-enable sending messages, "
@@ -95,17 +99,6 @@ class FakeClock:
     def advance(self, seconds: float) -> float:
         self.now += seconds
         return self.now
-
-
-def default_urn_is_valid(urn: str) -> bool:
-    """By default only ``tel:`` URNs are checked: E.164-ish, a leading + and at least 8 digits."""
-    scheme, sep, path = urn.partition(":")
-    if not sep or not scheme or not path:
-        return False
-    if scheme != "tel":
-        return True
-    digits = path[1:]
-    return path.startswith("+") and digits.isdigit() and len(digits) >= 8
 
 
 def format_datetime(value: datetime) -> str:
@@ -268,13 +261,21 @@ class FakeRapidPro:
         self.valid_tokens: set[str] = set(tokens)
         # Tokens not listed here belong to DEFAULT_WORKSPACE; the rate limit is per workspace.
         self.token_workspaces: dict[str, str] = {}
-        self.rate_limit = self.profile.rate_limit
+        # Calls an hour per RapidPro throttle scope ("v2", "v2.messages", "v2.broadcasts"), as
+        # this version sets them; `rate_limit = n` sets every scope at once.
+        self.rate_limits: dict[str, int] = self.profile.rates()
         self.rate_window = 3600.0
+        # The workspace's country (workspace.json `country`): local numbers are read in it, as
+        # RapidPro's URN.normalize does. "" for a workspace without one.
+        self.country = "KE"
         self.retry_after_header = True
+        self.retry_after_zero = False  # 429s say `Retry-After: 0` (seen from proxies and older servers)
         self.page_size = 250
         self.max_text_length = 4096
         self.max_urns = 100
-        self.urn_validator: Callable[[str], bool] = default_urn_is_valid
+        # None: RapidPro's own rules (transitions/rapidpro_forms.py), the URN stored normalised;
+        # a test may set a predicate instead (the URN then stored as sent).
+        self.urn_validator: Callable[[str], bool] | None = None
         self.workspace_state: str | None = None  # None | "flagged" | "suspended"
         self.legacy_broadcasts = False  # 201 with "queued", statuses queued|sent|failed
         # An anonymous workspace: RapidPro's BroadcastReadSerializer answers `"urns": null`.
@@ -300,7 +301,7 @@ class FakeRapidPro:
         self.calls: Counter[tuple[str, str]] = Counter()
         self.faults: list[Fault] = []
         self._fail_next_broadcasts: deque[str] = deque()
-        self._rate_history: dict[str, deque[float]] = {}
+        self._rate_history: dict[tuple[str, str], deque[float]] = {}
         self._contacts: dict[str, str] = {}
         self._next_broadcast_id = 123456
         self._next_message_id = 4105426
@@ -318,6 +319,28 @@ class FakeRapidPro:
 
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
+
+    @property
+    def rate_limit(self) -> int:
+        """The `v2` scope's calls an hour."""
+        return self.rate_limits["v2"]
+
+    @rate_limit.setter
+    def rate_limit(self, value: int) -> None:
+        self.rate_limits = dict.fromkeys(self.rate_limits, value)
+
+    def fill_window(self, scope: str, times: Iterable[float], workspace: str = DEFAULT_WORKSPACE) -> None:
+        """Calls the scope's sliding hour already counts (times on this fake's clock), e.g. an hour
+        of steady sending before the moment a test or bench starts from."""
+        self._rate_history[(workspace, scope)] = deque(sorted(times))
+
+    def scope_of(self, path: str) -> str:
+        """The throttle scope RapidPro counts a call to `path` in (`throttle_scope` of its view)."""
+        if path == MESSAGES_PATH:
+            return "v2.messages"
+        if path == BROADCASTS_PATH:
+            return self.profile.broadcasts_scope
+        return "v2"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -507,8 +530,10 @@ class FakeRapidPro:
         *,
         created_on: datetime | None = None,
         delay: float = 0.0,
+        handled: bool = True,
     ) -> FakeMessage:
-        """An incoming message (direction "in", status "handled") in inbox or flows."""
+        """An incoming message (direction "in", status "handled") in inbox or flows; one mailroom
+        has not handled yet (`handled=False`, status "pending") is in no folder."""
         if folder not in ("inbox", "flows"):
             raise ValueError("incoming messages live in 'inbox' or 'flows'")
         when = created_on or self.now()
@@ -519,12 +544,12 @@ class FakeRapidPro:
             contact_uuid=self._contact_for(urn),
             urn=urn,
             direction="in",
-            status="handled",
+            status="handled" if handled else "pending",
             text=text,
             created_on=when,
             modified_on=when,
             visible_at=self._clock() + delay,
-            folder=folder,
+            folder=folder if handled else None,
         )
         self.messages.append(message)
         self._notify_when_visible(delay)
@@ -640,7 +665,7 @@ class FakeRapidPro:
             handler = methods.get(request.method)
             if handler is None:
                 raise _ApiError(405, {"detail": f'Method "{request.method}" not allowed.'})
-            self._check_rate(workspace)
+            self._check_rate(workspace, self.scope_of(request.path))
             if request.method == "POST":
                 return await handler(request, body, workspace)
             return await handler(request)
@@ -681,26 +706,35 @@ class FakeRapidPro:
             raise _ApiError(403, {"detail": "Invalid token"})
         return self.token_workspaces.get(parts[1], DEFAULT_WORKSPACE)
 
-    def _check_rate(self, workspace: str) -> None:
+    def _check_rate(self, workspace: str, scope: str = "v2") -> None:
+        """DRF's SimpleRateThrottle (rest_framework/throttling.py) per workspace and scope: the
+        calls of the last `rate_window` counted; a throttled call is not. Its `wait()` is the
+        oldest call's remaining time divided by the calls still available plus one, and None
+        when the window holds more calls than the rate (the rate was lowered, or concurrent
+        server workers both let a call in): a 429 without Retry-After then."""
         now = self._clock()
-        history = self._rate_history.setdefault(workspace, deque())
+        limit = self.rate_limits.get(scope, self.rate_limit)
+        history = self._rate_history.setdefault((workspace, scope), deque())
         while history and history[0] <= now - self.rate_window:
             history.popleft()
-        if len(history) >= self.rate_limit:
-            # Like DRF: a throttled request is not counted; wait until the oldest one expires.
-            wait = self.rate_window - (now - history[0]) if history else self.rate_window
-            raise _ApiError(*self._throttle_parts(max(1, math.ceil(wait))))
+        if len(history) >= limit:
+            remaining = self.rate_window - (now - history[0]) if history else self.rate_window
+            available = limit - len(history) + 1
+            wait = None if available <= 0 else math.ceil(remaining / available)
+            raise _ApiError(*self._throttle_parts(wait))
         history.append(now)
 
-    def _throttle_parts(self, wait: int) -> tuple[int, Json, dict[str, str]]:
-        if not self.retry_after_header:
+    def _throttle_parts(self, wait: int | None) -> tuple[int, Json, dict[str, str]]:
+        """DRF's Throttled: the wait rounded up in the detail, Retry-After only when it is not
+        0 (rest_framework/views.py `if getattr(exc, 'wait', None)`)."""
+        if wait is None or not self.retry_after_header:
             return 429, {"detail": "Request was throttled."}, {}
+        if self.retry_after_zero:
+            detail = "Request was throttled. Expected available in 0 seconds."
+            return 429, {"detail": detail}, {"Retry-After": "0"}
         unit = "second" if wait == 1 else "seconds"
-        return (
-            429,
-            {"detail": f"Request was throttled. Expected available in {wait} {unit}."},
-            {"Retry-After": str(wait)},
-        )
+        headers = {"Retry-After": str(wait)} if wait else {}
+        return 429, {"detail": f"Request was throttled. Expected available in {wait} {unit}."}, headers
 
     def _throttled(self, wait: int) -> web.Response:
         status, body, headers = self._throttle_parts(wait)
@@ -714,7 +748,8 @@ class FakeRapidPro:
         except (ValueError, UnicodeDecodeError) as exc:
             raise _ApiError(400, {"detail": f"JSON parse error - {exc}"}) from exc
         if not isinstance(data, dict):
-            raise _ApiError(400, {"non_field_errors": ["Invalid data. Expected a dictionary, but got list."]})
+            # temba/api/v2/serializers.py WriteSerializer.run_validation
+            raise _ApiError(400, {"non_field_errors": ["Request body should be a single JSON object"]})
         urns, text, base_language = self._validate_broadcast(data)
         if self.workspace_state in WORKSPACE_ERRORS:
             raise _ApiError(400, {"non_field_errors": [WORKSPACE_ERRORS[self.workspace_state]]})
@@ -735,19 +770,23 @@ class FakeRapidPro:
         elif len(urns) > self.max_urns:
             errors["urns"] = [f"Ensure this field has no more than {self.max_urns} elements."]
         else:
-            bad = {
-                str(i): [f"Invalid URN: {u}. Ensure phone numbers contain country codes."]
-                for i, u in enumerate(urns)
-                if not self.urn_validator(u)
-            }
+            stored, bad = [], {}
+            for i, u in enumerate(urns):
+                normalised = self._normalise_urn(u)
+                if normalised is None:
+                    bad[str(i)] = [INVALID_URN.format(u)]
+                else:
+                    stored.append(normalised)
             if bad:
                 errors["urns"] = bad
+            urns = stored
 
         raw = data.get("text")
         base_language = data.get("base_language") or self.profile.default_language
         texts: dict[str, str] = {}
-        if raw is None or raw == "" or raw == {}:
-            errors["text"] = ["This field is required."]
+        if raw is None or raw == {}:
+            # BroadcastWriteSerializer.validate: neither text nor attachments.
+            errors.setdefault("non_field_errors", []).insert(0, "Must provide either text or attachments.")
         elif isinstance(raw, str):
             texts = {base_language: raw}
         elif isinstance(raw, dict) and all(isinstance(v, str) for v in raw.values()):
@@ -756,16 +795,30 @@ class FakeRapidPro:
                 base_language = next(iter(texts))
         else:
             errors["text"] = ["Not a valid string."]
-        too_long = {
-            lang: [f"Ensure this field has no more than {self.max_text_length} characters."]
-            for lang, value in texts.items()
-            if len(value) > self.max_text_length
-        }
-        if too_long:
-            errors["text"] = too_long
+        # Each translation is a DRF CharField: trimmed, then blank / NUL / length refused.
+        text_errors: Json = {}
+        for lang, value in texts.items():
+            trimmed = rapidpro_text(value)
+            if isinstance(raw, dict) and not _LANGUAGE.fullmatch(lang):
+                text_errors[lang] = ["Not an allowed ISO 639-3 language code."]
+            elif trimmed == "":
+                text_errors[lang] = [BLANK]
+            elif len(trimmed) > self.max_text_length:
+                text_errors[lang] = [f"Ensure this field has no more than {self.max_text_length} characters."]
+            elif "\x00" in trimmed:
+                text_errors[lang] = [NULL_CHARACTERS]
+            texts[lang] = trimmed
+        if text_errors:
+            errors["text"] = text_errors
         if errors:
             raise _ApiError(400, errors)
         return urns, texts, base_language
+
+    def _normalise_urn(self, urn: str) -> str | None:
+        """The URN RapidPro stores (`validate_urn` in the workspace's country), None if refused."""
+        if self.urn_validator is not None:
+            return urn if self.urn_validator(urn) else None
+        return rapidpro_urn(urn, self.country or None)
 
     def _create_broadcast(
         self,
@@ -875,8 +928,10 @@ class FakeRapidPro:
         workspace = self._authenticate(request)
         return web.json_response({
             "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"fake-rapidpro:{workspace}")),
-            "name": f"Fake workspace {workspace}", "country": "KE", "languages": ["eng"],
-            "timezone": "Africa/Nairobi", "date_style": "day_first", "anon": False,
+            "name": f"Fake workspace {workspace}", "country": self.country, "languages": ["eng"],
+            "timezone": "Africa/Nairobi", "date_style": "day_first", "anon": self.anonymous,
+            # Deprecated, still answered (WorkspaceReadSerializer).
+            "credits": {"used": -1, "remaining": -1}, "primary_language": "eng",
         })
 
     async def _get_messages(self, request: web.Request) -> web.StreamResponse:
@@ -1008,7 +1063,7 @@ def _int_param(query: Mapping[str, str], name: str) -> int:
     try:
         return int(query[name])
     except ValueError as exc:
-        raise _ApiError(400, {"detail": f"Value for {name} must be an integer."}) from exc
+        raise _ApiError(400, {"detail": f"Value for {name} must be an integer"}) from exc
 
 
 def _uuid_param(query: Mapping[str, str], name: str) -> str:
@@ -1033,10 +1088,13 @@ def _filter_dates(items: list[T], query: Mapping[str, str], created: Callable[[T
     for name in ("before", "after"):
         if name not in query:
             continue
+        if not query[name]:
+            continue  # `if before:` — an empty value is no filter
         try:
             bound = parse_datetime(query[name])
-        except ValueError as exc:
-            raise _ApiError(400, {"detail": f"Value for {name} must be an ISO8601 date."}) from exc
+        except ValueError:
+            # temba/api/views.py filter_before_after: an unparseable date matches nothing.
+            return []
         if name == "before":
             items = [i for i in items if created(i) <= bound]
         else:

@@ -10,7 +10,9 @@ Read from RapidPro's own serializers, views and API tests (https://github.com/ny
   `test_messages`). A broadcast's `text` is a dict by language, and a plain string is stored
   under `"base"` when the workspace has no primary language (`fields.TranslatableField`);
   broadcast statuses are `queued|sent|failed`; no `uuid` anywhere; `type` is `inbox` for an API
-  broadcast's message; 2,500 calls an hour.
+  broadcast's message; 2,500 calls an hour in `v2` and in `v2.messages`, and broadcasts.json in its
+  own scope `v2.broadcasts` at 36,000 an hour (`temba/settings_common.py`, from June 2019 to
+  "Tweak broadcast API rate limit", v10.1.9, Jan 2025).
 - **2023** — v8.2.0 (2023-08-07): the same files. Broadcasts add `attachments` and
   `base_language`, messages add `flow` and `type: "text"`; `initializing` and `resent` are gone
   (reported `queued` / never produced), `read` does not exist yet; still no `uuid`; the `sent`
@@ -19,7 +21,9 @@ Read from RapidPro's own serializers, views and API tests (https://github.com/ny
   test_broadcasts.py`, `test_messages.py`. Broadcasts and messages carry `uuid` (v10.3.79,
   Oct 2025) and `id` only as a deprecated field; `messages.json?uuid=` (v10.3.79) and
   `broadcasts.json?uuid=` (v10.3.81); `?broadcast=` and `?id=` still honoured though undocumented;
-  broadcast statuses `pending|queued|started|completed|failed|interrupted`; `read`; 3,600 an hour.
+  broadcast statuses `pending|queued|started|completed|failed|interrupted`; `read`; 3,600 an hour
+  in `v2` (broadcasts.json included: "Increase API rate limits by ~50%", v10.3.86, Nov 2025,
+  dropped its own scope) and in `v2.messages`.
   Any status a test sets passes through, so a test can also present older statuses to it.
 - **future** — a server that has finished the deprecations of Oct 2025: no `id` on broadcasts or
   messages and no `broadcast` (nor `media`) on messages, the fields RapidPro moved under
@@ -58,6 +62,16 @@ class Profile:
     sent_by_sent_on: bool  # folder=sent ordered by -sent_on (else -created_on)
     # Statuses this version cannot report, as it reports them instead (None: not at all).
     statuses: dict[str, str] = field(default_factory=dict)
+    # The throttle scope of broadcasts.json (`BroadcastsEndpoint.throttle_scope`): its own
+    # "v2.broadcasts" until v10.3.86 (Nov 2025), "v2" (shared) since.
+    broadcasts_scope: str = "v2"
+    # Calls an hour per throttle scope other than "v2" (which is `rate_limit`): temba/settings_common.py
+    # DEFAULT_THROTTLE_RATES of that version.
+    scope_rates: dict[str, int] = field(default_factory=dict)
+
+    def rates(self) -> dict[str, int]:
+        """Every scope the fake throttles, with its hourly rate."""
+        return {"v2": self.rate_limit, "v2.messages": self.rate_limit, **self.scope_rates}
 
     @property
     def exclusive(self) -> tuple[str, ...]:
@@ -80,6 +94,7 @@ PROFILES: dict[str, Profile] = {
         legacy_broadcast_statuses=True, default_language="base", message_type="inbox", rate_limit=2500,
         sent_by_sent_on=False,
         statuses={"pending": "queued", "read": "delivered"},
+        broadcasts_scope="v2.broadcasts", scope_rates={"v2.broadcasts": 36000},
     ),
     "2023": Profile(
         name="2023", version="v8.2.0",
@@ -93,6 +108,7 @@ PROFILES: dict[str, Profile] = {
         legacy_broadcast_statuses=True, default_language="eng", message_type="text", rate_limit=2500,
         sent_by_sent_on=True,
         statuses={"pending": "queued", "initializing": "queued", "resent": "sent", "read": "delivered"},
+        broadcasts_scope="v2.broadcasts", scope_rates={"v2.broadcasts": 36000},
     ),
     "current": Profile(
         name="current", version="main c4e8d4872a (v26.3.54)",

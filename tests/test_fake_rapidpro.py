@@ -64,6 +64,73 @@ async def get(
 # ---------------------------------------------------------------- sending
 
 
+@pytest.mark.parametrize(("sent", "country", "stored"), [
+    ("tel:0712345678", "KE", "tel:+254712345678"),
+    ("tel:254712345678", "KE", "tel:+254712345678"),
+    ("tel:254712345678", "", "tel:+254712345678"),
+    ("tel:+254 712-345 678", "KE", "tel:+254712345678"),
+    ("tel:0712 345 678", "KE", "tel:+254712345678"),
+])
+async def test_numbers_are_stored_as_rapidpro_normalises_them(
+    sent: str, country: str, stored: str, fake: FakeRapidPro, http: aiohttp.ClientSession
+) -> None:
+    """temba/contacts/models.py URN.normalize in the workspace's country: accepted, stored E.164."""
+    fake.country = country
+    status, body = await send(http, fake, [sent])
+    assert status == 201 and body["urns"] == [stored]
+    _, page, _ = await get(http, fake.url + BROADCASTS_PATH)
+    assert page["results"][0]["urns"] == [stored]
+    assert fake.messages[-1].urn == stored
+
+
+async def test_a_local_number_without_a_workspace_country_is_refused(
+    fake: FakeRapidPro, http: aiohttp.ClientSession
+) -> None:
+    fake.country = ""
+    status, body = await send(http, fake, ["tel:0712345678"])
+    assert (status, body) == (400, {"urns": {"0": [
+        "Invalid URN: tel:0712345678. Ensure phone numbers contain country codes."]}})
+    _, workspace, _ = await get(http, fake.url + "/api/v2/workspace.json")
+    assert workspace["country"] == ""
+    assert {"credits", "primary_language", "anon"} <= set(workspace)
+
+
+@pytest.mark.parametrize(("text", "answer"), [
+    ("  padded text \n", (201, "padded text")),
+    ("\u00a0Habari\r\n", (201, "Habari")),
+    ("   ", (400, {"text": {"eng": ["This field may not be blank."]}})),
+    ("", (400, {"text": {"eng": ["This field may not be blank."]}})),
+    ("a\x00b", (400, {"text": {"eng": ["Null characters are not allowed."]}})),
+    ({"base": "x"}, (400, {"text": {"base": ["Not an allowed ISO 639-3 language code."]}})),
+    (None, (400, {"non_field_errors": ["Must provide either text or attachments."]})),
+])
+async def test_texts_are_trimmed_and_refused_as_rapidpro_does(
+    text: Any, answer: tuple[int, Any], fake: FakeRapidPro, http: aiohttp.ClientSession
+) -> None:
+    """DRF CharField (trim_whitespace, allow_blank=False, no NUL) under TranslatedTextField."""
+    status, body = await send(http, fake, [URN], text)
+    if answer[0] == 201:
+        assert (status, body["text"]) == (201, {"eng": answer[1]})
+        _, page, _ = await get(http, fake.url + BROADCASTS_PATH)
+        assert page["results"][0]["text"] == {"eng": answer[1]}
+        assert fake.messages[-1].text == answer[1]
+    else:
+        assert (status, body) == answer
+        assert fake.broadcasts == []
+
+
+async def test_an_unparseable_date_filter_lists_nothing(fake: FakeRapidPro,
+                                                        http: aiohttp.ClientSession) -> None:
+    """temba/api/views.py filter_before_after: `filter(pk=-1)`, a 200 with no results."""
+    await send(http, fake, [URN])
+    for path in (BROADCASTS_PATH, MESSAGES_PATH):
+        for name in ("after", "before"):
+            status, body, _ = await get(http, fake.url + path, **{name: "yesterday"})
+            assert (status, body["results"], body["next"]) == (200, [], None)
+        status, body, _ = await get(http, fake.url + path, after="")
+        assert status == 200 and len(body["results"]) == 1  # an empty value is no filter
+
+
 async def test_broadcast_201_current_shape_and_recording(
     fake: FakeRapidPro, http: aiohttp.ClientSession
 ) -> None:
@@ -100,6 +167,7 @@ async def test_legacy_broadcast_answer(fake: FakeRapidPro, http: aiohttp.ClientS
 
 async def test_broadcast_validation_400s(fake: FakeRapidPro, http: aiohttp.ClientSession) -> None:
     status, body = await send(http, fake, [URN, "tel:0712", "tel:+2547"])
+    assert status == 400
     assert status == 400
     assert body == {
         "urns": {
@@ -340,7 +408,7 @@ async def test_rate_limit_sliding_window_with_retry_after(
 ) -> None:
     fake.rate_limit = 3
     url = fake.url + MESSAGES_PATH
-    assert (await send(http, fake, [URN]))[0] == 201  # broadcasts share the bucket
+    assert (await get(http, url))[0] == 200
     clock.advance(100)
     assert (await get(http, url))[0] == 200
     assert (await get(http, url))[0] == 200
@@ -358,6 +426,52 @@ async def test_rate_limit_sliding_window_with_retry_after(
     clock.advance(3490)
     assert (await get(http, url))[0] == 200  # a slot freed; throttled calls did not count
     assert (await get(http, url))[0] == 429
+
+
+@pytest.mark.parametrize(("profile", "broadcasts_scope", "rates"), [
+    ("2020", "v2.broadcasts", {"v2": 2500, "v2.messages": 2500, "v2.broadcasts": 36000}),
+    ("2023", "v2.broadcasts", {"v2": 2500, "v2.messages": 2500, "v2.broadcasts": 36000}),
+    ("current", "v2", {"v2": 3600, "v2.messages": 3600}),
+    ("future", "v2", {"v2": 3600, "v2.messages": 3600}),
+])
+async def test_each_version_throttles_per_scope(profile: str, broadcasts_scope: str, rates: dict[str, int],
+                                                clock: FakeClock, http: aiohttp.ClientSession) -> None:
+    """RapidPro's scopes (temba/api/v2/views.py throttle_scope; temba/settings_common.py rates):
+    messages.json has its own in every version; broadcasts.json its own until Nov 2025."""
+    async with FakeRapidPro(clock=clock, profile=profile) as fake:
+        assert fake.rate_limits == rates
+        assert fake.scope_of(BROADCASTS_PATH) == broadcasts_scope
+        assert fake.scope_of(MESSAGES_PATH) == "v2.messages"
+        fake.rate_limits = dict.fromkeys(fake.rate_limits, 1)
+        assert (await send(http, fake, [URN]))[0] == 201
+        assert (await get(http, fake.url + MESSAGES_PATH))[0] == 200  # its own scope
+        workspace = fake.url + "/api/v2/workspace.json"
+        status, _, _ = await get(http, workspace)
+        if broadcasts_scope == "v2":
+            assert status == 429  # the send used v2's one call
+        else:
+            assert status == 200
+            assert (await send(http, fake, [URN]))[0] == 429
+        assert (await get(http, fake.url + MESSAGES_PATH))[0] == 429
+
+
+async def test_an_overshot_window_answers_429_without_retry_after(
+    fake: FakeRapidPro, clock: FakeClock, http: aiohttp.ClientSession
+) -> None:
+    """DRF's wait() is None when the window holds more calls than the rate (a lowered rate,
+    or two server workers letting calls in at once): no Retry-After, no time in the detail."""
+    url = fake.url + MESSAGES_PATH
+    for _ in range(5):
+        assert (await get(http, url))[0] == 200
+    fake.rate_limit = 3
+    status, body, r = await get(http, url)
+    assert (status, body) == (429, {"detail": "Request was throttled."})
+    assert "Retry-After" not in r.headers
+    fake.rate_limit = 6  # one call left: DRF divides the oldest call's time left by 6 - 5 + 1 = 2
+    assert (await get(http, url))[0] == 200
+    clock.advance(600)
+    status, body, r = await get(http, url)
+    assert status == 429 and r.headers["Retry-After"] == "3000"  # (3600 - 600) / 1
 
 
 async def test_rate_limit_without_retry_after_and_forced_throttle(
@@ -547,3 +661,24 @@ async def test_channels_per_recipient_and_per_message(
     first = fake.broadcasts[0].id
     assert channels == {(URN, first): "Fake Channel", (URN2, first): "Android relayer",
                         (URN, other.id): "Android relayer"}
+
+
+async def test_an_incoming_message_not_yet_handled_is_in_no_folder(
+    fake: FakeRapidPro, http: aiohttp.ClientSession
+) -> None:
+    pending = fake.add_incoming("P 12 Mary", URN, handled=False)
+    url = fake.url + MESSAGES_PATH
+    for name in ("inbox", "flows", "outbox", "sent", "failed"):
+        _, body, _ = await get(http, url, folder=name)
+        assert body["results"] == []
+    _, body, _ = await get(http, url)
+    assert [(m["uuid"], m["status"]) for m in body["results"]] == [(pending.uuid, "pending")]
+
+
+async def test_a_429_can_say_retry_after_zero(fake: FakeRapidPro, http: aiohttp.ClientSession) -> None:
+    fake.rate_limit = 1
+    fake.retry_after_zero = True
+    url = fake.url + MESSAGES_PATH
+    assert (await get(http, url))[0] == 200
+    status, _, r = await get(http, url)
+    assert (status, r.headers["Retry-After"]) == (429, "0")

@@ -254,3 +254,67 @@ async def test_a_late_outcome_never_overwrites_a_decision_taken_meanwhile(
     # And a decision based on what was read before is refused.
     assert await worker.ledger.release_for_resend(stale, "x", worker.ledger.resolution("resent")) is None
     assert (await worker.ledger.get(message_uuid))["_rev"] == resolved["_rev"]
+
+
+@pytest.mark.parametrize(("to", "text", "country_code"), [
+    ("+254712345678", "  padded text \r\n", 254),
+    ("0712345678", "\u00a0a local number\t", None),  # CHT cannot normalise it: sent as typed
+    ("254712345678", "no plus", None),
+    ("+254 712-345 678", "spaced and dashed", 254),
+])
+async def test_a_lost_answer_is_found_under_the_forms_rapidpro_stored(run_worker, medic_db, fake_rapidpro,
+                                                                     to, text, country_code):
+    """RapidPro stores the text trimmed and the number in E.164 of the workspace's country; the
+    in-doubt lookup compares those forms, so the message is found, not sent a second time."""
+    settings = rapidpro_settings(fake_rapidpro.url)
+    if country_code is None:
+        settings.pop("default_country_code")
+    await asyncio.to_thread(put_settings, medic_db.url, settings)
+    fake_rapidpro.lose_next_response(1, how="drop")
+    worker = await run_worker()
+    await put_doc(medic_db.url, {"_id": "normalised", "tasks": [task("pending", to=to, text=text)]})
+    done = await wait_state(medic_db.url, "normalised", "received-by-gateway", timeout=30)
+    assert done["state_history"][-1]["state"] == "received-by-gateway"
+    assert await eventually(lambda: worker.in_doubt.totals["found"], timeout=30) == 1
+    assert fake_rapidpro.call_count("POST", BROADCASTS_PATH) == 1
+    assert [b.urns for b in fake_rapidpro.broadcasts] == [["tel:+254712345678"]]
+    assert done["gateway_ref"] == fake_rapidpro.ref(fake_rapidpro.broadcasts[0])
+
+
+@pytest.mark.parametrize("text", [" \r\n\t\u00a0", "a\x00b"])
+async def test_a_text_rapidpro_refuses_ends_failed_with_its_reason_even_after_a_lost_answer(
+        run_worker, medic_db, fake_rapidpro, text):
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    fake_rapidpro.lose_next_response(1, how="drop")  # the 400 is lost: in doubt, nothing created
+    await run_worker()
+    await put_doc(medic_db.url, {"_id": "refused", "tasks": [task("pending", text=text)]})
+    done = await wait_state(medic_db.url, "refused", "failed", timeout=30)
+    reason = "This field may not be blank." if not text.strip() else "Null characters are not allowed."
+    assert reason in done["state_history"][-1].get("details", "") + json.dumps(done)
+    assert fake_rapidpro.broadcasts == []
+    assert fake_rapidpro.call_count("POST", BROADCASTS_PATH) == 2  # the lost one, then the one refused
+    await asyncio.sleep(0)  # nothing left to retry: the ledger says rejected
+    entry = ledger_entry(medic_db, done["messages"][0]["uuid"])
+    assert entry["state"] == "rejected" and reason in entry["error"]
+
+
+async def test_a_fresh_worker_rebuilds_the_sends_window_from_the_ledger(run_worker, medic_db, fake_rapidpro):
+    """RapidPro counts the last hour's calls: the ledger's claims of that hour are its sends."""
+    await asyncio.to_thread(put_settings, medic_db.url, rapidpro_settings(fake_rapidpro.url))
+    status, _ = await asyncio.to_thread(couch_request, "PUT", ledger_url(medic_db))
+    assert status in (201, 202, 412)
+    now = time.time()
+    for i, (age, state) in enumerate([(100, "sent"), (200, "rejected"), (3000, "in-doubt"), (300, "released"),
+                                      (4000, "sent")]):
+        entry = {"type": "dispatch", "uuid": f"old-{i}", "doc_id": "x", "urn": URN, "state": state,
+                 "claimed_at": cht_time(now - age), "claimed_at_epoch": now - age}
+        status, body = await asyncio.to_thread(couch_request, "PUT", ledger_url(medic_db, f"old-{i}"), entry)
+        assert status == 201, body
+    worker = await run_worker()
+    sends = worker.budget.for_path(BROADCASTS_PATH)
+    # Released sent nothing; the oldest is out of the hour. Where broadcasts share `v2` the
+    # worker's own calls since its start (the channel watcher) count there too.
+    scope = worker.budget.scope_of(BROADCASTS_PATH)
+    own = sum(1 for r in fake_rapidpro.requests if fake_rapidpro.scope_of(r.path) == scope)
+    assert 3 <= sends.window_count() <= 3 + own + 1
+    assert sends.tokens() >= sends.calls_per_hour - own - 1  # the rest of the hour is known

@@ -101,10 +101,15 @@ async def test_metrics_move_as_messages_are_sent_tracked_and_received(medic_db, 
     assert first[("cht_rapidpro_sending_paused", (("reason", "other_gateway"),))] == 0
     assert sum(v for (name, _), v in first.items() if name == "cht_rapidpro_sending_paused") == 0
     for name in ("cht_rapidpro_feed_backlog", "cht_rapidpro_checkpoint_age_seconds",
-                 "cht_rapidpro_rate_budget_remaining", "cht_rapidpro_status_tracked",
+                 "cht_rapidpro_status_tracked",
                  "cht_rapidpro_incoming_reconciled_total", "cht_rapidpro_webhook_duration_seconds_count",
                  "cht_rapidpro_status_freshness_seconds_count"):
         assert (name, ()) in first, name
+    # One budget per RapidPro throttle scope; broadcasts.json is in `v2` until a broadcast says
+    # the server counts it apart.
+    for scope in ("v2", "v2.messages"):
+        assert ("cht_rapidpro_rate_budget_remaining", (("scope", scope),)) in first, scope
+        assert ("cht_rapidpro_rate_budget_calls_per_hour", (("scope", scope),)) in first, scope
 
     # Status tracking learns "delivered" (a rescan asks at once, whatever the schedule says):
     # the freshness histogram gets an observation.
@@ -127,7 +132,8 @@ async def test_metrics_move_as_messages_are_sent_tracked_and_received(medic_db, 
     assert samples[("cht_rapidpro_rapidpro_requests_total",
                     (("endpoint", "broadcasts"), ("status", "201")))] == 1
     assert samples[("cht_rapidpro_changes_total", (("result", "processed"),))] >= 1
-    assert samples[("cht_rapidpro_rate_budget_remaining", ())] < 3600
+    # The send was counted in the broadcasts' scope (`v2` on a current server), not in messages'.
+    assert samples[("cht_rapidpro_rate_budget_used_last_hour", (("scope", "v2"),))] >= 1
 
     # Webhook requests: counted by outcome, and timed.
     url = f"http://127.0.0.1:{worker.http.port}/api/v2/sms/rapidpro/incoming-messages"

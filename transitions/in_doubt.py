@@ -26,6 +26,7 @@ from typing import Any
 
 from transitions.broadcasts import BroadcastKey, key_of, ledger_ref, refs_of
 from transitions.dispatch import CLAIMED, IN_DOUBT, Action, ledger_action
+from transitions.rapidpro_forms import rapidpro_text, rapidpro_urn
 from transitions.timestamps import parse_time
 
 # After this long without a successful listing, an operator is told (the lookups go on).
@@ -125,20 +126,25 @@ def normalise_urn(urn: Any) -> str | None:
 
 
 def _text_matches(broadcast_text: Any, text: str) -> bool:
+    """`text` is what CHT holds; RapidPro stores and lists it trimmed (transitions/rapidpro_forms.py)."""
+    stored = rapidpro_text(text)
     if isinstance(broadcast_text, str):
-        return broadcast_text == text
+        return broadcast_text == stored
     if isinstance(broadcast_text, Mapping):  # by language, as RapidPro echoes it
-        return any(value == text for value in broadcast_text.values())
+        return any(value == stored for value in broadcast_text.values())
     return False
 
 
 def decide(*, urn: str, text: str | None, claimed_at: float | None, listing: Listing,
-           recorded: Collection[BroadcastKey], rapidpro_timeout: float, margin: float) -> Decision:
+           recorded: Collection[BroadcastKey], rapidpro_timeout: float, margin: float,
+           country: str | None = None) -> Decision:
     """What to do with one in-doubt claim, given a listing of RapidPro's broadcasts.
 
     `recorded`: broadcasts (ids or uuids) that ledger entries already hold as their outcome —
     another message's broadcast is never taken for this one's. A broadcast is named by its id
     while the server gives one and by its uuid where it does not (transitions/broadcasts.py).
+    `country`: the workspace's (`workspace.json`), with which RapidPro normalised the URN the
+    claim holds (a local or unprefixed number is stored as E.164 in that country).
     """
     if claimed_at is None:
         return Decision(Kind.OPERATOR, reason="the claim has no readable time")
@@ -152,7 +158,7 @@ def decide(*, urn: str, text: str | None, claimed_at: float | None, listing: Lis
     if listing.started_at < post_deadline(claimed_at, rapidpro_timeout):
         return Decision(Kind.WAIT, reason="the POST may still be under way")
 
-    wanted = normalise_urn(urn)
+    wanted = rapidpro_urn(urn, country) or normalise_urn(urn)
     candidates: list[Mapping[str, Any]] = []
     hidden = 0
     for broadcast in listing.broadcasts:
@@ -167,7 +173,8 @@ def decide(*, urn: str, text: str | None, claimed_at: float | None, listing: Lis
         if not isinstance(urns, list) or not urns:
             hidden += 1  # an anonymous workspace hides URNs (null; `[]` on some old versions)
             continue
-        if [normalise_urn(u) for u in urns] == [wanted]:  # the worker sends to one URN a broadcast
+        # The worker sends each broadcast to one URN.
+        if [rapidpro_urn(u, country) or normalise_urn(u) for u in urns] == [wanted]:
             candidates.append(broadcast)
 
     if hidden:

@@ -20,6 +20,7 @@ from typing import Any
 
 from transitions.broadcasts import as_id, as_uuid
 from transitions.in_doubt import normalise_urn
+from transitions.rapidpro_forms import rapidpro_text
 from transitions.status import Policy, Tracked
 from transitions.timestamps import parse_time
 
@@ -127,7 +128,8 @@ def broadcast_ask(item: Tracked, api: ServerApi) -> Ask | None:
 def recipient(urn: Any, text: Any) -> tuple[str, str] | None:
     """What recognises a message whose row does not name its broadcast: its URN and its text."""
     normal = normalise_urn(urn)
-    return (normal, text) if normal is not None and isinstance(text, str) else None
+    # RapidPro lists the text trimmed (transitions/rapidpro_forms.py).
+    return (normal, rapidpro_text(text)) if normal is not None and isinstance(text, str) else None
 
 
 def could_be(item: Tracked, result: Mapping[str, Any], policy: Policy) -> bool:

@@ -53,7 +53,7 @@ from worker.outgoing.report import OutgoingReport
 from worker.outgoing.sender import OutgoingSender
 from worker.outgoing.sweep import PendingSweep
 from worker.outgoing.task_writer import TaskWriter
-from worker.rapidpro.budget import RateBudget
+from worker.rapidpro.budget import ScopedBudget
 from worker.rapidpro.channels import ChannelWatcher
 from worker.rapidpro.client import RapidProClient, user_agent
 from worker.rapidpro.credentials import Credential, Vault
@@ -92,9 +92,12 @@ class Worker:
                                          file=config.rapidpro_api_token_file, ttl=config.credentials_ttl)
         self.incoming_key = Credential(self.vault, "rapidpro:incoming", value=config.rapidpro_incoming_key,
                                        file=config.rapidpro_incoming_key_file, ttl=config.credentials_ttl)
-        # Sends first, with a minute of the rate kept for them; a tenth of the rate is guaranteed
-        # to in-doubt lookups, status tracking and reconciliation (worker/rapidpro/budget.py).
-        self.budget = RateBudget(config.rapidpro_calls_per_hour)
+        # One budget per RapidPro throttle scope, at the rates of the server's version (learnt
+        # from its first broadcast) or the operator's; within a scope sends go first, with a
+        # minute of the rate kept for them and a tenth guaranteed to the rest
+        # (worker/rapidpro/budget.py, transitions/rate_scopes.py).
+        self.budget = ScopedBudget(overrides=config.rapidpro_scope_rates,
+                                   every=config.rapidpro_calls_per_hour)
         # While CHT's own RapidPro sender runs, the worker stands down (worker/outgoing/cht_sender.py).
         self.cht_sender = ChtSenderWatch(self.vault, lambda: self.settings.current,
                                          interval=max(config.credentials_ttl, 1.0),
@@ -232,6 +235,11 @@ class Worker:
 
     async def run(self) -> int:
         log.info("worker_starting", couch=self.config.couch.redacted_url, worker_db=self.config.worker_db)
+        if self.config.rapidpro_calls_per_hour is not None:
+            log.warning("setting_deprecated", name="RAPIDPRO_CALLS_PER_HOUR",
+                        hint="it sets every RapidPro throttle scope's rate; RapidPro counts scopes apart: "
+                             "use RAPIDPRO_BROADCASTS_/MESSAGES_/V2_CALLS_PER_HOUR, or nothing for the "
+                             "server version's rates")
         log_resource_limits(log)  # warns when systemd's MemoryMax=/TasksMax= are not in force
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
         try:
@@ -302,6 +310,15 @@ class Worker:
             await self.ledger.ensure_views()
         except Unauthorized as exc:  # a member but not its admin: no views to find claims in doubt
             raise StartupError(f"{exc}; give the user admin rights there, or run `check`") from None
+        await self._seed_send_window()
+
+    async def _seed_send_window(self) -> None:
+        """RapidPro counts the last hour's calls: the ledger holds every send of that hour, so the
+        broadcasts' budget starts with what RapidPro will really allow, not a guess."""
+        wall, mono = time.time(), time.monotonic()
+        claims = await self.ledger.claims_since(wall - 3600)
+        self.budget.seed_sends([mono - (wall - t) for t in claims])
+        log.info("rapidpro_send_window_rebuilt", sends_last_hour=len(claims))
 
     async def _create_own_db(self) -> None:
         # Asked first: a user that is not a server admin may use an existing database (as its

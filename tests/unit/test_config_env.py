@@ -131,3 +131,18 @@ def test_the_webhook_public_url_and_the_channel_check_interval():
             load_config({"COUCH_URL": URL, name: bad})
         assert error.value.variable == name and fragment in str(error.value)
         assert "pw" not in str(error.value)
+
+
+def test_rates_per_rapidpro_scope_and_the_deprecated_single_budget():
+    base = {"COUCH_URL": "http://a:b@127.0.0.1:5984/medic"}
+    config = load_config(base)
+    assert config.rapidpro_calls_per_hour is None
+    assert config.rapidpro_scope_rates == {"v2.broadcasts": None, "v2.messages": None, "v2": None}
+    config = load_config({**base, "RAPIDPRO_BROADCASTS_CALLS_PER_HOUR": "36000",
+                          "RAPIDPRO_MESSAGES_CALLS_PER_HOUR": "2500", "RAPIDPRO_CALLS_PER_HOUR": "3600"})
+    assert config.rapidpro_scope_rates == {"v2.broadcasts": 36000, "v2.messages": 2500, "v2": None}
+    assert config.rapidpro_calls_per_hour == 3600
+    for name in ("RAPIDPRO_V2_CALLS_PER_HOUR", "RAPIDPRO_CALLS_PER_HOUR"):
+        with pytest.raises(ConfigError) as error:
+            load_config({**base, name: "0"})
+        assert name in str(error.value)

@@ -410,3 +410,11 @@ async def test_under_sustained_sending_the_others_still_get_a_tenth_of_the_calls
         assert len(traffic.sends) + len(traffic.status) <= 10 + 600 + 6 + 1  # never over the budget
     finally:
         await traffic.stop()
+
+
+async def test_a_retry_after_of_zero_backs_off_instead_of_retrying_at_once():
+    """`Retry-After: 0` says nothing about when a slot frees: treated as no Retry-After."""
+    clock = FakeClock()
+    budget = RateBudget(3600, clock=clock, throttle_backoff=Backoff(base=2.0, cap=60.0))
+    assert budget.throttled(0) > 0
+    assert budget.paused_for() > 0

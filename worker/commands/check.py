@@ -232,7 +232,7 @@ async def _check_daemon(config: Config, report: Report) -> None:
     for part in ("status_tracking", "in_doubt"):
         if part in found:
             report.add(WARNING, part, found[part] + "; usually RapidPro's budget (429s, "
-                       "RAPIDPRO_CALLS_PER_HOUR) or RapidPro errors: see the daemon's log")
+                       "RAPIDPRO_*_CALLS_PER_HOUR) or RapidPro errors: see the daemon's log")
 
 
 async def _db_state(couch: CouchServer, db: str) -> str:

@@ -24,7 +24,7 @@ from transitions.relay_check import (
 )
 from transitions.relay_flow import FLOW_NAME, cht_url_for
 from worker.couch.client import CouchServer, CouchUnavailable
-from worker.rapidpro.budget import Priority, RateBudget
+from worker.rapidpro.budget import Priority, ScopedBudget
 from worker.rapidpro.client import RapidProClient, user_agent
 from worker.rapidpro.credentials import Credential, Vault
 from worker.rapidpro.errors import RapidProError
@@ -60,7 +60,8 @@ async def credential_value(credential: Credential) -> str | None:
 
 
 def command_client(config: Config, command: str) -> RapidProClient:
-    return RapidProClient(RateBudget(config.rapidpro_calls_per_hour),
+    budget = ScopedBudget(overrides=config.rapidpro_scope_rates, every=config.rapidpro_calls_per_hour)
+    return RapidProClient(budget,
                           timeout=min(config.rapidpro_timeout, 15), max_wait=COMMAND_MAX_WAIT,
                           user_agent=user_agent(f"{config.instance_id or command} {command}"))
 

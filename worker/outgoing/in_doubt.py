@@ -43,6 +43,7 @@ from transitions.in_doubt import (
 )
 from transitions.outgoing import find_task_message, sendable_messages
 from transitions.phone import mask_phone
+from transitions.rapidpro_forms import workspace_country
 from transitions.timestamps import rapidpro_time
 from worker.couch.client import CouchError, Database
 from worker.feed.changes import Change
@@ -119,6 +120,9 @@ class InDoubtResolver:
         self._claim_timeout = claim_timeout
         self._clock = clock
         self._failing_since: float | None = None
+        # The workspace's country by RapidPro URL (workspace.json): RapidPro stores a local or
+        # unprefixed number in E.164 of that country, and the lookup must compare that form.
+        self._countries: dict[str, str | None] = {}
         self._wake = asyncio.Event()
         self.last: RoundResult | None = None
         self.totals: Counter[str] = Counter()  # since start: found, resent, operator
@@ -219,6 +223,7 @@ class InDoubtResolver:
 
         for window, uuids in plan_listings(windows):
             try:
+                country = await self._country(settings.rapidpro_url, token)
                 listing = await self._list(settings.rapidpro_url, token, window)
             except RapidProError as exc:
                 if self._failing_since is None:
@@ -239,9 +244,17 @@ class InDoubtResolver:
                 entry = by_uuid[uuid]
                 decision = decide(urn=entry["urn"], text=message_text(docs.get(entry["doc_id"]), uuid),
                                   claimed_at=claimed_epoch(entry), listing=listing, recorded=recorded,
-                                  rapidpro_timeout=self._rapidpro_timeout, margin=self._margin)
+                                  rapidpro_timeout=self._rapidpro_timeout, margin=self._margin,
+                                  country=country)
                 if await self._act(entry, decision, docs, result) and decision.broadcast is not None:
                     recorded.update(refs_of(decision.broadcast))  # not also another claim's outcome
+
+    async def _country(self, base_url: str, token: str) -> str | None:
+        """The workspace's country (ISO alpha-2, None when it has none), read once per URL."""
+        if base_url not in self._countries:
+            info = await self._client.get_workspace(base_url, token, priority=Priority.IN_DOUBT)
+            self._countries[base_url] = workspace_country(info)
+        return self._countries[base_url]
 
     async def _list(self, base_url: str, token: str, window: Window) -> Listing:
         started = self._clock()

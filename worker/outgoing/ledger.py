@@ -52,6 +52,11 @@ LEDGER_VIEWS = {
                             "if (typeof doc.broadcast_id === 'number') { emit(doc.broadcast_id, doc.uuid); } "
                             "if (typeof doc.broadcast_uuid === 'string') { "
                             "emit(doc.broadcast_uuid, doc.uuid); } } }"},
+    # Every claim that went (or may have gone) to RapidPro, by claim time: the sends RapidPro's
+    # sliding hour still counts are rebuilt from it at start (worker/rapidpro/budget.py).
+    "by_claim_time": {"map": "function (doc) { if (doc.type === 'dispatch' && doc.state !== 'released' "
+                             "&& typeof doc.claimed_at_epoch === 'number') { "
+                             "emit(doc.claimed_at_epoch, null); } }"},
     # Entries with conflicting revisions (a clustered CouchDB): resolved by in-doubt resolution.
     "conflicted": {"map": "function (doc) { if (doc.type === 'dispatch' && doc._conflicts) { "
                           "emit(doc._id, null); } }"},
@@ -286,6 +291,16 @@ class Ledger:
         """Every claim without an outcome (claimed or in doubt), oldest first."""
         result = await self._view("unresolved", include_docs=True, reduce=False, conflicts=True)
         return [row["doc"] for row in result.get("rows", []) if isinstance(row.get("doc"), dict)]
+
+    async def claims_since(self, since: float, limit: int = 100_000) -> list[float]:
+        """The claim times (epoch seconds) from `since` on of entries not released: one POST each."""
+        try:
+            result = await self._db.view(DESIGN_DOC, "by_claim_time", start_key=since, reduce=False,
+                                         limit=limit)
+        except NotFound:
+            return []
+        return [float(row["key"]) for row in result.get("rows", [])
+                if isinstance(row.get("key"), int | float) and not isinstance(row.get("key"), bool)]
 
     async def conflicted(self, limit: int = 500) -> list[str]:
         """Message uuids whose entries have conflicting revisions (a clustered CouchDB)."""

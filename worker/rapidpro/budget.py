@@ -30,10 +30,13 @@ import bisect
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
+from transitions import rate_scopes
 from worker.backoff import Backoff
 from worker.logs import get_logger
 
@@ -74,13 +77,16 @@ class TokenBucket:
     """
 
     def __init__(self, calls_per_hour: float, *, burst_seconds: float = HOUR,
-                 start_seconds: float = START_SECONDS) -> None:
+                 start_seconds: float = START_SECONDS, window: bool = False) -> None:
         _check_rate(calls_per_hour)
         self._calls_per_hour = float(calls_per_hour)
         self._burst_seconds = burst_seconds
         self._tokens = self._start_level(start_seconds)
         self._updated: float | None = None  # last refill time; None until first used
         self._paused_until: float | None = None
+        # With `window`, also RapidPro's own count: the times of the last hour's calls (DRF's
+        # throttle history), at most `calls_per_hour` of them in any hour.
+        self._window: deque[float] | None = deque() if window else None
 
     @property
     def calls_per_hour(self) -> float:
@@ -111,16 +117,52 @@ class TokenBucket:
             return wait
         self._paused_until = None
         self._tokens = max(0.0, self._tokens - 1.0)
+        if self._window is not None:
+            self._window.append(now)
         return 0.0
+
+    def seed_window(self, call_times: list[float], now: float) -> None:
+        """RapidPro's count rebuilt (e.g. from the ledger's sends): `call_times` on this bucket's
+        clock. The bucket then starts full and the window alone says what is left of the hour,
+        slot by slot as those calls age out — exactly what RapidPro will allow."""
+        if self._window is None:
+            self._window = deque()
+        self._window = deque(sorted([*self._window, *(t for t in call_times if now - HOUR < t <= now)]))
+        self._tokens = self.capacity if not math.isinf(self._calls_per_hour) else math.inf
+        self._updated = now
+
+    def window_count(self, now: float) -> int | None:
+        """Calls in the last hour by this bucket's count (None without a window)."""
+        if self._window is None:
+            return None
+        self._expire(now)
+        return len(self._window)
+
+    def _expire(self, now: float) -> None:
+        assert self._window is not None
+        while self._window and self._window[0] <= now - HOUR:
+            self._window.popleft()
+
+    def _window_wait(self, now: float, keep: float) -> float:
+        if self._window is None or math.isinf(self._calls_per_hour):
+            return 0.0
+        self._expire(now)
+        over = len(self._window) + 1 + math.ceil(keep - _EPSILON) - int(self._calls_per_hour)
+        if over <= 0:
+            return 0.0
+        # The `over`-th oldest call must leave the hour first.
+        index = min(over, len(self._window)) - 1
+        return max(self._window[index] + HOUR - now, _EPSILON)
 
     def time_until_token(self, now: float, keep: float = 0.0) -> float:
         """What `try_take(now, keep)` would answer, without taking anything."""
         if self._paused_until is not None and now < self._paused_until:
             return self._paused_until - now
         self._refill(now)
+        window = self._window_wait(now, keep)
         if self._tokens >= 1.0 + keep - _EPSILON:
-            return 0.0
-        return max((1.0 + keep - self._tokens) / self.rate, _EPSILON)
+            return window
+        return max((1.0 + keep - self._tokens) / self.rate, _EPSILON, window)
 
     def pause_until(self, t: float, now: float | None = None) -> None:
         """A 429: nothing is taken before `t`, and at `t` the bucket holds one token only.
@@ -204,12 +246,13 @@ class BudgetPolicy:
     """
 
     def __init__(self, calls_per_hour: float, *, send_reserve_seconds: float = SEND_RESERVE_SECONDS,
-                 floor_share: float = FLOOR_SHARE, start_seconds: float = START_SECONDS) -> None:
+                 floor_share: float = FLOOR_SHARE, start_seconds: float = START_SECONDS,
+                 window: bool = False) -> None:
         if not 0.0 <= floor_share < 1.0:
             raise ValueError(f"floor_share must be in [0, 1), not {floor_share!r}")
         if send_reserve_seconds < 0:
             raise ValueError(f"send_reserve_seconds must be >= 0, not {send_reserve_seconds!r}")
-        self.main = TokenBucket(calls_per_hour, start_seconds=start_seconds)
+        self.main = TokenBucket(calls_per_hour, start_seconds=start_seconds, window=window)
         self._floor_share = floor_share
         self._floor = TokenBucket(self._floor_rate(calls_per_hour), burst_seconds=FLOOR_BURST_SECONDS,
                                   start_seconds=FLOOR_BURST_SECONDS) if floor_share > 0 else None
@@ -289,10 +332,13 @@ class RateBudget:
         send_reserve_seconds: float = SEND_RESERVE_SECONDS,
         floor_share: float = FLOOR_SHARE,
         start_seconds: float = START_SECONDS,
+        window: bool = False,
+        scope: str = "v2",
     ) -> None:
         self._clock = clock
+        self.scope = scope  # RapidPro's throttle scope this budget paces (for logs and metrics)
         self._policy = BudgetPolicy(calls_per_hour, send_reserve_seconds=send_reserve_seconds,
-                                    floor_share=floor_share, start_seconds=start_seconds)
+                                    floor_share=floor_share, start_seconds=start_seconds, window=window)
         self._bucket = self._policy.main
         # For 429s without Retry-After: grows per 429, back to its base after a call gets through.
         self._backoff = throttle_backoff or Backoff(base=2.0, cap=60.0)
@@ -378,7 +424,9 @@ class RateBudget:
         flight when the window filled all come back 429: only the first one grows the backoff.
         """
         now = self._clock()
-        if retry_after is not None and retry_after >= 0:
+        # `Retry-After: 0` says nothing about when a slot frees (RapidPro's throttle rounds its wait
+        # and the window may be overshot): backed off like a 429 without one, never retried at once.
+        if retry_after is not None and retry_after > 0:
             delay = float(retry_after)
         else:
             remaining = self.paused_for()
@@ -386,10 +434,136 @@ class RateBudget:
                 return remaining
             delay = self._backoff.next_delay()
         self._bucket.pause_until(now + delay, now)
-        log.warning("rapidpro_throttled", retry_after=retry_after, pause_s=round(delay, 3))
+        log.warning("rapidpro_throttled", scope=self.scope, retry_after=retry_after, pause_s=round(delay, 3))
         self.wake()
         return max(delay, self.paused_for())
 
     def record_success(self) -> None:
         """A call got an answer other than 429: the next 429 backs off from the start again."""
         self._backoff.reset()
+
+    def seed_window(self, call_times: list[float]) -> None:
+        """Calls RapidPro counted in the last hour (this budget's clock): see TokenBucket.seed_window."""
+        self._bucket.seed_window(call_times, self._clock())
+        self.wake()
+
+    def window_count(self) -> int | None:
+        return self._bucket.window_count(self._clock())
+
+    def health(self) -> dict[str, Any]:
+        return {"calls_per_hour": self.calls_per_hour, "remaining": round(self.tokens(), 1),
+                "waiting": self.waiting, "paused_s": round(self.paused_for(), 1),
+                "used_last_hour": self.window_count()}
+
+
+# ---------------------------------------------------------------------- per RapidPro scope
+
+# Where callers of a priority mostly call: sends and in-doubt lookups broadcasts.json, status
+# tracking and reconciliation messages.json, the channel watcher channels.json.
+_PRIORITY_PATHS = {
+    Priority.SEND: "/api/v2/broadcasts.json",
+    Priority.IN_DOUBT: "/api/v2/broadcasts.json",
+    Priority.STATUS: "/api/v2/messages.json",
+    Priority.CHANNELS: "/api/v2/channels.json",
+    Priority.INCOMING: "/api/v2/messages.json",
+}
+
+
+class ScopedBudget:
+    """One `RateBudget` per RapidPro throttle scope (transitions/rate_scopes.py): a call takes a
+    token of the scope RapidPro counts it in, a 429 pauses that scope only, and each scope's
+    rate follows the server's version, learnt from the first broadcast it answers with (or the
+    operator's override of that scope). Every scope's budget also keeps RapidPro's own count of
+    the hour (a sliding window); the broadcasts' one is rebuilt at start from the ledger's sends
+    of the last hour (`seed_sends`).
+
+    Priorities keep their meaning inside a scope: sends before in-doubt lookups before the rest,
+    with the send reserve and the floor where sends share the scope; in `v2.messages` (no sends)
+    status tracking goes before reconciliation with nothing held back.
+    """
+
+    def __init__(self, *, overrides: Mapping[str, int | None] | None = None, every: int | None = None,
+                 clock: Clock = time.monotonic, version: str = "unknown",
+                 throttle_backoff: Callable[[], Backoff] | None = None) -> None:
+        self._overrides = dict(overrides or {})
+        self._every = every
+        self._clock = clock
+        self.version = rate_scopes.VERSIONS[version]
+        self.version_name = version
+        rates = rate_scopes.scope_rates(self.version, self._overrides, every)
+        self._budgets: dict[str, RateBudget] = {}
+        for scope in rate_scopes.SCOPES:
+            sends_here = scope != rate_scopes.MESSAGES
+            self._budgets[scope] = RateBudget(
+                rates[scope], clock=clock, window=True, scope=scope,
+                throttle_backoff=throttle_backoff() if throttle_backoff else None,
+                send_reserve_seconds=SEND_RESERVE_SECONDS if sends_here else 0.0,
+                floor_share=FLOOR_SHARE if sends_here else 0.0)
+        self._sends: list[float] | None = None  # the ledger's sends of the last hour, on `clock`
+
+    # ---- which budget
+
+    def scope_of(self, path: str) -> str:
+        return rate_scopes.scope_of_path(path, self.version)
+
+    def for_path(self, path: str) -> RateBudget:
+        return self._budgets[self.scope_of(path)]
+
+    def scope(self, name: str) -> RateBudget:
+        return self._budgets[name]
+
+    def for_priority(self, priority: Priority) -> RateBudget:
+        return self.for_path(_PRIORITY_PATHS[Priority(priority)])
+
+    def active_scopes(self) -> list[str]:
+        """The scopes the worker's calls are counted in on this server."""
+        return [s for s in rate_scopes.SCOPES if s != rate_scopes.BROADCASTS
+                or self.version.broadcasts_scope == rate_scopes.BROADCASTS]
+
+    def rates(self) -> dict[str, float]:
+        return {scope: self._budgets[scope].calls_per_hour for scope in self.active_scopes()}
+
+    # ---- the server's version and the ledger
+
+    def observe_broadcast(self, broadcast: object) -> None:
+        """A broadcast RapidPro answered with: its fields tell the version, hence the rates."""
+        version = rate_scopes.version_of_broadcast(broadcast)
+        if version is None or version == self.version_name:
+            return
+        if self.version_name != "unknown" and version == "before-2025":
+            return  # a listing of old rows on a newer server proves nothing
+        self.set_version(version)
+
+    def set_version(self, version: str) -> None:
+        before = self.version.broadcasts_scope
+        self.version = rate_scopes.VERSIONS[version]
+        self.version_name = version
+        for scope, rate in rate_scopes.scope_rates(self.version, self._overrides, self._every).items():
+            if self._budgets[scope].calls_per_hour != rate:
+                self._budgets[scope].calls_per_hour = rate
+        if self.version.broadcasts_scope != before:
+            self._seed(self._budgets[self.version.broadcasts_scope])
+        log.info("rapidpro_rates", version=self.version.name, rates=self.rates(),
+                 broadcasts_scope=self.version.broadcasts_scope)
+
+    def seed_sends(self, call_times: list[float]) -> None:
+        """The ledger's sends (claims) of the last hour, on this budget's clock."""
+        now = self._clock()
+        self._sends = [t for t in call_times if now - HOUR < t <= now]
+        self._seed(self.for_path(_PRIORITY_PATHS[Priority.SEND]))
+
+    def _seed(self, budget: RateBudget) -> None:
+        if self._sends is not None:  # read from the ledger (none: the whole hour is left)
+            budget.seed_window(self._sends)
+
+    # ---- what callers used to ask the single budget (the scope of their usual calls)
+
+    def next_token_in(self, priority: Priority = Priority.SEND) -> float:
+        return self.for_priority(priority).next_token_in(priority)
+
+    def paused_for(self, priority: Priority = Priority.STATUS) -> float:
+        return self.for_priority(priority).paused_for()
+
+    def health(self) -> dict[str, Any]:
+        return {"version": self.version.name, "broadcasts_scope": self.version.broadcasts_scope,
+                "scopes": {scope: self._budgets[scope].health() for scope in self.active_scopes()}}

@@ -32,9 +32,10 @@ from worker.rapidpro.answers import (
     describe,
     error_for,
     json_object,
+    json_or_none,
     reason_of,
 )
-from worker.rapidpro.budget import Priority, RateBudget
+from worker.rapidpro.budget import Priority, RateBudget, ScopedBudget
 from worker.rapidpro.errors import (
     NotActive,
     RapidProNoAnswer,
@@ -80,7 +81,7 @@ class _CallState:
 class RapidProClient:
     def __init__(
         self,
-        budget: RateBudget,
+        budget: RateBudget | ScopedBudget,
         *,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
@@ -161,7 +162,9 @@ class RapidProClient:
         answer = await self._call(
             "POST", _api_url(base_url, BROADCASTS_PATH), token, Priority.SEND, max_wait, data=body
         )
-        return broadcast_from(answer)
+        broadcast = broadcast_from(answer)
+        self._observe_broadcasts([json_or_none(answer)])
+        return broadcast
 
     async def list_messages(
         self,
@@ -201,8 +204,20 @@ class RapidProClient:
         does not read and lists everything: the caller checks the results are what it asked for.
         With `cursor_url` (a previous page's `next`) the filters are ignored."""
         filters = {"after": after, "before": before, "uuid": uuid, "id": broadcast_id}
-        return await self._list_page(base_url, BROADCASTS_PATH, token, filters, cursor_url, priority,
+        page = await self._list_page(base_url, BROADCASTS_PATH, token, filters, cursor_url, priority,
                                      max_wait)
+        self._observe_broadcasts(page.results[:1])
+        return page
+
+    def _observe_broadcasts(self, broadcasts: Sequence[object]) -> None:
+        """A broadcast's fields tell the server's version, hence its throttle scopes' rates."""
+        if isinstance(self.budget, ScopedBudget):
+            for broadcast in broadcasts:
+                self.budget.observe_broadcast(broadcast)
+
+    def _budget_for(self, url: URL) -> RateBudget:
+        """The budget of the scope RapidPro counts a call to `url` in."""
+        return self.budget.for_path(url.path) if isinstance(self.budget, ScopedBudget) else self.budget
 
     async def _list_page(self, base_url: str, path: str, token: str, filters: Mapping[str, object],
                          cursor_url: str | None, priority: Priority, max_wait: float | None
@@ -270,30 +285,32 @@ class RapidProClient:
         limit = self.max_wait if max_wait is None else max_wait
         deadline = time.monotonic() + limit
         while True:
-            await self._acquire(priority, deadline)
+            budget = self._budget_for(url)  # read again: the scopes follow the server's version
+            await self._acquire(budget, priority, deadline)
             if self.may_call is not None and not self.may_call():
                 raise NotActive("not the active worker (the lease is not held)")
             answer = await self._request(method, url, token, data)
             if answer.status != 429:
-                self.budget.record_success()
+                budget.record_success()
                 if 200 <= answer.status < 300:
                     return answer
                 raise error_for(method, answer)
             # 429: DRF throttles before the view runs, so a throttled POST created nothing and
-            # can be repeated. Tell the budget (it pauses every caller), then wait our turn.
+            # can be repeated. Tell the scope's budget (it pauses that scope's callers only: the
+            # other scopes are counted apart), then wait our turn.
             retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-            pause = self.budget.throttled(retry_after)
+            pause = budget.throttled(retry_after)
             if time.monotonic() + pause > deadline:
                 raise RateLimited(pause, reason_of(answer) or "429 Too Many Requests")
 
-    async def _acquire(self, priority: Priority, deadline: float) -> None:
+    async def _acquire(self, budget: RateBudget, priority: Priority, deadline: float) -> None:
         remaining = deadline - time.monotonic()
         try:
             async with asyncio.timeout(max(0.0, remaining)):
-                await self.budget.acquire(priority)
+                await budget.acquire(priority)
         except TimeoutError:
             # Waiting for the budget sends nothing: the caller may retry later freely.
-            wait = self.budget.next_token_in() or None
+            wait = budget.next_token_in() or None
             raise RateLimited(wait, "waited too long for the RapidPro call budget") from None
 
     async def _request(self, method: str, url: URL, token: str, data: str | None) -> Answer:

@@ -9,23 +9,26 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from worker.rapidpro.budget import RateBudget
+from worker.rapidpro.budget import RateBudget, ScopedBudget
 from worker.rapidpro.channels import ChannelWatcher
 from worker.rapidpro.client import RapidProClient
-from worker.reporting import PREFIX, gauge
+from worker.reporting import PREFIX
 
 
 class RapidProReport:
-    def __init__(self, client: RapidProClient, budget: RateBudget,
+    def __init__(self, client: RapidProClient, budget: RateBudget | ScopedBudget,
                  channels: ChannelWatcher | None = None) -> None:
         self._client = client
         self._budget = budget
         self._channels = channels
 
     async def health(self) -> dict[str, Any]:
-        if self._channels is None:
-            return {}
-        return {"rapidpro": {"channels": self._channels.health()}}
+        part: dict[str, Any] = {}
+        if isinstance(self._budget, ScopedBudget):
+            part["budget"] = self._budget.health()  # per RapidPro throttle scope
+        if self._channels is not None:
+            part["channels"] = self._channels.health()
+        return {"rapidpro": part} if part else {}
 
     def metrics(self, part: Mapping[str, Any]) -> Iterable[Metric]:
         requests = CounterMetricFamily(PREFIX + "rapidpro_requests", "RapidPro API calls by endpoint "
@@ -33,10 +36,35 @@ class RapidProReport:
         for (endpoint, status), count in sorted(self._client.requests.items()):
             requests.add_metric([endpoint, status], float(count))
         yield requests
-        yield gauge("rate_budget_remaining", "Calls left in the shared RapidPro budget now.",
-                    self._budget.tokens())
-        yield gauge("rate_budget_waiting", "Calls waiting for the RapidPro budget.", self._budget.waiting)
+        yield from budget_families(self._budget)
         yield from channel_families((part.get("rapidpro") or {}).get("channels") or {})
+
+
+def budget_families(budget: RateBudget | ScopedBudget) -> Iterable[Metric]:
+    """The budget of each RapidPro throttle scope the worker's calls are counted in (label
+    `scope`: v2.broadcasts, v2.messages, v2), under the names the single budget had."""
+    scoped = budget if isinstance(budget, ScopedBudget) else None
+    scopes = scoped.active_scopes() if scoped else [budget.scope]  # type: ignore[union-attr]
+
+    def of(scope: str) -> RateBudget:
+        return scoped.scope(scope) if scoped else budget  # type: ignore[return-value]
+
+    families = {
+        "rate_budget_remaining": ("Calls left in the RapidPro budget of the scope now.",
+                                  lambda b: b.tokens()),
+        "rate_budget_waiting": ("Calls waiting for the RapidPro budget of the scope.", lambda b: b.waiting),
+        "rate_budget_calls_per_hour": ("The scope's rate: the server version's or the configured one.",
+                                       lambda b: b.calls_per_hour),
+        "rate_budget_paused_seconds": ("Seconds left in the scope's pause after a 429 (0: not paused).",
+                                       lambda b: b.paused_for()),
+        "rate_budget_used_last_hour": ("Calls the scope's sliding hour counts (RapidPro's count, as far "
+                                       "as the worker knows it).", lambda b: b.window_count() or 0),
+    }
+    for name, (doc, value) in families.items():
+        family = GaugeMetricFamily(PREFIX + name, doc, labels=["scope"])
+        for scope in scopes:
+            family.add_metric([scope], float(value(of(scope))))
+        yield family
 
 
 def channel_families(channels: Mapping[str, Any]) -> Iterable[Metric]:
