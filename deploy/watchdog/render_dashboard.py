@@ -29,7 +29,7 @@ OUT = HERE / "dashboard.png"
 BACKGROUND, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
 COLORS = ["#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b877d9"]
 STAT_SAMPLES = {"Workers answering": 2, "Active workers": 1, "In doubt, for an operator": 1,
-                "Parked changes": 0, "Sending off": 0, "Double-sender risk": 0, "Channels active": 2,
+                "Parked changes": 0, "Sending off": 0, "CHT's sender on": 0, "Channels active": 2,
                 "Feed backlog": 3}
 SAMPLE_LABELS = {"outcome": ["sent", "rejected", "in_doubt"], "reason": ["rapidpro_unreachable"],
                  "status": ["200", "201", "429"], "channel_name": ["Phone A", "Phone B"],
