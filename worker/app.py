@@ -124,7 +124,8 @@ class Worker:
             own_db=FencedDatabase(self.couch, config.worker_db, self.lease.may_act),
             client=self.rapidpro, token=self.outgoing_token,
             settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
-            policy=Policy(interval=config.status_poll_interval, horizon=config.status_tracking_horizon))
+            policy=Policy(interval=config.status_poll_interval, horizon=config.status_tracking_horizon),
+            changes_from_feed=True)
         self.incoming = IncomingWebhook(self.medic, self.incoming_key, lambda: self.settings.current,
                                         translations=lambda: self.translations.current,
                                         max_body=config.webhook_max_body,

@@ -28,6 +28,7 @@ from typing import Any
 from transitions.broadcasts import BroadcastKey
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
 from transitions.ledger_leaves import Merge, Resolution, merged_entry, resolve, writer_nonce
+from transitions.status_feed import LEDGER_FIELDS
 from transitions.timestamps import cht_time
 from worker.couch.bulk import BulkWriter
 from worker.couch.client import Accepted, Conflict, Database, NotFound
@@ -51,6 +52,16 @@ LEDGER_VIEWS = {
     "conflicted": {"map": "function (doc) { if (doc.type === 'dispatch' && doc._conflicts) { "
                           "emit(doc._id, null); } }"},
 }
+# Status tracking's compact view of the sent entries (transitions/status_feed.py): what it needs
+# to follow the worker's own messages without reading CHT's docs. A design doc of its own, so
+# adding it does not rebuild the index of the views above.
+STATUS_DESIGN_DOC = "rapidpro-worker-status"
+STATUS_VIEWS = {
+    "tracking": {"map": "function (doc) { if (doc.type === 'dispatch' && doc.state === 'sent' && doc.uuid) { "
+                        "emit(doc.uuid, {" + ", ".join(f"{name}: doc.{name}" for name in LEDGER_FIELDS)
+                        + "}); } }"},
+}
+DESIGN_DOCS = {DESIGN_DOC: LEDGER_VIEWS, STATUS_DESIGN_DOC: STATUS_VIEWS}
 # An outcome or decision stored on too few copies is confirmed by writing it again on top: a
 # quorum taking the update proves a quorum held it. Tried this often before giving up for now.
 CONFIRM_TRIES = 3
@@ -247,17 +258,35 @@ class Ledger:
                                  error=entry.get("error") or "claimed but no outcome was recorded")
 
     async def ensure_views(self) -> None:
-        """Create or update the ledger's design doc (a 409 means another worker just did)."""
+        """Create or update the ledger's design docs (a 409 means another worker just did)."""
         # Through _all_docs and _bulk_docs: no design-doc path encoding to get wrong.
-        doc_id = f"_design/{DESIGN_DOC}"
-        rows = (await self._db.all_docs(keys=[doc_id], include_docs=True)).get("rows", [])
-        current = rows[0].get("doc") if rows and isinstance(rows[0].get("doc"), dict) else None
-        if current is not None and current.get("views") == LEDGER_VIEWS:
-            return
-        doc: dict[str, Any] = {"_id": doc_id, "language": "javascript", "views": LEDGER_VIEWS}
-        if current is not None:
-            doc["_rev"] = current["_rev"]
-        await self._db.bulk([doc])  # a conflict: another worker just wrote the same
+        ids = [f"_design/{name}" for name in DESIGN_DOCS]
+        rows = (await self._db.all_docs(keys=ids, include_docs=True)).get("rows", [])
+        current = {row.get("key"): row.get("doc") for row in rows if isinstance(row.get("doc"), dict)}
+        docs: list[dict[str, Any]] = []
+        for name, views in DESIGN_DOCS.items():
+            doc_id = f"_design/{name}"
+            existing = current.get(doc_id)
+            if existing is not None and existing.get("views") == views:
+                continue
+            doc: dict[str, Any] = {"_id": doc_id, "language": "javascript", "views": views}
+            if existing is not None:
+                doc["_rev"] = existing["_rev"]
+            docs.append(doc)
+        if docs:
+            await self._db.bulk(docs)  # a conflict: another worker just wrote the same
+
+    async def tracking(self, uuids: list[str]) -> dict[str, dict[str, Any]] | None:
+        """The status-tracking facts of these messages' sent entries, by uuid (a view read, no
+        docs); None when the view does not exist yet (read the entries instead)."""
+        if not uuids:
+            return {}
+        try:
+            result = await self._db.view(STATUS_DESIGN_DOC, "tracking", keys=uuids, reduce=False)
+        except NotFound:
+            return None
+        return {row["key"]: row["value"] for row in result.get("rows", [])
+                if isinstance(row.get("key"), str) and isinstance(row.get("value"), dict)}
 
     async def unresolved(self) -> list[dict[str, Any]]:
         """Every claim without an outcome (claimed or in doubt), oldest first."""
