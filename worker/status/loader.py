@@ -17,6 +17,7 @@ from transitions.status_feed import LOAD_ORDER, PageStart, Row, ledger_candidate
 from worker.couch.client import Database, NotFound
 from worker.outgoing.ledger import Ledger
 from worker.status.book import candidates
+from worker.status.round import StatusStats
 
 VIEW_DDOC, VIEW_NAME = "medic-sms", "gateway_messages_by_state"
 PAGE_SIZE = 2000  # rows a page: ~0.3 MB of JSON, parsed in a few ms between two awaits
@@ -25,8 +26,10 @@ PAGE_SIZE = 2000  # rows a page: ~0.3 MB of JSON, parsed in a few ms between two
 class ViewLoader:
     """One pass over the view; resumable after an error from where it stopped."""
 
-    def __init__(self, medic: Database, ledger: Ledger | None, page_size: int = PAGE_SIZE) -> None:
+    def __init__(self, medic: Database, ledger: Ledger | None, page_size: int = PAGE_SIZE,
+                 stats: StatusStats | None = None) -> None:
         self._medic = medic
+        self._stats = stats
         self._ledger = ledger
         self._page_size = page_size
         self._key = 0  # index into LOAD_ORDER
@@ -53,6 +56,8 @@ class ViewLoader:
             raw = result.get("rows", [])
             rows = view_rows(raw[self._start.seen:])  # that doc's rows already read come first
             self.pages += 1
+            if self._stats is not None:
+                self._stats.view_pages += 1
             if len(raw) < params["limit"]:
                 following = (self._key + 1, PageStart())
             else:

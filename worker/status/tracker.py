@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from config.settings import Settings
@@ -71,6 +71,18 @@ log = get_logger(__name__)
 _FLUSH_AT = 200  # write as soon as this many updates wait
 STALL_ROUNDS = 3  # intervals without a completed round that make a stall
 LOAD_WAIT = 3.0  # seconds the first round waits for the load before planning what is in
+
+
+CENSUS_EVERY = 5.0  # seconds /healthz may show the same count of the schedule
+
+
+@dataclass(frozen=True)
+class Census:
+    at: float
+    rounds: int
+    tiers: dict[str, dict[str, Any]]
+    due: int
+    parked_by_channel: dict[str, int]
 
 
 class TokenSource(Protocol):
@@ -118,6 +130,7 @@ class StatusTracker:
         self._arrivals: dict[str, Candidate] = {}
         self._deleted_docs: set[str] = set()
         self._watching: list[set[str]] = []
+        self._census_cache: Census | None = None
         self._unwritten: dict[str, tuple[str, TaskUpdate]] = {}  # uuid → (doc_id, update)
         self._folder_stats = FolderStats()
         self._api = ServerApi()  # what this RapidPro reads, learnt from its answers
@@ -147,18 +160,30 @@ class StatusTracker:
         self._wake.set()
 
     def health(self) -> dict[str, Any]:
-        return {**asdict(self.stats), "loading": self._loading is not None, "due": self.due_count(),
+        census = self._census()
+        return {**asdict(self.stats), "loading": self._loading is not None, "due": census.due,
                 "unwritten": len(self._unwritten),
                 "remembered": {"past_horizon": len(self._book.expired),
                                "unknown_to_rapidpro": len(self._book.missing)},
                 "freshness": self.freshness(), "progress": self.progress.health(self._clock()),
-                "channels_without_delivery_reports": self._reports.health(self._book.parked_by_channel()),
+                "channels_without_delivery_reports": self._reports.health(census.parked_by_channel),
                 "rapidpro_api": self._api.health()}
+
+    def _census(self) -> Census:
+        """The schedule counted (tiers, due, parked): a pass over every followed message, so
+        done at most every CENSUS_EVERY seconds or once per round, not per /healthz request."""
+        now = self._clock()
+        cached = self._census_cache
+        if cached is None or cached.rounds != self.stats.rounds or not 0 <= now - cached.at < CENSUS_EVERY:
+            cached = Census(now, self.stats.rounds, self._book.tiers(now, self.policy),
+                            self._book.due_count(now), self._book.parked_by_channel())
+            self._census_cache = cached
+        return cached
 
     def freshness(self) -> dict[str, Any]:
         """Per tier: messages followed, and those whose check is late by more than the tier's
         period (the budget could not pay for it). `degraded` says freshness is not kept."""
-        tiers = self._book.tiers(self._clock(), self.policy)
+        tiers = self._census().tiers
         reason = None
         if self._short_since is not None:
             reason = "rapidpro_budget_short"
@@ -168,8 +193,13 @@ class StatusTracker:
                 "budget_short_since": cht_time(self._short_since) if self._short_since else None,
                 "tiers": tiers}
 
+    @property
+    def loaded(self) -> bool:
+        """The view has been read whole (start, rescan); the feed keeps the schedule current."""
+        return self._loaded
+
     def due_count(self) -> int:
-        return self._book.due_count(self._clock())
+        return self._census().due
 
     def tracked(self) -> dict[str, Tracked]:
         """The schedule (read-only use: tests, benchmarks)."""
@@ -342,7 +372,7 @@ class StatusTracker:
         if not self._changes_from_feed:
             # Changes from here on are read after the load: none is missed between the two.
             self._since = await self._medic.end_seq()
-        self._loader = ViewLoader(self._medic, self._ledger, self._view_page_size)
+        self._loader = ViewLoader(self._medic, self._ledger, self._view_page_size, self.stats)
         self._first_page.clear()
         self._loading = asyncio.create_task(self._load(self._loader, rescan), name="status-load")
         await self._load_status(wait=True)
@@ -359,7 +389,6 @@ class StatusTracker:
 
     async def _take_page(self, found: list[Candidate], facts: dict[str, dict[str, Any]],
                          touched: set[str]) -> None:
-        self.stats.view_pages += 1
         fresh = {c.uuid: c for c in found
                  if c.uuid not in touched and c.doc_id not in touched and c.uuid not in self._book.items}
         self._start_tracking(fresh, facts, at_start=True)
