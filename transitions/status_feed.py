@@ -29,10 +29,17 @@ from transitions.timestamps import parse_time
 # The view's keys, fresher states first: they change soonest, so they are asked about first.
 LOAD_ORDER: tuple[str, ...] = (RECEIVED_BY_GATEWAY, FORWARDED_BY_GATEWAY, SENT)
 
-# The fields of a ledger entry status tracking needs (the ledger's `tracking` view emits these).
-LEDGER_FIELDS: tuple[str, ...] = ("state", "outcome_at", "claimed_at", "urn", "broadcast_id",
-                                  "broadcast_uuid", "broadcast_status", "task_state", "task_state_details",
-                                  "task_state_at")
+# The fields of a sent ledger entry status tracking needs: the ledger's `tracking` view emits
+# them as an array in this order (`outcome_at` falling back to `claimed_at`); `ledger_facts` reads it.
+LEDGER_FIELDS: tuple[str, ...] = ("outcome_at", "broadcast_id", "broadcast_uuid", "broadcast_status",
+                                  "task_state", "task_state_details", "task_state_at")
+
+
+def ledger_facts(value: Any) -> dict[str, Any] | None:
+    """A row value of the ledger's `tracking` view → the entry's fields (state `sent`)."""
+    if not isinstance(value, list) or len(value) != len(LEDGER_FIELDS):
+        return None
+    return {"state": LEDGER_SENT, **dict(zip(LEDGER_FIELDS, value, strict=True))}
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from typing import Any
 from transitions.broadcasts import BroadcastKey
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
 from transitions.ledger_leaves import Merge, Resolution, merged_entry, resolve, writer_nonce
-from transitions.status_feed import LEDGER_FIELDS
+from transitions.status_feed import LEDGER_FIELDS, ledger_facts
 from transitions.timestamps import cht_time
 from worker.couch.bulk import BulkWriter
 from worker.couch.client import Accepted, Conflict, Database, NotFound
@@ -53,13 +53,16 @@ LEDGER_VIEWS = {
                           "emit(doc._id, null); } }"},
 }
 # Status tracking's compact view of the sent entries (transitions/status_feed.py): what it needs
-# to follow the worker's own messages without reading CHT's docs. A design doc of its own, so
-# adding it does not rebuild the index of the views above.
+# to follow the worker's own messages without reading CHT's docs, by [CHT doc id, message uuid]:
+# CHT's view lists a state's messages by doc id, so a page of it is one range of this view (a
+# range read costs CouchDB far less than a lookup per key). A design doc of its own, so adding
+# it does not rebuild the index of the views above.
 STATUS_DESIGN_DOC = "rapidpro-worker-status"
 STATUS_VIEWS = {
-    "tracking": {"map": "function (doc) { if (doc.type === 'dispatch' && doc.state === 'sent' && doc.uuid) { "
-                        "emit(doc.uuid, {" + ", ".join(f"{name}: doc.{name}" for name in LEDGER_FIELDS)
-                        + "}); } }"},
+    "tracking": {"map": "function (doc) { if (doc.type === 'dispatch' && doc.state === 'sent' && doc.uuid "
+                        "&& typeof doc.doc_id === 'string') { emit([doc.doc_id, doc.uuid], ["
+                        + ", ".join("doc.outcome_at || doc.claimed_at" if name == "outcome_at"
+                                    else f"doc.{name}" for name in LEDGER_FIELDS) + "]); } }"},
 }
 DESIGN_DOCS = {DESIGN_DOC: LEDGER_VIEWS, STATUS_DESIGN_DOC: STATUS_VIEWS}
 # An outcome or decision stored on too few copies is confirmed by writing it again on top: a
@@ -69,6 +72,16 @@ CONFIRM_TRIES = 3
 
 def _same_claim(current: dict[str, Any], entry: dict[str, Any]) -> bool:
     return all(current.get(k) == entry.get(k) for k in ("owner", "claimed_at_epoch", "state"))
+
+
+def _facts(rows: list[Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = row.get("key") if isinstance(row, dict) else None
+        if isinstance(key, list) and len(key) == 2 and isinstance(key[1], str) \
+                and (facts := ledger_facts(row.get("value"))) is not None:
+            found[key[1]] = facts
+    return found
 
 
 class NotConfirmed(Accepted):
@@ -276,17 +289,26 @@ class Ledger:
         if docs:
             await self._db.bulk(docs)  # a conflict: another worker just wrote the same
 
-    async def tracking(self, uuids: list[str]) -> dict[str, dict[str, Any]] | None:
-        """The status-tracking facts of these messages' sent entries, by uuid (a view read, no
-        docs); None when the view does not exist yet (read the entries instead)."""
-        if not uuids:
-            return {}
+    async def tracking(self, first_doc_id: str, last_doc_id: str, limit: int
+                       ) -> tuple[dict[str, dict[str, Any]], bool] | None:
+        """The status-tracking facts of the sent entries of CHT docs `first_doc_id`..`last_doc_id`
+        (a view range, no docs), by message uuid, and whether the range was read to its end (at
+        most `limit` rows are); None when the view does not exist yet (read the entries)."""
         try:
-            result = await self._db.view(STATUS_DESIGN_DOC, "tracking", keys=uuids, reduce=False)
+            result = await self._db.view(STATUS_DESIGN_DOC, "tracking", start_key=[first_doc_id],
+                                         end_key=[last_doc_id, {}], limit=limit, reduce=False)
         except NotFound:
             return None
-        return {row["key"]: row["value"] for row in result.get("rows", [])
-                if isinstance(row.get("key"), str) and isinstance(row.get("value"), dict)}
+        rows = result.get("rows", [])
+        return _facts(rows), len(rows) < limit
+
+    async def tracking_of(self, keys: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+        """The same for (doc id, message uuid) pairs, one lookup each (dearer than a range)."""
+        if not keys:
+            return {}
+        result = await self._db.view(STATUS_DESIGN_DOC, "tracking", keys=[list(key) for key in keys],
+                                     reduce=False)
+        return _facts(result.get("rows", []))
 
     async def unresolved(self) -> list[dict[str, Any]]:
         """Every claim without an outcome (claimed or in doubt), oldest first."""

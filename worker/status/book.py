@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transitions.broadcasts import BroadcastKey, as_uuid, message_broadcast
-from transitions.status import Candidate, Policy, Tier, Tracked, expired, period, trackable_messages
+from transitions.status import Candidate, Policy, Tier, Tracked, period, trackable_messages
 from transitions.status_api import could_be, recipient
 from transitions.timestamps import parse_time
 from worker.couch.client import Database
@@ -161,14 +161,6 @@ class Book:
         gone = [uuid for uuid, item in self.items.items() if item.doc_id in doc_ids]
         for uuid in gone:
             self.drop(uuid)
-        return gone
-
-    def past_horizon(self, now: float, policy: Policy) -> list[Tracked]:
-        """Drops (and remembers) the messages past the tracking horizon; returns them."""
-        gone = [item for item in self.items.values() if expired(item, now, policy)]
-        for item in gone:
-            self.drop(item.uuid)
-            self.remember(self.expired, item.uuid)
         return gone
 
     def due_count(self, now: float) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -46,6 +46,7 @@ from transitions.status import (
     Observation,
     Policy,
     Tracked,
+    expired,
     is_forward,
     schedule,
     start_tracking,
@@ -74,6 +75,10 @@ LOAD_WAIT = 3.0  # seconds the first round waits for the load before planning wh
 
 
 CENSUS_EVERY = 5.0  # seconds /healthz may show the same count of the schedule
+# A schedule this big is planned off the event loop and counted between rounds, not per
+# /healthz request; passes over it free the loop every SLICE messages.
+SMALL_BOOK = 20_000
+SLICE = 5_000
 
 
 @dataclass(frozen=True)
@@ -174,11 +179,39 @@ class StatusTracker:
         done at most every CENSUS_EVERY seconds or once per round, not per /healthz request."""
         now = self._clock()
         cached = self._census_cache
-        if cached is None or cached.rounds != self.stats.rounds or not 0 <= now - cached.at < CENSUS_EVERY:
+        stale = cached is None or cached.rounds != self.stats.rounds \
+            or not 0 <= now - cached.at < CENSUS_EVERY
+        if cached is None or (stale and len(self._book) <= SMALL_BOOK):
             cached = Census(now, self.stats.rounds, self._book.tiers(now, self.policy),
                             self._book.due_count(now), self._book.parked_by_channel())
             self._census_cache = cached
         return cached
+
+    async def _count(self) -> None:
+        """The census of a big schedule, between rounds, with the loop free between slices."""
+        if len(self._book) <= SMALL_BOOK:
+            return
+        now = self._clock()
+        tiers: dict[str, dict[str, Any]] | None = None
+        due, parked = 0, {}
+        async for some in self._each():
+            part = Book()
+            for item in some:
+                part.items[item.uuid] = item
+            counted = part.tiers(now, self.policy)
+            if tiers is None:
+                tiers = counted
+            else:
+                for name, entry in counted.items():
+                    total = tiers[name]
+                    total["tracked"] += entry["tracked"]
+                    total["late"] += entry["late"]
+                    total["max_late_s"] = max(total["max_late_s"], entry["max_late_s"])
+            due += part.due_count(now)
+            for channel, count in part.parked_by_channel().items():
+                parked[channel] = parked.get(channel, 0) + count
+        if tiers is not None:
+            self._census_cache = Census(now, self.stats.rounds, tiers, due, parked)
 
     def freshness(self) -> dict[str, Any]:
         """Per tier: messages followed, and those whose check is late by more than the tier's
@@ -230,6 +263,7 @@ class StatusTracker:
             except Exception as exc:  # a bug or a doc we did not foresee: log it, keep the daemon up
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("status_round_crashed", error=self.stats.last_error, exc_info=True)
+            await self._count()
             if wait is None:
                 wait = interval - (self._clock() % interval)
                 if wait < 0.1 * interval:
@@ -276,12 +310,17 @@ class StatusTracker:
         await self._absorb()
         await self._flush()  # the ledger may know more than a task (its write failed)
         now = self._clock()
-        self._expire(now)
-        self._park(now)
+        await self._expire(now)
+        await self._park(now)
         self._folder_stats.prune(now - self.policy.horizon - 86400)
 
         if self._round is None:
-            plan = plan_round(self._book.items.values(), now, self.policy, self._folder_stats, self._api)
+            items = list(self._book.items.values())
+            if len(items) > SMALL_BOOK:  # a pass over them all: off the loop, /healthz answers meanwhile
+                plan = await asyncio.to_thread(plan_round, items, now, self.policy, self._folder_stats,
+                                               self._api)
+            else:
+                plan = plan_round(items, now, self.policy, self._folder_stats, self._api)
             result.plan = plan.kind
             if plan.kind == "idle":
                 self._short_since = None
@@ -324,7 +363,7 @@ class StatusTracker:
             log.warning("status_round_interrupted", error=self.stats.last_error,
                         steps_left=len(self._round.steps))
         finally:
-            self._park(self._clock())  # what this round learnt of the channels, at once
+            await self._park(self._clock())  # what this round learnt of the channels, at once
             await self._flush()
             result.calls = self.stats.calls - calls_before
             result.updates = self.stats.updates_written - written_before
@@ -335,23 +374,39 @@ class StatusTracker:
 
     # ------------------------------------------------------------------ the schedule
 
-    def _expire(self, now: float) -> None:
-        for item in self._book.past_horizon(now, self.policy):
+    async def _each(self) -> AsyncIterator[list[Tracked]]:
+        """Every followed message, in slices with the loop free between them (10⁵ and more)."""
+        items = list(self._book.items.values())
+        for start in range(0, len(items), SLICE):
+            if start:
+                await asyncio.sleep(0)
+            yield items[start:start + SLICE]
+
+    async def _expire(self, now: float) -> None:
+        gone: list[Tracked] = []
+        async for some in self._each():
+            gone.extend(item for item in some if expired(item, now, self.policy))
+        for item in gone:
+            if self._book.items.get(item.uuid) is not item:
+                continue
+            self._book.drop(item.uuid)
+            self._book.remember(self._book.expired, item.uuid)
             self.stats.expired += 1
             log.info("status_tracking_horizon", message_uuid=item.uuid, **log_fields(item.broadcast),
                      state=item.state, details=item.details, sent_at=cht_time(item.sent_at))
 
-    def _park(self, now: float) -> None:
+    async def _park(self, now: float) -> None:
         """Past the up-to-an-hour tier a message `sent` on a channel that never reports delivery
         is parked: only the hourly sync of the failed folder looks for it. Parked ones whose
         channel reports again go back to the hourly tier."""
-        for item in self._book.items.values():
-            if should_park(item, now, self.policy, self._reports):
-                item.parked = True
-                self.stats.parked += 1
-            elif should_unpark(item, self._reports):
-                item.parked = False
-                schedule(item, now, self.policy)
+        async for some in self._each():
+            for item in some:
+                if should_park(item, now, self.policy, self._reports):
+                    item.parked = True
+                    self.stats.parked += 1
+                elif should_unpark(item, self._reports):
+                    item.parked = False
+                    schedule(item, now, self.policy)
 
     # ------------------------------------------------------------------ what is tracked
 
@@ -389,11 +444,14 @@ class StatusTracker:
 
     async def _take_page(self, found: list[Candidate], facts: dict[str, dict[str, Any]],
                          touched: set[str]) -> None:
-        fresh = {c.uuid: c for c in found
-                 if c.uuid not in touched and c.doc_id not in touched and c.uuid not in self._book.items}
-        self._start_tracking(fresh, facts, at_start=True)
-        self.stats.tracked = len(self._book)
-        self._first_page.set()
+        for start in range(0, len(found), 1000):
+            if start:
+                await asyncio.sleep(0)  # /healthz and the feed between slices
+            fresh = {c.uuid: c for c in found[start:start + 1000]
+                     if c.uuid not in touched and c.doc_id not in touched and c.uuid not in self._book.items}
+            self._start_tracking(fresh, facts, at_start=True)
+            self.stats.tracked = len(self._book)
+            self._first_page.set()
 
     async def _load_status(self, *, wait: bool = False) -> None:
         """`wait`: until the load ends, or for LOAD_WAIT and at least its first page (the first
