@@ -16,6 +16,7 @@ from transitions.status_feed import (
     Row,
     doc_messages,
     ledger_candidate,
+    ledger_facts,
     next_start,
     view_rows,
 )
@@ -117,3 +118,12 @@ def test_tracked_records_are_compact() -> None:
     item = tracked("a", 1)
     assert not hasattr(item, "__dict__")  # slots
     assert item.state is sys.intern("sent")
+
+
+def test_the_ledger_views_compact_row_reads_as_the_entrys_fields() -> None:
+    value = [iso_ago(60), 7, None, "queued", "sent", "Sent", iso_ago(30)]
+    facts = ledger_facts(value)
+    assert facts is not None and facts["state"] == "sent" and facts["broadcast_id"] == 7
+    assert facts["task_state_details"] == "Sent" and facts["outcome_at"] == value[0]
+    assert ledger_candidate(Row("u1", "d1", "sent", 7), facts) is not None
+    assert ledger_facts([1, 2]) is None and ledger_facts({"state": "sent"}) is None
