@@ -828,3 +828,101 @@ async def test_a_channel_that_never_reports_delivery_is_learnt_and_its_sent_mess
     assert env.tracker.health()["channels_without_delivery_reports"] == []
     assert not any(item.parked for item in env.tracker.tracked().values())
     await env.rounds_until(lambda: env.tracker.stats.final == 34, step=60, limit=61)
+
+
+# ---------------------------------------------------------------------------- incremental tracking
+
+
+async def test_changes_are_followed_without_reading_the_view_again(env: Env) -> None:
+    """After the start-up load, a newly sent message, a state another writer wrote, a message
+    that leaves and a deleted doc are all learnt from `_changes`; the view is not read again."""
+    ids = await env.send(5)
+    env.fake.advance_scripts_on_poll = False
+    for bid, status in zip(ids, ["queued", "sent", "sent", "sent", "sent"], strict=True):
+        env.fake.set_status(bid, status)
+    await env.put_tasks([("a", env.task("received-by-gateway", ids[0], "Queued")),
+                         ("b", env.task("sent", ids[1], "Sent")),
+                         ("gone", env.task("sent", ids[2], "Sent"))])
+    await env.tracker.run_round()
+    loaded = env.tracker.stats.view_pages
+    assert loaded >= 1
+    uuid_of = {item.doc_id: item.uuid for item in env.tracker.tracked().values()}
+    assert set(uuid_of) == {"a", "b", "gone"}
+
+    # newly sent: a new doc, and a new task on a doc already tracked
+    await env.put_tasks([("c", env.task("sent", ids[3], "Sent"))])
+    doc_b = await env.medic.get("b")
+    doc_b["tasks"].append(env.task("sent", ids[4], "Sent"))
+    new_on_b = doc_b["tasks"][1]["messages"][0]["uuid"]
+    # a state written by another writer, a message leaving, a doc deleted
+    doc_a = await env.medic.get("a")
+    doc_a["tasks"][0]["state"], doc_a["tasks"][0]["state_details"] = "sent", "Sent"
+    gone = await env.medic.get("gone")
+    gone["_deleted"] = True
+    result = await env.medic.bulk([doc_a, doc_b, gone])
+    assert all("error" not in item for item in result), result
+    doc_b2 = await env.medic.get("b")
+    doc_b2["tasks"][0]["state"] = "delivered"  # delivered as another writer saw it: leaves
+    await env.medic.bulk([doc_b2])
+
+    env.advance(HOUR)
+    await env.tracker.run_round()
+    tracked = env.tracker.tracked()
+    by_doc = {(item.doc_id, item.state) for item in tracked.values()}
+    assert by_doc == {("a", "sent"), ("b", "sent"), ("c", "sent")}
+    assert uuid_of["b"] not in tracked and new_on_b in tracked
+    assert tracked[uuid_of["a"]].details == "Sent"
+    assert env.tracker.stats.view_pages == loaded  # no full re-read
+
+
+async def test_the_view_is_paged_by_key_and_every_message_loaded_once(env: Env) -> None:
+    """Pages smaller than a doc's messages: paged by start_key_doc_id, every row once."""
+    ids = await env.send(7)
+    env.fake.advance_scripts_on_poll = False
+    for bid in ids:
+        env.fake.set_status(bid, "sent")
+    specs = []
+    for n, doc_id in enumerate(["p1", "p2", "p3"]):
+        specs.append((doc_id, env.task("sent", ids[n], "Sent")))
+    await env.put_tasks(specs)
+    # a doc with three messages in one task, between the others
+    three = env.task("sent", ids[3], "Sent")
+    three["messages"] += [{"uuid": str(uuidlib.uuid4()), "to": "+254700000077", "message": f"x{i}"}
+                          for i in range(2)]
+    await env.put_tasks([("p2b", three)])
+    tracker = StatusTracker(medic=env.medic, own_db=env.own, client=env.client, token=StaticToken(),
+                            settings=lambda: env.settings["current"], clock=env.clock, max_wait=0.0,
+                            view_page_size=2)
+    await tracker.run_round()
+    assert tracker.stats.view_pages >= 4
+    assert sorted(item.doc_id for item in tracker.tracked().values()) == \
+        ["p1", "p2", "p2b", "p2b", "p2b", "p3"]
+
+
+async def test_own_messages_load_from_the_ledger_without_reading_their_docs(env: Env) -> None:
+    """The worker's own message in the state its ledger projected: its doc is not read at load."""
+    if not env.ids:
+        pytest.skip("a server without ids: messages are recognised by text, which is in the doc")
+    [bid] = await env.send(1)
+    env.fake.advance_scripts_on_poll = False
+    env.fake.set_status(bid, "queued")
+    task = env.task("received-by-gateway", bid, "Queued", sent_ago=300)
+    await env.put_tasks([("own", task)])
+    await own_message(env, "own", task, bid)
+    await env.ledger.ensure_views()
+    reads: list[Any] = []
+    all_docs = env.medic.all_docs
+
+    async def counting(**params: Any) -> dict[str, Any]:
+        reads.append(params.get("keys"))
+        return await all_docs(**params)
+
+    env.medic.all_docs = counting  # type: ignore[method-assign]
+    try:
+        await env.tracker.run_round()
+    finally:
+        del env.medic.all_docs
+    [item] = env.tracker.tracked().values()
+    assert (item.doc_id, item.state, item.details, item.own) == \
+        ("own", "received-by-gateway", "Queued", True)
+    assert ["own"] not in reads

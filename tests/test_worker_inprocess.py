@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from playground.fake_rapidpro import DEFAULT_TOKEN
+from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.daemon import child_env
 from tests.support.waiting import eventually
@@ -135,3 +137,31 @@ async def test_malformed_docs_do_not_stop_the_feed(running, medic_db):
     status, _ = await asyncio.to_thread(couch_request, "GET", medic_db.url)
     assert status == 200
     assert worker.dispatcher is not None and worker.dispatcher.stats.parked == 0
+
+
+async def test_status_tracking_follows_the_feed_not_the_view(medic_db, in_process_workers,
+                                                              fake_rapidpro) -> None:
+    """The running worker learns which messages are tracked from its `_changes` feed: a message
+    another sender sent is followed, one delivered meanwhile is dropped; the view is read once."""
+
+    await asyncio.to_thread(put_settings, medic_db.url, {
+        "sms": {"outgoing_service": "rapidpro", "rapidpro": {"url": fake_rapidpro.url}}})
+    worker = await in_process_workers.start({"COUCH_URL": medic_db.url, "LISTEN_PORT": "0",
+                                             "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN, "STATUS_POLL_INTERVAL": "1",
+                                             "CHECKPOINT_INTERVAL": "0.1"})
+    await eventually(lambda: worker.status.loaded)
+    pages = worker.status.stats.view_pages
+
+    def task(state: str, ref: int, uuid: str) -> dict[str, Any]:
+        return {"state": state, "gateway_ref": ref, "state_details": "Sent",
+                "messages": [{"uuid": uuid, "to": "+254700000001", "message": "hi"}],
+                "state_history": [{"state": state, "timestamp": iso_ago(120)}]}
+
+    await put(medic_db.url, {"_id": "other-sender", "type": "data_record",
+                             "tasks": [task("sent", 4242, "m-other")]})
+    await eventually(lambda: "m-other" in worker.status.tracked())
+    _, doc = await asyncio.to_thread(couch_request, "GET", f"{medic_db.url}/other-sender")
+    doc["tasks"][0]["state"] = "delivered"
+    await put(medic_db.url, doc)
+    await eventually(lambda: "m-other" not in worker.status.tracked())
+    assert worker.status.stats.view_pages == pages

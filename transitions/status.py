@@ -25,6 +25,7 @@ per broadcast (transitions/status_plan.py).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -222,8 +223,11 @@ def trackable_messages(doc: Mapping[str, Any]) -> list[Candidate]:
 # ---------------------------------------------------------------------------- the schedule
 
 
-@dataclass
+@dataclass(slots=True)
 class Tracked:
+    """One followed message. Slots and interned state strings: a national deployment follows
+    10⁵–10⁶ of these at once (worker/status/book.py states the footprint)."""
+
     uuid: str
     doc_id: str
     broadcast: BroadcastKey
@@ -304,8 +308,9 @@ def start_tracking(candidate: Candidate, now: float, policy: Policy, *, at_start
     sent_at = min(sent_at, now)
     first = max(now, sent_at + policy.interval) if own and candidate.sent_at is not None else now
     fresh_since = sent_at if at_start else now
-    return Tracked(candidate.uuid, candidate.doc_id, candidate.broadcast, candidate.state,
-                   candidate.details, sent_at, min(max(since, sent_at), now), first, fresh_since,
+    details = sys.intern(candidate.details) if candidate.details is not None else None
+    return Tracked(candidate.uuid, candidate.doc_id, candidate.broadcast, sys.intern(candidate.state),
+                   details, sent_at, min(max(since, sent_at), now), first, fresh_since,
                    own=own, broadcast_uuid=as_uuid(candidate.broadcast), text=candidate.text)
 
 
@@ -326,7 +331,7 @@ def observe(item: Tracked, result: Mapping[str, Any], now: float, policy: Policy
         item.message_uuid = message_uuid
     channel = result.get("channel")
     if isinstance(channel, Mapping) and isinstance(channel.get("uuid"), str):
-        item.channel = channel["uuid"]
+        item.channel = sys.intern(channel["uuid"])
     modified = parse_time(result.get("modified_on"))
     if modified is not None and item.modified_on is not None and modified < item.modified_on:
         schedule(item, now, policy)  # an older answer than one already applied
@@ -339,7 +344,7 @@ def observe(item: Tracked, result: Mapping[str, Any], now: float, policy: Policy
     if not is_forward(item.state, item.details, state, details):
         schedule(item, now, policy)
         return Observation()
-    item.state, item.details = state, details
+    item.state, item.details = sys.intern(state), sys.intern(details)
     # When it changed: RapidPro's modified_on, kept within what we know (its clock may differ).
     item.state_since = min(now, max(modified if modified is not None else now, item.state_since))
     if modified is not None:

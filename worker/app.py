@@ -133,7 +133,8 @@ class Worker:
             client=self.rapidpro, token=self.outgoing_token,
             settings=lambda: self.settings.current, service_name=config.outgoing_service_name,
             cht_sender=lambda: self.cht_sender.reason,
-            policy=Policy(interval=config.status_poll_interval, horizon=config.status_tracking_horizon))
+            policy=Policy(interval=config.status_poll_interval, horizon=config.status_tracking_horizon),
+            changes_from_feed=True)
         self.incoming = IncomingWebhook(self.medic, self.incoming_key, lambda: self.settings.current,
                                         translations=lambda: self.translations.current,
                                         max_body=config.webhook_max_body,

@@ -122,7 +122,8 @@ class ActiveSession:
         self.dispatcher = dispatcher
         self.follower = ChangesFollower(
             parts.medic, dispatcher, batch_size=config.changes_batch_size,
-            catchup_batch_size=config.changes_catchup_batch_size)
+            catchup_batch_size=config.changes_catchup_batch_size,
+            observe=lambda change: parts.status.note_change(change.doc_id, change.doc, change.deleted))
         self.sweep = PendingSweep(parts.medic, dispatcher.submit, parts.sender.refresh_gate)
         self.in_doubt = InDoubtResolver(
             ledger=parts.ledger, medic=parts.medic, client=parts.rapidpro, token=parts.outgoing_token,

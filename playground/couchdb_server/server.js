@@ -314,6 +314,44 @@ app.get('/:db', withDb, async (req, res) => {
 // Anything under a missing database: CouchDB's 404 rather than express-pouchdb's "no_db_file".
 app.all('/:db/*', withDb, (req, res, next) => next());
 
+// Views paged by `start_key_doc_id` (`startkey_docid`): PouchDB ignores it, CouchDB starts the
+// rows of `start_key` at that doc id (https://docs.couchdb.org/en/stable/api/ddoc/views.html).
+// Such a request is answered here: PouchDB's rows from `start_key`, those of `start_key` before
+// the doc id dropped, then `limit` applied. Other view requests go on to express-pouchdb.
+const { collate } = require('pouchdb-collate');
+async function viewFromDocId(req, res, next) {
+  const body = req.body && typeof req.body === 'object' && !Array.isArray(req.body) ? req.body : {};
+  const param = (names) => {
+    for (const name of names) {
+      if (body[name] !== undefined) return body[name];
+      if (req.query[name] !== undefined) {
+        try { return JSON.parse(req.query[name]); } catch (err) { return req.query[name]; }
+      }
+    }
+    return undefined;
+  };
+  const docId = param(['start_key_doc_id', 'startkey_docid']);
+  const startKey = param(['start_key', 'startkey']);
+  if (docId === undefined || startKey === undefined || param(['descending']) === true || param(['keys']) !== undefined) {
+    return next();
+  }
+  const opts = { startkey: startKey };
+  const endKey = param(['end_key', 'endkey']);
+  if (endKey !== undefined) opts.endkey = endKey;
+  for (const name of ['include_docs', 'reduce', 'inclusive_end', 'conflicts']) {
+    if (param([name]) !== undefined) opts[name] = param([name]);
+  }
+  try {
+    const result = await req.db.query(`${req.params.ddoc}/${req.params.view}`, opts);
+    let rows = result.rows.filter((row) => collate(row.key, startKey) !== 0 || row.id >= String(docId));
+    const limit = param(['limit']);
+    if (limit !== undefined) rows = rows.slice(0, Number(limit));
+    sendJSON(res, 200, { total_rows: result.total_rows, offset: 0, rows });
+  } catch (err) { sendPouchError(res, err); }
+}
+app.get('/:db/_design/:ddoc/_view/:view', withDb, viewFromDocId);
+app.post('/:db/_design/:ddoc/_view/:view', withDb, jsonBody, viewFromDocId);
+
 // _security is kept, not enforced (only the admin can get in anyway).
 const SECURITY_DOC = '_local/cht-test-server-security';
 app.get('/:db/_security', withDb, (req, res) => req.db.get(SECURITY_DOC)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +67,11 @@ class FeedStatus:
 class ChangesFollower:
     def __init__(self, db: Database, dispatcher: Dispatcher, *, batch_size: int = 200,
                  catchup_batch_size: int | None = None, longpoll_timeout_ms: int = 25_000,
-                 retry_cap: float = 60.0) -> None:
+                 retry_cap: float = 60.0, observe: Callable[[Change], None] | None = None) -> None:
+        """`observe`: sees every change as it is read, before the dispatcher skips any (status
+        tracking follows which messages are tracked through it, the worker's own writes too)."""
         self._db = db
+        self._observe = observe
         self._dispatcher = dispatcher
         self._batch_size = batch_size
         self._catchup_batch_size = catchup_batch_size or batch_size
@@ -158,6 +162,8 @@ class ChangesFollower:
                 if change is None:
                     log.warning("feed_row_malformed", row=str(row)[:200])
                     continue
+                if self._observe is not None:
+                    self._observe(change)
                 await self._dispatcher.submit(change)
             if page.last_seq is not None:
                 await self._dispatcher.mark(page.last_seq)

@@ -28,6 +28,7 @@ from typing import Any
 from transitions.broadcasts import BroadcastKey
 from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
 from transitions.ledger_leaves import Merge, Resolution, merged_entry, resolve, writer_nonce
+from transitions.status_feed import LEDGER_FIELDS, ledger_facts
 from transitions.timestamps import cht_time
 from worker.couch.bulk import BulkWriter
 from worker.couch.client import Accepted, Conflict, Database, NotFound, Unauthorized
@@ -61,6 +62,19 @@ LEDGER_VIEWS = {
     "conflicted": {"map": "function (doc) { if (doc.type === 'dispatch' && doc._conflicts) { "
                           "emit(doc._id, null); } }"},
 }
+# Status tracking's compact view of the sent entries (transitions/status_feed.py): what it needs
+# to follow the worker's own messages without reading CHT's docs, by [CHT doc id, message uuid]:
+# CHT's view lists a state's messages by doc id, so a page of it is one range of this view (a
+# range read costs CouchDB far less than a lookup per key). A design doc of its own, so adding
+# it does not rebuild the index of the views above.
+STATUS_DESIGN_DOC = "rapidpro-worker-status"
+STATUS_VIEWS = {
+    "tracking": {"map": "function (doc) { if (doc.type === 'dispatch' && doc.state === 'sent' && doc.uuid "
+                        "&& typeof doc.doc_id === 'string') { emit([doc.doc_id, doc.uuid], ["
+                        + ", ".join("doc.outcome_at || doc.claimed_at" if name == "outcome_at"
+                                    else f"doc.{name}" for name in LEDGER_FIELDS) + "]); } }"},
+}
+DESIGN_DOCS = {DESIGN_DOC: LEDGER_VIEWS, STATUS_DESIGN_DOC: STATUS_VIEWS}
 # An outcome or decision stored on too few copies is confirmed by writing it again on top: a
 # quorum taking the update proves a quorum held it. Tried this often before giving up for now.
 CONFIRM_TRIES = 3
@@ -68,6 +82,16 @@ CONFIRM_TRIES = 3
 
 def _same_claim(current: dict[str, Any], entry: dict[str, Any]) -> bool:
     return all(current.get(k) == entry.get(k) for k in ("owner", "claimed_at_epoch", "state"))
+
+
+def _facts(rows: list[Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = row.get("key") if isinstance(row, dict) else None
+        if isinstance(key, list) and len(key) == 2 and isinstance(key[1], str) \
+                and (facts := ledger_facts(row.get("value"))) is not None:
+            found[key[1]] = facts
+    return found
 
 
 class NotConfirmed(Accepted):
@@ -257,23 +281,30 @@ class Ledger:
                                  error=entry.get("error") or "claimed but no outcome was recorded")
 
     async def ensure_views(self) -> None:
-        """Create or update the ledger's design doc (a 409 means another worker just did)."""
+        """Create or update the ledger's design docs (a 409 means another worker just did)."""
         # Through _all_docs and _bulk_docs: no design-doc path encoding to get wrong.
-        doc_id = f"_design/{DESIGN_DOC}"
-        rows = (await self._db.all_docs(keys=[doc_id], include_docs=True)).get("rows", [])
-        current = rows[0].get("doc") if rows and isinstance(rows[0].get("doc"), dict) else None
-        if current is not None and current.get("views") == LEDGER_VIEWS:
+        ids = [f"_design/{name}" for name in DESIGN_DOCS]
+        rows = (await self._db.all_docs(keys=ids, include_docs=True)).get("rows", [])
+        current = {row.get("key"): row.get("doc") for row in rows if isinstance(row.get("doc"), dict)}
+        docs: list[dict[str, Any]] = []
+        for name, views in DESIGN_DOCS.items():
+            doc_id = f"_design/{name}"
+            existing = current.get(doc_id)
+            if existing is not None and existing.get("views") == views:
+                continue
+            doc: dict[str, Any] = {"_id": doc_id, "language": "javascript", "views": views}
+            if existing is not None:
+                doc["_rev"] = existing["_rev"]
+            docs.append(doc)
+        if not docs:
             return
-        doc: dict[str, Any] = {"_id": doc_id, "language": "javascript", "views": LEDGER_VIEWS}
-        if current is not None:
-            doc["_rev"] = current["_rev"]
         # `_bulk_docs` answers 201 with the refusal inside: read it (a conflict: another worker
         # just wrote the same).
-        for item in await self._db.bulk([doc]):
+        for item in await self._db.bulk(docs):
             error = item.get("error") if isinstance(item, dict) else None
             if error and error != "conflict":
                 db = self._db.name
-                raise LedgerRefused(f"{db} refused the ledger's design doc {doc_id} ({error}: "
+                raise LedgerRefused(f"{db} refused the ledger's design doc {item.get('id')} ({error}: "
                                     f"{item.get('reason')}); the CouchDB user must be an admin of {db} "
                                     "(its _security admins)", 403)
 
@@ -286,6 +317,27 @@ class Ledger:
             log.warning("ledger_views_missing", db=self._db.name, view=view)
             await self.ensure_views()
             return await self._db.view(DESIGN_DOC, view, **params)
+
+    async def tracking(self, first_doc_id: str, last_doc_id: str, limit: int
+                       ) -> tuple[dict[str, dict[str, Any]], bool] | None:
+        """The status-tracking facts of the sent entries of CHT docs `first_doc_id`..`last_doc_id`
+        (a view range, no docs), by message uuid, and whether the range was read to its end (at
+        most `limit` rows are); None when the view does not exist yet (read the entries)."""
+        try:
+            result = await self._db.view(STATUS_DESIGN_DOC, "tracking", start_key=[first_doc_id],
+                                         end_key=[last_doc_id, {}], limit=limit, reduce=False)
+        except NotFound:
+            return None
+        rows = result.get("rows", [])
+        return _facts(rows), len(rows) < limit
+
+    async def tracking_of(self, keys: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+        """The same for (doc id, message uuid) pairs, one lookup each (dearer than a range)."""
+        if not keys:
+            return {}
+        result = await self._db.view(STATUS_DESIGN_DOC, "tracking", keys=[list(key) for key in keys],
+                                     reduce=False)
+        return _facts(result.get("rows", []))
 
     async def unresolved(self) -> list[dict[str, Any]]:
         """Every claim without an outcome (claimed or in doubt), oldest first."""

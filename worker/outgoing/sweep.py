@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from worker.couch.client import CouchError, Database
@@ -23,28 +23,42 @@ VIEW_KEY = "pending-or-forwarded"
 PAGE_SIZE = 500
 
 
-async def pending_doc_ids(medic: Database, page_size: int = PAGE_SIZE) -> list[str]:
-    """Ids of docs holding a pending or forwarded-to-gateway message, paged through the view."""
-    doc_ids: dict[str, None] = {}
+async def pending_doc_pages(medic: Database, page_size: int = PAGE_SIZE) -> AsyncIterator[list[str]]:
+    """Ids of docs holding a pending or forwarded-to-gateway message, a page at a time, paged by
+    key (`start_key`/`start_key_doc_id`, never `skip`): a national backlog is never held whole.
+    A page starts at the last row of the one before; the rows of that (key, doc) already read
+    come first again and are passed over (only those: never an offset into the view). A doc may
+    be named on two pages."""
     start_key: Any = [VIEW_KEY]
     start_doc_id: str | None = None
+    seen = 0  # rows at (start_key, start_doc_id) already read
     while True:
-        params: dict[str, Any] = {"start_key": start_key, "end_key": [VIEW_KEY, {}], "limit": page_size + 1,
+        limit = page_size + seen
+        params: dict[str, Any] = {"start_key": start_key, "end_key": [VIEW_KEY, {}], "limit": limit,
                                   "reduce": False}
         if start_doc_id is not None:
             params["start_key_doc_id"] = start_doc_id
-        rows = (await medic.view("medic", "messages_by_state", **params)).get("rows", [])
-        for row in rows[:page_size]:
-            doc_ids.setdefault(row["id"], None)
-        if len(rows) <= page_size:
-            return list(doc_ids)
-        start_key, start_doc_id = rows[page_size]["key"], rows[page_size]["id"]
+        raw = (await medic.view("medic", "messages_by_state", **params)).get("rows", [])
+        rows = raw[seen:]
+        if rows:
+            yield list(dict.fromkeys(row["id"] for row in rows))
+        if len(raw) < limit or not rows:
+            return
+        last = (rows[-1]["key"], rows[-1]["id"])
+        same = 0
+        for row in reversed(rows):
+            if (row["key"], row["id"]) != last:
+                break
+            same += 1
+        seen = same + (seen if last == (start_key, start_doc_id) else 0)
+        start_key, start_doc_id = last
 
 
 class PendingSweep:
     def __init__(self, medic: Database, submit: Callable[[Change], Awaitable[None]],
-                 in_charge: Callable[[], Awaitable[bool]]) -> None:
+                 in_charge: Callable[[], Awaitable[bool]], page_size: int = PAGE_SIZE) -> None:
         self._medic = medic
+        self._page_size = page_size
         self._submit = submit
         self._in_charge = in_charge
         self._wake = asyncio.Event()
@@ -56,18 +70,23 @@ class PendingSweep:
     async def run_once(self) -> int:
         if not await self._in_charge():
             return 0
-        doc_ids = await pending_doc_ids(self._medic)
-        for start in range(0, len(doc_ids), 100):
-            batch = doc_ids[start:start + 100]
-            rows = (await self._medic.all_docs(keys=batch, include_docs=True)).get("rows", [])
-            for row in rows:
-                doc = row.get("doc")
-                if isinstance(doc, dict):
-                    # seq None: the sweep has no place in the feed, so the checkpoint ignores it
-                    await self._submit(Change(seq=None, doc_id=doc["_id"], doc=doc))
-        self.last_count = len(doc_ids)
-        log.info("sweep_done", docs=len(doc_ids))
-        return len(doc_ids)
+        count = 0
+        previous: set[str] = set()  # the last page's docs: a doc spanning two pages is taken once
+        async for doc_ids in pending_doc_pages(self._medic, self._page_size):
+            fresh = [doc_id for doc_id in doc_ids if doc_id not in previous]
+            previous = set(doc_ids)
+            count += len(fresh)
+            for start in range(0, len(fresh), 100):
+                batch = fresh[start:start + 100]
+                rows = (await self._medic.all_docs(keys=batch, include_docs=True)).get("rows", [])
+                for row in rows:
+                    doc = row.get("doc")
+                    if isinstance(doc, dict):
+                        # seq None: the sweep has no place in the feed, so the checkpoint ignores it
+                        await self._submit(Change(seq=None, doc_id=doc["_id"], doc=doc))
+        self.last_count = count
+        log.info("sweep_done", docs=count)
+        return count
 
     async def run(self, interval: float) -> None:
         self._wake.set()  # once at start

@@ -1,9 +1,11 @@
 """The schedule of status tracking: every message followed, by uuid and by broadcast, and the
-messages remembered as not worth asking about; plus reading what CHT shows as tracked.
+messages remembered as not worth asking about; plus reading the docs behind CHT's view.
 
-The schedule lives in memory. CHT's view `medic-sms/gateway_messages_by_state` (keys
-received-by-gateway, forwarded-by-gateway, sent) lists every message with a gateway_ref,
-whoever sent it; `tracked_rows` reads it, `candidates` the docs (and ledger entries) behind it.
+The schedule lives in memory, one compact record per followed message (`Tracked`: slots,
+interned state strings, no recipient unless the message is recognised by text): about 0.6 KB
+each with its indexes, so 10⁵ messages take some 60 MB and 4·10⁵ some 240 MB above an idle worker
+(bench/scale.py measures it). A broadcast of one message (nearly all) is indexed by the message's
+uuid itself, not a set.
 """
 
 from __future__ import annotations
@@ -12,26 +14,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transitions.broadcasts import BroadcastKey, as_uuid, message_broadcast
-from transitions.states import GATEWAY_TRACKED_STATES
-from transitions.status import Candidate, Policy, Tier, Tracked, expired, period, trackable_messages
+from transitions.status import Candidate, Policy, Tier, Tracked, period, trackable_messages
 from transitions.status_api import could_be, recipient
 from transitions.timestamps import parse_time
 from worker.couch.client import Database
 from worker.status.round import chunks
 
-VIEW_DDOC, VIEW_NAME = "medic-sms", "gateway_messages_by_state"
 DOC_BATCH = 200  # docs per all_docs request
 # Messages remembered as past the horizon or unknown to RapidPro (so the view's rows for them are
 # not re-read every round). Pruned to what the view still lists; this caps it beyond that.
 MAX_REMEMBERED = 100_000
 
-Rows = dict[str, tuple[str, str, Any]]  # uuid -> (doc_id, state, gateway_ref)
 
 
 class Book:
     def __init__(self) -> None:
         self.items: dict[str, Tracked] = {}
-        self.by_broadcast: dict[BroadcastKey, set[str]] = {}
+        # The message's uuid, or a set of them for a broadcast to several recipients.
+        self.by_broadcast: dict[BroadcastKey, str | set[str]] = {}
         self.by_message: dict[str, str] = {}  # RapidPro's message uuid → the tracked message
         # Messages not seen yet, by (URN, text): what finds them on a server whose rows name no
         # broadcast (transitions/status_api.py).
@@ -46,9 +46,24 @@ class Book:
         return len(self.items)
 
     def add(self, item: Tracked) -> None:
+        if item.uuid in self.items:
+            self.drop(item.uuid)
         self.items[item.uuid] = item
-        self.by_broadcast.setdefault(item.broadcast, set()).add(item.uuid)
+        held = self.by_broadcast.get(item.broadcast)
+        if held is None:
+            self.by_broadcast[item.broadcast] = item.uuid
+        elif isinstance(held, str):
+            if held != item.uuid:
+                self.by_broadcast[item.broadcast] = {held, item.uuid}
+        else:
+            held.add(item.uuid)
         self._index(item)
+
+    def of_broadcast(self, key: BroadcastKey) -> tuple[str, ...]:
+        held = self.by_broadcast.get(key)
+        if held is None:
+            return ()
+        return (held,) if isinstance(held, str) else tuple(held)
 
     def _index(self, item: Tracked) -> None:
         if item.message_uuid is not None:
@@ -75,11 +90,13 @@ class Book:
     def drop(self, uuid: str) -> Tracked | None:
         item = self.items.pop(uuid, None)
         if item is not None:
-            uuids = self.by_broadcast.get(item.broadcast)
-            if uuids is not None:
-                uuids.discard(uuid)
-                if not uuids:
-                    del self.by_broadcast[item.broadcast]
+            held = self.by_broadcast.get(item.broadcast)
+            if held == uuid:
+                del self.by_broadcast[item.broadcast]
+            elif isinstance(held, set):
+                held.discard(uuid)
+                if len(held) == 1:
+                    self.by_broadcast[item.broadcast] = next(iter(held))
             self._unindex(item, item.message_uuid)
         return item
 
@@ -107,7 +124,7 @@ class Book:
                 continue
             key = message_broadcast(row)
             if key is not None:
-                for uuid in self.by_broadcast.get(key, ()):
+                for uuid in self.of_broadcast(key):
                     matched.setdefault(uuid, dict(row))
             elif "broadcast" not in row and message_uuid not in self.known_rows:
                 unnamed.append(dict(row))
@@ -134,18 +151,16 @@ class Book:
         while len(memory) > MAX_REMEMBERED:
             del memory[next(iter(memory))]  # the oldest; re-read (and re-judged) if the view has it
 
-    def forget_unlisted(self, rows: Rows) -> None:
-        """What the view no longer lists (moved on, cleared, deleted) need not be remembered."""
-        for memory in (self.expired, self.missing):
-            for uuid in [u for u in memory if u not in rows]:
-                del memory[uuid]
+    def forget(self, uuid: str) -> None:
+        """A message no longer tracked by CHT (moved on, cleared) need not be remembered."""
+        self.expired.pop(uuid, None)
+        self.missing.pop(uuid, None)
 
-    def past_horizon(self, now: float, policy: Policy) -> list[Tracked]:
-        """Drops (and remembers) the messages past the tracking horizon; returns them."""
-        gone = [item for item in self.items.values() if expired(item, now, policy)]
-        for item in gone:
-            self.drop(item.uuid)
-            self.remember(self.expired, item.uuid)
+    def drop_docs(self, doc_ids: set[str]) -> list[str]:
+        """Drops the messages of these (deleted) docs; returns their uuids."""
+        gone = [uuid for uuid, item in self.items.items() if item.doc_id in doc_ids]
+        for uuid in gone:
+            self.drop(uuid)
         return gone
 
     def due_count(self, now: float) -> int:
@@ -167,29 +182,10 @@ class Book:
         return tiers
 
 
-async def tracked_rows(medic: Database, page_size: int) -> Rows:
-    """Every message CHT's view shows as tracked."""
-    rows: Rows = {}
-    for state in sorted(GATEWAY_TRACKED_STATES):
-        skip = 0
-        while True:
-            page = await medic.view(VIEW_DDOC, VIEW_NAME, key=state, limit=page_size, skip=skip)
-            found = page.get("rows", [])
-            for row in found:
-                value = row.get("value") or {}
-                uuid = value.get("id") if isinstance(value, dict) else None
-                if isinstance(uuid, str):
-                    rows.setdefault(uuid, (row["id"], state, value.get("gateway_ref")))
-            if len(found) < page_size:
-                break
-            skip += len(found)
-    return rows
-
-
-async def candidates(medic: Database, rows: Rows) -> dict[str, Candidate]:
-    """The trackable messages of the rows' docs, by uuid (only those the rows name)."""
+async def candidates(medic: Database, rows: Mapping[str, str]) -> dict[str, Candidate]:
+    """The trackable messages of the rows' docs (uuid → doc id), by uuid (only those named)."""
     found: dict[str, Candidate] = {}
-    for batch in chunks(sorted({row[0] for row in rows.values()}), DOC_BATCH):
+    for batch in chunks(sorted(set(rows.values())), DOC_BATCH):
         result = await medic.all_docs(keys=batch, include_docs=True)
         for row in result.get("rows", []):
             doc = row.get("doc")

@@ -39,6 +39,7 @@ class StatusStats:
     throttled: int = 0
     budget_short: int = 0  # rounds cut short because the shared budget had nothing to spare
     rescans: int = 0
+    view_pages: int = 0  # pages of CHT's view read (only at start and on a rescan)
     parked: int = 0  # messages parked: `sent` on a channel that never reports delivery
     last_round_at: str | None = None
     last_error: str | None = None

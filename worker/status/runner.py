@@ -206,7 +206,7 @@ class RoundRunner:
         elif step.ask is not None and step.ask.param == "uuid":
             uuids = [u] if (u := self._book.by_message.get(str(step.ask.value))) else []
         elif step.ask is not None:
-            uuids = list(self._book.by_broadcast.get(step.ask.value, ()))
+            uuids = list(self._book.of_broadcast(step.ask.value))
         else:
             uuids = []
         return [item for uuid in uuids if (item := self._book.items.get(uuid)) is not None]
