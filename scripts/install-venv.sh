@@ -3,7 +3,7 @@
 # checked against its sha256 (pip's hash-checking mode), then the project itself with no network.
 #   usage: scripts/install-venv.sh VENV_DIR        (PYTHON=python3.11 to choose the interpreter)
 # Used by systemd/install.sh and the Dockerfile. pyproject.toml keeps version ranges; the lock is
-# regenerated with pip-tools (README, "Reproducible installs").
+# regenerated with pip-tools (docs/deploying.md, "Reproducible installs").
 set -eu
 VENV=${1:?usage: install-venv.sh VENV_DIR}
 SRC=$(cd "$(dirname "$0")/.." && pwd)

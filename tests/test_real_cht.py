@@ -300,7 +300,7 @@ async def test_an_sms_stored_by_the_worker_is_processed_by_sentinel_like_one_sto
     assert our_info["transitions"]["registration"]["ok"] is True
     patients = [cht.find({"type": "person", "source_id": d["_id"]}) for d in (ours, theirs)]
     assert [len(p) for p in patients] == [1, 1] and patients[0][0]["name"] == patients[1][0]["name"]
-    # The one difference kept (README, 'Verified against CHT'): CHT's api records when a doc was
+    # The one difference kept (docs/security.md, 'Verified against CHT'): CHT's api records when a doc was
     # written through it; sentinel says "unknown" for docs written straight to CouchDB.
     assert our_info.get("initial_replication_date") == "unknown"
 
@@ -317,7 +317,7 @@ async def test_an_sms_stored_by_the_worker_is_processed_by_sentinel_like_one_sto
 async def test_the_worker_runs_as_a_non_admin_cht_user(cht, start, fake_rapidpro, worker_db, tmp_path,
                                                        in_process_workers):
     """A CHT user with the `gateway` role (a member of medic, as CHT's api sets medic's _security),
-    and a member and admin of the worker's own database, created by an admin (README, 'Minimum
+    and a member and admin of the worker's own database, created by an admin (docs/security.md, 'Minimum
     CouchDB rights'). CHT's vault is for server admins: the token and key are configured."""
     name, password = f"rapidpro-worker-{uuid.uuid4().hex[:6]}", f"Pw-{uuid.uuid4().hex}"
     status, body = await asyncio.to_thread(_request, "POST", f"{cht.api}/api/v1/users",

@@ -127,7 +127,7 @@ def read_limits() -> Limits:
 
 NOT_ENFORCED_HINT = ("the unit sets MemoryMax= and TasksMax=, but this host does not apply them to the "
                      "service (cgroup v1 controllers systemd may not write, e.g. inside a container); "
-                     "see README, 'Running under systemd'")
+                     "see docs/deploying.md, 'Running under systemd'")
 
 
 def check_finding(limits: Limits) -> tuple[str, str]:

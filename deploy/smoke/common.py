@@ -2,7 +2,7 @@
 the check list they print, a CHT-like database on the CouchDB they are given, the playground's
 RapidPro stand-in, and a cached Debian 12 root file system made with debootstrap.
 
-Run by hand, as root, on a Debian 12 machine (README, "Deploy smoke tests"); not part of CI or of
+Run by hand, as root, on a Debian 12 machine (docs/development.md, "Deploy smoke tests"); not part of CI or of
 the installed package.
 """
 

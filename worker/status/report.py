@@ -26,7 +26,7 @@ class StatusReport:
                     tracking.get("tracked", 0))
         yield gauge("status_due", "Tracked messages due to be asked about.", tracking.get("due", 0))
         # How tracking ended: a final state (delivered, read, failed), or not: a message still
-        # `sent` at STATUS_TRACKING_HORIZON stays so, counted apart (README, 'Status tracking').
+        # `sent` at STATUS_TRACKING_HORIZON stays so, counted apart (docs/status-tracking.md).
         ended = CounterMetricFamily(PREFIX + "status_tracking_ended", "Messages no longer followed, by "
                                     "how tracking ended.", labels=["how"])
         for how, key in (("final", "final"), ("past_horizon", "expired"),
