@@ -15,9 +15,9 @@ import structlog
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from playground.fake_workspace import FakeWorkspace
 from tests.support.couch_fixtures import put_settings
+from tests.support.metrics import Scraper
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
-from tests.test_metrics import Scraper
 from worker.app import Worker
 from worker.rapidpro.budget import Priority
 

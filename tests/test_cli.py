@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.daemon import child_env
 
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
+
 BASE_ENV = child_env({"PYTHONPATH": os.getcwd()})
 
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,47 +15,17 @@ import pytest
 
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from playground.fake_workspace import workspace_of
+from tests.support.cli import CHT_URL, KEY, PUBLIC_URL, acli, cli, lines_of, rapidpro_settings, unused_port
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_settings, put_vault_credential
-from tests.support.daemon import child_env
 from tests.support.rapidpro_fixtures import seed_relay
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from worker.app import Worker
 
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
+
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "incoming-key"
-PUBLIC_URL = "https://cht.example.org/rapidpro-worker"
-CHT_URL = PUBLIC_URL + "/api/v2/sms/rapidpro/incoming-messages"
-
-
-def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker", *args],
-                          env=child_env(env),
-                          capture_output=True, text=True, timeout=60, cwd=cwd)
-
-
-async def acli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(cli, *args, env=env, cwd=cwd)
-
-
-def rapidpro_settings(url: str, service: str = "rapidpro") -> dict[str, Any]:
-    return {"sms": {"outgoing_service": service, "rapidpro": {"url": url}}, "default_country_code": 254,
-            "forms": {"V": {"meta": {"code": "V"}, "fields": {"n": {"type": "string", "position": 0}}}}}
-
-
-def lines_of(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, str]]:
-    """check's output: {check: (level, detail)}; every line must follow the format, the last one
-    being the summary."""
-    found = {}
-    *lines, last = result.stdout.splitlines()
-    assert last.startswith("summary: ") and " fatal, " in last, last
-    for line in lines:
-        level, rest = line.split(" ", 1)
-        name, detail = rest.split(": ", 1)
-        assert level in ("ok", "warning", "problem", "fatal"), line
-        found[name] = (level, detail)
-    return found
 
 
 @pytest.fixture
@@ -69,12 +36,6 @@ def base_env(medic_db: MedicDb, fake_rapidpro: FakeRapidPro) -> dict[str, str]:
     # A listener port nobody uses: `check` also asks a daemon running there.
     return {"COUCH_URL": medic_db.url, "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN, "RAPIDPRO_INCOMING_KEY": KEY,
             "LISTEN_PORT": str(unused_port()), "WEBHOOK_PUBLIC_URL": PUBLIC_URL}
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------- check

@@ -28,6 +28,8 @@ from tests.support.couch_fixtures import couch_request, create_db, delete_db, pu
 from tests.support.daemon import Daemon
 from tests.support.waiting import eventually
 
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
 TTL = 5.0
 RATE = 5.0  # pending messages a second, through the nodes in turn
 

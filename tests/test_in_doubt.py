@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 import uuid as uuidlib
@@ -19,16 +18,17 @@ from playground.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN
 from playground.rapidpro_profiles import PROFILE_NAMES
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, put_settings
-from tests.support.daemon import ROOT, child_env
+from tests.support.in_doubt import URN, cli, doc_with_stale_claim, ledger_url
+from tests.support.outgoing import get_doc, put_doc, rapidpro_settings, task, wait_state
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
-from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, task, wait_state
 from transitions.phone import mask_phone
 from transitions.timestamps import cht_time
 from worker.app import Worker
 from worker.identity import HOSTNAME
 
-URN = "tel:+254700000001"
+pytestmark = [pytest.mark.slow]
+
 FAST = {"RAPIDPRO_TIMEOUT": "2", "COUCH_TIMEOUT": "3", "IN_DOUBT_CHECK_AFTER": "4"}
 
 
@@ -49,32 +49,9 @@ def run_worker(medic_db, in_process_workers: InProcessWorkers) -> Callable[..., 
     return start
 
 
-def ledger_url(medic_db, message_uuid: str = "") -> str:
-    return f"{medic_db.url}-rapidpro" + (f"/msg:{message_uuid}" if message_uuid else "")
-
-
 def ledger_entry(medic_db, message_uuid: str) -> dict[str, Any] | None:
     status, body = couch_request("GET", ledger_url(medic_db, message_uuid))
     return body if status == 200 else None
-
-
-async def doc_with_stale_claim(medic_db, doc_id: str, text: str, *, owner: str = "elsewhere:1",
-                               age: float = 100.0, **claim: Any) -> str:
-    """A forwarded task whose claim has no outcome: as left by a worker killed between the claim
-    and the POST (or during it)."""
-    message = task("forwarded-to-gateway", text=text)
-    message_uuid = message["messages"][0]["uuid"]
-    status, _ = await asyncio.to_thread(couch_request, "PUT", ledger_url(medic_db))
-    assert status in (201, 202, 412)  # 412: it exists
-    claimed = time.time() - age
-    entry = {"type": "dispatch", "uuid": message_uuid, "doc_id": doc_id, "urn": URN, "state": "claimed",
-             "claimed_at": cht_time(claimed), "claimed_at_epoch": claimed, "owner": owner,
-             "attempts": 1, **claim}
-    status, body = await asyncio.to_thread(couch_request, "PUT", ledger_url(medic_db, message_uuid), entry)
-    assert status == 201, body
-    # The claim first, as a worker writes it before the POST; then the task.
-    await put_doc(medic_db.url, {"_id": doc_id, "type": "data_record", "tasks": [message]})
-    return message_uuid
 
 
 def texts_sent(fake) -> list[Any]:
@@ -179,12 +156,6 @@ async def test_ambiguous_cases_stay_in_doubt_for_an_operator(run_worker, medic_d
     await worker.in_doubt.run_once()
     assert len(fake_rapidpro.broadcasts) == (2 if case == "two candidates" else 1)
     assert (await asyncio.to_thread(ledger_entry, medic_db, message_uuid))["_rev"] == entry["_rev"]
-
-
-def cli(medic_db, *args: str) -> subprocess.CompletedProcess[str]:
-    env = child_env({"COUCH_URL": medic_db.url, "LOG_LEVEL": "info"})
-    return subprocess.run([sys.executable, "-m", "worker", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
 
 
 async def test_the_operator_command_lists_and_resolves_each_kind_while_the_daemon_runs(

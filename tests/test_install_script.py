@@ -20,15 +20,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import rapidpro_settings, unused_port
 from tests.support.couch_fixtures import MedicDb, put_settings
-from tests.test_cli_ops import rapidpro_settings, unused_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "cht-rapidpro-worker"
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="install.sh runs as root and checks the release with setpriv")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
+        reason="install.sh runs as root and checks the release with setpriv"),
+]
 
 
 def _others_may_run(path: Path) -> bool:

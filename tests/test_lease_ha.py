@@ -25,6 +25,8 @@ from tests.support.daemon import Daemon
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
 
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
+
 TTL = 3.0
 INCOMING_KEY = "ha-incoming-key"
 

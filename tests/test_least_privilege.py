@@ -29,6 +29,8 @@ from worker.app import EXIT_CONFIG, Worker
 from worker.couch.client import CouchServer
 from worker.outgoing.ledger import DESIGN_DOC, Ledger, LedgerRefused
 
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
+
 
 @dataclass
 class User:

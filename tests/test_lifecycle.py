@@ -21,6 +21,8 @@ from transitions.incoming import doc_id_for
 from worker.feed.checkpoint import CHECKPOINT_ID
 from worker.incoming.webhook import V2_PATH
 
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
+
 
 def insert_docs(db_url: str, prefix: str, count: int) -> list[str]:
     ids = [f"{prefix}-{i:04d}" for i in range(count)]

@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from playground.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import couch_request, put_settings
+from tests.support.metrics import Scraper
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
@@ -49,27 +49,6 @@ async def put_tracked(medic_db: Any, fake: Any, text: str, *, sent_ago: float) -
     status, body = await asyncio.to_thread(couch_request, "PUT", f"{medic_db.url}/tracked", tracked)
     assert status in (201, 202), body
     return broadcast.id
-
-
-class Scraper:
-    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
-        self.http = http
-        self.base = base
-
-    async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        async with self.http.get(self.base + "/metrics") as response:
-            assert response.status == 200
-            assert response.headers["Content-Type"].startswith("text/plain")
-            text = await response.text()
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            assert family.name.startswith("cht_rapidpro_"), family.name
-            for sample in family.samples:
-                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-        return samples
-
-    async def value(self, name: str, **labels: str) -> float | None:
-        return (await self.scrape()).get((name, tuple(sorted(labels.items()))))
 
 
 @pytest.fixture

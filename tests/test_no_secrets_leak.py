@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from config.credentials import encrypt_credential
 from playground.fake_rapidpro import FakeRapidPro
@@ -23,6 +24,8 @@ from tests.support.couch_fixtures import MedicDb, couch_request, create_db, put_
 from tests.support.daemon import Daemon, child_env
 from tests.support.http_proxy import CountingProxy
 from worker.incoming.webhook import V1_PATH, V2_PATH
+
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "tok-9f8e7d6c5b4a39281706"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +24,15 @@ from tests.support.couch_fixtures import (
     put_settings,
     put_vault_credential,
 )
+from tests.support.outgoing import (
+    get_doc,
+    put_doc,
+    rapidpro_settings,
+    task,
+    task_state,
+    wait_state,
+    worker_env,
+)
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
 from transitions.dispatch import IN_DOUBT_DETAILS
@@ -37,47 +45,6 @@ SECRET = "test-couch-secret"
 def rapidpro_profile(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 FIRST_BACKOFF_STEP = 1.0  # the sending gate's backoff base: its first pause is at most this
-
-
-def rapidpro_settings(url: str, **extra: Any) -> dict[str, Any]:
-    return {"sms": {"outgoing_service": "rapidpro", "rapidpro": {"url": url}},
-            "default_country_code": 254, **extra}
-
-
-def task(state: str, to: str = "+254700000001", text: str = "Visit due", **extra: Any) -> dict[str, Any]:
-    return {"state": state, "messages": [{"uuid": str(uuidlib.uuid4()), "to": to, "message": text}],
-            "state_history": [{"state": state, "timestamp": iso_ago()}], **extra}
-
-
-def get_doc(db_url: str, doc_id: str) -> dict[str, Any]:
-    status, body = couch_request("GET", f"{db_url}/{doc_id}")
-    assert status == 200, body
-    return body
-
-
-async def put_doc(db_url: str, doc: dict[str, Any]) -> None:
-    status, body = await asyncio.to_thread(couch_request, "PUT", f"{db_url}/{doc['_id']}", doc)
-    assert status in (201, 202), body
-
-
-async def task_state(db_url: str, doc_id: str, kind: str = "tasks", index: int = 0) -> dict[str, Any]:
-    return (await asyncio.to_thread(get_doc, db_url, doc_id))[kind][index]
-
-
-async def wait_state(db_url: str, doc_id: str, state: str, kind: str = "tasks", index: int = 0,
-                     timeout: float = 10) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        current = await task_state(db_url, doc_id, kind, index)
-        return current if current["state"] == state else None
-    return await eventually(check, timeout)
-
-
-def worker_env(medic_db, **env: str) -> dict[str, str]:
-    # A budget the tests' bursts never reach: a fresh worker starts with ten seconds of it
-    # (worker/rapidpro/budget.py), and the rate is not what these tests are about.
-    return {"COUCH_URL": medic_db.url, "LISTEN_PORT": "0", "RAPIDPRO_API_TOKEN": DEFAULT_TOKEN,
-            "CHECKPOINT_INTERVAL": "0.2", "CREDENTIALS_TTL": "0", "RAPIDPRO_TIMEOUT": "2",
-            "RAPIDPRO_CALLS_PER_HOUR": "1000000", **env}
 
 
 @pytest.fixture

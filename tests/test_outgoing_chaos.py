@@ -6,10 +6,14 @@ import asyncio
 import uuid
 from collections import Counter
 
+import pytest
+
 from playground.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.daemon import Daemon
 from tests.support.waiting import eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
 
 COUNT = 300
 

@@ -33,6 +33,8 @@ from playground.fake_rapidpro import FakeRapidPro
 from tests.support.couch_fixtures import MedicDb, couch_request
 from tests.support.couchserver import LOCK_FILE, NODE_MODULES, ensure_node_modules
 
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
+
 ROOT = Path(__file__).resolve().parents[1]
 NOT_COPIED = (".git", ".venv", "node_modules", ".devdata", ".env", "__pycache__", ".pytest_cache",
               ".ruff_cache", "*.egg-info", "build", "dist")

@@ -16,12 +16,14 @@ import pytest
 from playground.fake_rapidpro import DEFAULT_TOKEN
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.http_proxy import CountingProxy
+from tests.support.outgoing import get_doc, put_doc, rapidpro_settings, task, wait_state
 from tests.support.waiting import eventually
-from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, task, wait_state
 from transitions.dispatch import CLAIMED, SENT
 from transitions.lease import LEASE_DOC_ID
 from transitions.timestamps import cht_time
 from worker.outgoing.ledger import LEDGER_PREFIX
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 @pytest.fixture

@@ -41,9 +41,12 @@ REAL_TOKEN = os.environ.get("TEST_RAPIDPRO_TOKEN", "")
 NUMBER = os.environ.get("TEST_RAPIDPRO_NUMBER", "+254712345678")
 RATES = os.environ.get("TEST_RAPIDPRO_RATES", "")
 
-pytestmark = pytest.mark.skipif(
-    not (REAL_URL and REAL_TOKEN),
-    reason="needs a real RapidPro: set TEST_RAPIDPRO_URL and TEST_RAPIDPRO_TOKEN (a test workspace)")
+pytestmark = [
+    pytest.mark.slow, pytest.mark.real_rapidpro,
+    pytest.mark.skipif(
+        not (REAL_URL and REAL_TOKEN),
+        reason="needs a real RapidPro: set TEST_RAPIDPRO_URL and TEST_RAPIDPRO_TOKEN (a test workspace)"),
+]
 
 # What may differ, and why (README *Testing against a real RapidPro*).
 DELIBERATE = {

@@ -12,9 +12,9 @@ import pytest
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from playground.fake_workspace import FakeWorkspace
 from playground.rapidpro_import import PROFILES, import_errors
+from tests.support.cli import CHT_URL, KEY, PUBLIC_URL, acli, cli, lines_of, rapidpro_settings, unused_port
 from tests.support.couch_fixtures import MedicDb, put_settings
 from tests.support.rapidpro_fixtures import seed_relay
-from tests.test_cli_ops import CHT_URL, KEY, PUBLIC_URL, acli, cli, lines_of, rapidpro_settings, unused_port
 from transitions.relay_flow import WEBHOOK_BODY
 
 SECRET_KEY = "k3y-0f-the-webhook-7e1d9c"  # distinctive: searched for in everything printed

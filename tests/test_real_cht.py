@@ -40,10 +40,13 @@ API_ENV, COUCH_ENV = "TEST_CHT_API_URL", "TEST_CHT_COUCH_URL"
 PHONE = os.environ.get("TEST_CHT_PHONE", "+254712345678")
 SLOW = 100.0  # CHT's api sends once a minute; sentinel is quick
 
-pytestmark = pytest.mark.skipif(
-    not (os.environ.get(API_ENV) and os.environ.get(COUCH_ENV)),
-    reason=f"needs a running CHT: set {API_ENV} (CHT's api, admin credentials) and {COUCH_ENV} "
-           "(its CouchDB server, admin credentials)")
+pytestmark = [
+    pytest.mark.slow, pytest.mark.real_cht,
+    pytest.mark.skipif(
+        not (os.environ.get(API_ENV) and os.environ.get(COUCH_ENV)),
+        reason=f"needs a running CHT: set {API_ENV} (CHT's api, admin credentials) and {COUCH_ENV} "
+               "(its CouchDB server, admin credentials)"),
+]
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from tests.support.daemon import Daemon
 from tests.support.tcp_proxy import TcpProxy
 from worker.sdnotify import Notifier
 
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
+
 
 class Listener:
     """A SOCK_DGRAM socket standing in for systemd's notification socket."""

@@ -19,12 +19,14 @@ import pytest
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from playground.rapidpro_profiles import PROFILE_NAMES
 from tests.support.couch_fixtures import couch_request, put_settings
+from tests.support.outgoing import get_doc, put_doc, rapidpro_settings, worker_env
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
-from tests.test_outgoing import get_doc, put_doc, rapidpro_settings, worker_env
 from worker.app import Worker
 from worker.rapidpro.budget import RateBudget
 from worker.rapidpro.client import RapidProClient
+
+pytestmark = [pytest.mark.slow]
 
 
 def iso(ts: float) -> str:

@@ -31,17 +31,20 @@ from deploy.watchdog import generate_alerts
 from playground.fake_rapidpro import BROADCASTS_PATH, DEFAULT_TOKEN
 from tests.support.clock import iso_ago
 from tests.support.couch_fixtures import put_settings
+from tests.support.in_doubt import cli, doc_with_stale_claim
+from tests.support.outgoing import put_doc, rapidpro_settings, task
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
-from tests.test_in_doubt import cli, doc_with_stale_claim
-from tests.test_outgoing import put_doc, rapidpro_settings, task
 from worker.app import Worker
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None, reason="prometheus not found: install Debian's `prometheus` package (apt-get install "
-    "prometheus) or put the prometheus binary on PATH")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        PROMETHEUS is None, reason="prometheus not found: install Debian's `prometheus` package "
+        "(apt-get install prometheus) or put the prometheus binary on PATH"),
+]
 
 JOB = "cht-rapidpro-worker"
 LEASE_TTL = 3.0

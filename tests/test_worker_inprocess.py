@@ -18,6 +18,8 @@ from tests.support.daemon import child_env
 from tests.support.waiting import eventually
 from worker.app import Worker
 
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
+
 
 class Recording:
     """A test transition: records the docs it sees; fails for ids it is told to."""
