@@ -192,8 +192,9 @@ async def test_a_send_arriving_later_overtakes_callers_already_waiting():
     assert order == ["send", "status"]
 
 
-async def test_waiters_sleep_until_the_token_is_due_without_being_woken():
-    # Real time here, but generous: one token every 20 ms, and we only check it comes at all.
+async def test_a_waiter_gets_its_token_when_it_is_due_with_no_wake_call():
+    # Real time here, but generous: one token every 20 ms; nothing calls wake(), so the waiter
+    # must have slept until the token was due by itself.
     budget = RateBudget(1)
     await budget.acquire(Priority.STATUS)
     budget.calls_per_hour = 3600 * 50  # still empty, now refilling fast

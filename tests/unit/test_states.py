@@ -2,7 +2,6 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from transitions import states
 from transitions.states import (
     FINAL_STATES,
     GATEWAY_TRACKED_STATES,
@@ -32,32 +31,6 @@ def sent_task(**extra):
     }
     task.update(extra)
     return task
-
-
-# --- constants ---
-
-
-def test_all_states_in_cht_order():
-    assert states.ALL_STATES == (
-        "scheduled",
-        "pending",
-        "forwarded-to-gateway",
-        "received-by-gateway",
-        "forwarded-by-gateway",
-        "sent",
-        "delivered",
-        "failed",
-        "denied",
-        "cleared",
-        "muted",
-        "duplicate",
-    )
-
-
-def test_state_sets():
-    assert FINAL_STATES == {"delivered", "failed", "denied", "cleared", "muted", "duplicate"}
-    assert GATEWAY_TRACKED_STATES == {"received-by-gateway", "forwarded-by-gateway", "sent"}
-    assert SENDABLE_STATES == {"pending", "forwarded-to-gateway"}
 
 
 def test_state_sets_are_disjoint():
