@@ -39,7 +39,7 @@ from config.env import load_config
 from playground.fake_rapidpro import DEFAULT_TOKEN, MESSAGES_PATH, FakeRapidPro
 from tests.support.couch_fixtures import couch_request, create_db, delete_db, put_settings, seed_design_docs
 from tests.support.couchserver import CouchTestServer
-from transitions import rate_scopes
+from transitions.rapidpro import rate_scopes
 from worker.app import Worker
 from worker.logs import configure_logging
 from worker.rapidpro.budget import HOUR

@@ -93,7 +93,7 @@ from tests.support.couch_fixtures import (  # noqa: E402
     seed_design_docs,
 )
 from tests.support.couchserver import CouchTestServer  # noqa: E402
-from transitions.dispatch import IN_DOUBT_DETAILS  # noqa: E402
+from transitions.outgoing.dispatch import IN_DOUBT_DETAILS  # noqa: E402
 from worker.incoming.webhook import V2_PATH  # noqa: E402
 
 INCOMING_KEY = "chaos-incoming-key"

@@ -43,7 +43,7 @@ from tests.support.couch_fixtures import (  # noqa: E402
     seed_design_docs,
 )
 from tests.support.couchserver import CouchTestServer  # noqa: E402
-from transitions.incoming import doc_id_for  # noqa: E402
+from transitions.incoming.record import doc_id_for  # noqa: E402
 from worker.couch.client import CouchServer  # noqa: E402
 from worker.incoming.webhook import V2_PATH, IncomingWebhook  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402

@@ -58,8 +58,8 @@ from config.settings import Settings
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro, RecordedBroadcast
 from tests.support.couch_fixtures import create_db, delete_db, seed_design_docs
 from tests.support.couchserver import CouchTestServer
-from transitions.status import Policy
-from transitions.timestamps import parse_time
+from transitions.cht.timestamps import parse_time
+from transitions.status.rules import Policy
 from worker.couch.client import CouchServer
 from worker.logs import configure_logging
 from worker.outgoing.ledger import Ledger

@@ -224,7 +224,7 @@ def _optional_positive_int(values: Mapping[str, str], name: str) -> int | None:
     return _get(values, name, None, int, lambda v: v > 0, "must be a positive whole number")
 
 
-# The per-scope rates (transitions/rate_scopes.py), by RapidPro throttle scope.
+# The per-scope rates (transitions/rapidpro/rate_scopes.py), by RapidPro throttle scope.
 SCOPE_RATE_SETTINGS = {
     "v2.broadcasts": "RAPIDPRO_BROADCASTS_CALLS_PER_HOUR",
     "v2.messages": "RAPIDPRO_MESSAGES_CALLS_PER_HOUR",

@@ -38,7 +38,13 @@ from aiohttp import web
 
 from playground.rapidpro_profiles import Profile
 from playground.rapidpro_profiles import profile as resolve_profile
-from transitions.rapidpro_forms import BLANK, INVALID_URN, NULL_CHARACTERS, rapidpro_text, rapidpro_urn
+from transitions.outgoing.rapidpro_forms import (
+    BLANK,
+    INVALID_URN,
+    NULL_CHARACTERS,
+    rapidpro_text,
+    rapidpro_urn,
+)
 
 Clock = Callable[[], float]
 Json = dict[str, Any]
@@ -273,7 +279,7 @@ class FakeRapidPro:
         self.page_size = 250
         self.max_text_length = 4096
         self.max_urns = 100
-        # None: RapidPro's own rules (transitions/rapidpro_forms.py), the URN stored normalised;
+        # None: RapidPro's own rules (transitions/outgoing/rapidpro_forms.py), the URN stored normalised;
         # a test may set a predicate instead (the URN then stored as sent).
         self.urn_validator: Callable[[str], bool] | None = None
         self.workspace_state: str | None = None  # None | "flagged" | "suspended"

@@ -11,7 +11,7 @@ trying the worker by hand: the tests' FakeRapidPro plus what a real workspace do
   retried failed webhooks since July 2025). The flow is the workspace's own once one is
   imported (`cht-rapidpro-worker rapidpro setup`, then `POST /orgimport/create/`): the flow a
   catch-all trigger starts, its webhook's method, URL, headers and body evaluated with the
-  workspace's globals and the message (transitions/excellent.py). Until then a built-in one:
+  workspace's globals and the message (transitions/rapidpro/excellent.py). Until then a built-in one:
   `POST <webhook_url>`, `Authorization: Token <key>`, body `{"id": <message uuid>, "from":
   <number>, "content": <text>}`.
 - **A channel receive URL** for curl, shaped like RapidPro's External API channel
@@ -41,8 +41,8 @@ from aiohttp import web
 
 from playground.fake_rapidpro import BROADCASTS_PATH, FakeMessage, FakeRapidPro
 from playground.fake_workspace import workspace_of
-from transitions.excellent import evaluate_template
-from transitions.phone import mask_phone
+from transitions.cht.phone import mask_phone
+from transitions.rapidpro.excellent import evaluate_template
 from worker.logs import configure_logging, get_logger
 
 log = get_logger(__name__)

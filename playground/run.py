@@ -42,8 +42,8 @@ import aiohttp  # noqa: E402
 
 from config.env import ConfigError, read_environment  # noqa: E402
 from playground.rapidpro_standin import RapidProStandIn  # noqa: E402
-from transitions.phone import mask_phone  # noqa: E402
-from transitions.timestamps import cht_time  # noqa: E402
+from transitions.cht.phone import mask_phone  # noqa: E402
+from transitions.cht.timestamps import cht_time  # noqa: E402
 from worker.logs import configure_logging, get_logger  # noqa: E402
 
 log = get_logger("playground")

@@ -19,7 +19,7 @@ from tests.support.couch_fixtures import (
     delete_vault_credential,
     put_vault_credential,
 )
-from transitions.dispatch import CHT_SENDER_ON
+from transitions.outgoing.dispatch import CHT_SENDER_ON
 from worker.couch.client import CouchServer
 from worker.outgoing.cht_sender import ChtSenderWatch
 from worker.rapidpro.credentials import Vault

@@ -11,7 +11,7 @@ import pytest
 
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from playground.fake_workspace import FakeWorkspace
-from transitions.relay_flow import relay_export
+from transitions.rapidpro.relay_flow import relay_export
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from tests.support.in_doubt import URN, cli, doc_with_stale_claim, ledger_url
 from tests.support.outgoing import get_doc, put_doc, rapidpro_settings, task, wait_state
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
-from transitions.phone import mask_phone
-from transitions.timestamps import cht_time
+from transitions.cht.phone import mask_phone
+from transitions.cht.timestamps import cht_time
 from worker.app import Worker
 from worker.identity import HOSTNAME
 

@@ -10,7 +10,7 @@ import aiohttp
 from tests.support.cht_translations import cht_translation_docs
 from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.waiting import eventually
-from transitions.incoming import doc_id_for
+from transitions.incoming.record import doc_id_for
 
 FORMS = {
     "FORM": {"meta": {"code": "FORM"}, "fields": {"some_data": {"type": "string", "position": 0,

@@ -10,7 +10,7 @@ import pytest
 
 from config.env import parse_couch_url
 from tests.support.waiting import eventually
-from transitions.lease import LEASE_DOC_ID
+from transitions.lease.rules import LEASE_DOC_ID
 from worker.couch.client import CouchServer, Database
 from worker.feed.checkpoint import CHECKPOINT_ID, CheckpointFenced, CheckpointStore
 from worker.lease.keeper import ACTIVE, STANDBY, Fenced, FencedDatabase, LeaseKeeper

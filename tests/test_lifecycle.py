@@ -17,7 +17,7 @@ import pytest
 from tests.support.couch_fixtures import couch_request, create_db, seed_design_docs
 from tests.support.couchserver import CouchTestServer
 from tests.support.daemon import Daemon
-from transitions.incoming import doc_id_for
+from transitions.incoming.record import doc_id_for
 from worker.feed.checkpoint import CHECKPOINT_ID
 from worker.incoming.webhook import V2_PATH
 

@@ -35,7 +35,7 @@ from tests.support.outgoing import (
 )
 from tests.support.waiting import eventually
 from tests.support.workers import InProcessWorkers
-from transitions.dispatch import IN_DOUBT_DETAILS
+from transitions.outgoing.dispatch import IN_DOUBT_DETAILS
 from worker.app import Worker
 
 SECRET = "test-couch-secret"

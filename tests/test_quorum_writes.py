@@ -18,9 +18,9 @@ from tests.support.couch_fixtures import couch_request, put_settings
 from tests.support.http_proxy import CountingProxy
 from tests.support.outgoing import get_doc, put_doc, rapidpro_settings, task, wait_state
 from tests.support.waiting import eventually
-from transitions.dispatch import CLAIMED, SENT
-from transitions.lease import LEASE_DOC_ID
-from transitions.timestamps import cht_time
+from transitions.cht.timestamps import cht_time
+from transitions.lease.rules import LEASE_DOC_ID
+from transitions.outgoing.dispatch import CLAIMED, SENT
 from worker.outgoing.ledger import LEDGER_PREFIX
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

@@ -30,9 +30,9 @@ import pytest_asyncio
 
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from playground.fake_workspace import workspace_of
-from transitions.in_doubt import Kind, Listing, Window, decide
-from transitions.rapidpro_forms import rapidpro_text, rapidpro_urn, workspace_country
-from transitions.timestamps import rapidpro_time
+from transitions.cht.timestamps import rapidpro_time
+from transitions.outgoing.in_doubt import Kind, Listing, Window, decide
+from transitions.outgoing.rapidpro_forms import rapidpro_text, rapidpro_urn, workspace_country
 from worker.rapidpro.budget import Priority, ScopedBudget
 from worker.rapidpro.client import RapidProClient
 
@@ -276,7 +276,7 @@ def _undeliberate(problems: list[str]) -> list[str]:
 async def test_the_worker_finds_what_it_sent_in_the_forms_cht_writes() -> None:
     """A send whose answer is lost is looked up in RapidPro's listing with the text and number as
     CHT wrote them: RapidPro stored them trimmed and normalised, and the lookup must find it
-    (transitions/rapidpro_forms.py); then status tracking's lookups find its message."""
+    (transitions/outgoing/rapidpro_forms.py); then status tracking's lookups find its message."""
     async with RapidProClient(ScopedBudget(), timeout=30) as client:
         info = await client.get_workspace(REAL_URL, REAL_TOKEN)
         country = workspace_country(info)

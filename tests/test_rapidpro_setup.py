@@ -15,7 +15,7 @@ from playground.rapidpro_import import PROFILES, import_errors
 from tests.support.cli import CHT_URL, KEY, PUBLIC_URL, acli, cli, lines_of, rapidpro_settings, unused_port
 from tests.support.couch_fixtures import MedicDb, put_settings
 from tests.support.rapidpro_fixtures import seed_relay
-from transitions.relay_flow import WEBHOOK_BODY
+from transitions.rapidpro.relay_flow import WEBHOOK_BODY
 
 SECRET_KEY = "k3y-0f-the-webhook-7e1d9c"  # distinctive: searched for in everything printed
 SECRET_TOKEN = "tok-0f-the-api-5b2a8f"
@@ -85,7 +85,7 @@ async def test_setup_creates_the_globals_and_writes_the_file_then_changes_nothin
 
 async def test_an_import_before_setup_leaves_empty_globals_that_setup_fills(
         env, fake_rapidpro, fake_workspace, tmp_path):
-    from transitions.relay_flow import relay_export
+    from transitions.rapidpro.relay_flow import relay_export
 
     fake_workspace.import_export(relay_export(fake_rapidpro.url))  # RapidPro creates them, empty
     assert {key: g.value for key, g in fake_workspace.globals.items()} == {"cht_url": "", "cht_api_key": ""}

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from playground.rapidpro_standin import RapidProStandIn
 from tests.support.waiting import eventually
-from transitions.relay_flow import relay_export
+from transitions.rapidpro.relay_flow import relay_export
 
 TOKEN = "standin-token"
 KEY = "incoming-key"

@@ -24,8 +24,8 @@ from playground.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro, Rec
 from playground.rapidpro_profiles import PROFILE_NAMES
 from tests.support.couch_fixtures import MedicDb, create_db
 from tests.support.waiting import eventually
-from transitions.broadcasts import BroadcastKey, gateway_ref, ledger_ref
-from transitions.status import Policy
+from transitions.outgoing.broadcasts import BroadcastKey, gateway_ref, ledger_ref
+from transitions.status.rules import Policy
 from worker.couch.client import CouchServer, Database
 from worker.outgoing.ledger import Ledger
 from worker.rapidpro.budget import Priority, RateBudget

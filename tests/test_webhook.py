@@ -28,7 +28,7 @@ from playground.fake_rapidpro import DEFAULT_TOKEN, FakeRapidPro
 from playground.rapidpro_profiles import PROFILE_NAMES
 from tests.support.couch_fixtures import MedicDb, create_db, load_example_settings, put_settings
 from tests.support.tcp_proxy import TcpProxy
-from transitions.incoming import doc_id_for
+from transitions.incoming.record import doc_id_for
 from worker.couch.client import CouchServer, Database
 from worker.incoming.reconcile import WATERMARK_DOC_ID, IncomingReconciler
 from worker.incoming.webhook import V1_PATH, V2_PATH, IncomingWebhook

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 from config.env import Config
 from config.settings import Settings
 from transitions.base import Transition
-from transitions.settings_watcher import SettingsWatcher
-from transitions.status import Policy
-from transitions.translations_watcher import TranslationsWatcher
+from transitions.cht.settings_watcher import SettingsWatcher
+from transitions.cht.translations_watcher import TranslationsWatcher
+from transitions.status.rules import Policy
 from worker.backoff import Backoff
 from worker.cht.refresh import StandbyRefresh
 from worker.cht.report import ChtReport
@@ -95,7 +95,7 @@ class Worker:
         # One budget per RapidPro throttle scope, at the rates of the server's version (learnt
         # from its first broadcast) or the operator's; within a scope sends go first, with a
         # minute of the rate kept for them and a tenth guaranteed to the rest
-        # (worker/rapidpro/budget.py, transitions/rate_scopes.py).
+        # (worker/rapidpro/budget.py, transitions/rapidpro/rate_scopes.py).
         self.budget = ScopedBudget(overrides=config.rapidpro_scope_rates,
                                    every=config.rapidpro_calls_per_hour)
         # While CHT's own RapidPro sender runs, the worker stands down (worker/outgoing/cht_sender.py).

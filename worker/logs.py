@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from transitions.phone import mask_phone
+from transitions.cht.phone import mask_phone
 
 # user:password@ inside any URL-looking text
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")

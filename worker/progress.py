@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transitions.timestamps import cht_time
+from transitions.cht.timestamps import cht_time
 
 
 class Progress:

@@ -38,8 +38,8 @@ from tests.support.couch_fixtures import (  # noqa: E402
     put_settings,
     seed_design_docs,
 )
-from transitions.incoming import doc_id_for  # noqa: E402
-from transitions.timestamps import cht_time  # noqa: E402
+from transitions.cht.timestamps import cht_time  # noqa: E402
+from transitions.incoming.record import doc_id_for  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 
 T = TypeVar("T")

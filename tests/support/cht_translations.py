@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from transitions.translations import Translations, translations_from_docs
+from transitions.cht.translations import Translations, translations_from_docs
 
 # Recorded beside the vectors; the playground seeds them too.
 _PATH = Path(__file__).resolve().parents[2] / "playground" / "cht" / "translations.json"

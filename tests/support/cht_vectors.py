@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings, parse_settings
-from transitions.incoming import IncomingMessage, Invalid, build_record, parse_webhook_body
-from transitions.translations import Translations, translations_from_docs
+from transitions.cht.translations import Translations, translations_from_docs
+from transitions.incoming.record import IncomingMessage, Invalid, build_record, parse_webhook_body
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cht_sms_vectors"
 # CHT's translation docs recorded with the vectors; the playground seeds them too.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from transitions.timestamps import cht_time
+from transitions.cht.timestamps import cht_time
 
 
 def iso_ago(seconds: float = 0.0) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from tests.support.couch_fixtures import couch_request
 from tests.support.daemon import ROOT, child_env
 from tests.support.outgoing import put_doc, task
-from transitions.timestamps import cht_time
+from transitions.cht.timestamps import cht_time
 
 URN = "tel:+254700000001"
 

@@ -16,7 +16,7 @@ import pytest_asyncio
 from playground.fake_rapidpro import DEFAULT_TOKEN, FakeClock, FakeRapidPro
 from playground.fake_workspace import FakeWorkspace, workspace_of
 from playground.rapidpro_profiles import PROFILE_NAMES
-from transitions.relay_flow import relay_export
+from transitions.rapidpro.relay_flow import relay_export
 
 __all__ = ["DEFAULT_TOKEN", "PROFILE_NAMES", "FakeClock", "fake_rapidpro", "fake_rapidpro_factory",
            "fake_workspace", "rapidpro_profile", "seed_relay"]

@@ -1,10 +1,11 @@
-"""The workspace's channels (transitions/channels.py) from `channels.json` as RapidPro answers it
+"""The workspace's channels (transitions/rapidpro/channels.py) from `channels.json` as RapidPro answers it
 (the objects asserted in RapidPro's temba/api/v2/tests/test_channels.py at main, and without
 `type` as 2020/2023 servers answer): asleep, active, masked, on an explicit clock."""
 
 from __future__ import annotations
 
-from transitions.channels import (
+from transitions.cht.timestamps import parse_time
+from transitions.rapidpro.channels import (
     ASLEEP_AFTER,
     active_count,
     asleep,
@@ -12,8 +13,7 @@ from transitions.channels import (
     judge_channels,
     read_channels,
 )
-from transitions.relay_check import OK, WARNING
-from transitions.timestamps import parse_time
+from transitions.rapidpro.relay_check import OK, WARNING
 
 SEEN = "2026-01-01T00:00:00.000000Z"
 NOW = parse_time(SEEN) or 0.0

@@ -1,10 +1,10 @@
-"""`check`'s grading: which lines stop an install or an upgrade (transitions/check_grades.py)."""
+"""`check`'s grading: which lines stop an install or an upgrade (transitions/commands/check_grades.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from transitions.check_grades import (
+from transitions.commands.check_grades import (
     FATAL,
     OK,
     PROBLEM,
@@ -15,8 +15,8 @@ from transitions.check_grades import (
     exit_status,
     summary,
 )
-from transitions.relay_check import PROBLEM as RELAY_PROBLEM
-from transitions.relay_check import Judgement, relay_unused
+from transitions.rapidpro.relay_check import PROBLEM as RELAY_PROBLEM
+from transitions.rapidpro.relay_check import Judgement, relay_unused
 
 FRESH_INSTALL = [  # a workspace whose relay flow is not imported yet, a channel asleep
     Finding(OK, "couchdb", "CouchDB 3.4.3 answers"),

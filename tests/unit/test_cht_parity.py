@@ -11,9 +11,9 @@ import pytest
 
 from config.settings import parse_settings
 from tests.support.cht_translations import cht_translations
-from transitions.incoming import IncomingMessage, Invalid, build_record, parse_webhook_body
-from transitions.smsforms.bsdate import bs_to_epoch
-from transitions.translations import Translations, translations_from_docs
+from transitions.cht.translations import Translations, translations_from_docs
+from transitions.incoming.record import IncomingMessage, Invalid, build_record, parse_webhook_body
+from transitions.incoming.smsforms.bsdate import bs_to_epoch
 
 N_FORM = {"meta": {"code": "N"}, "fields": {
     "patient_name": {"labels": {"tiny": "N"}, "type": "string", "required": True}}}
@@ -232,5 +232,5 @@ def test_9_reconciliation_keeps_blank_texts_as_the_webhook_does() -> None:
 ])
 def test_a_valid_short_number_is_formatted_nationally_as_cht_does(
         raw: str, country: int, validation: str, stored: str) -> None:
-    from transitions.phone import normalise_phone
+    from transitions.cht.phone import normalise_phone
     assert normalise_phone(raw, country, validation) == stored

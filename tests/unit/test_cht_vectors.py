@@ -25,7 +25,7 @@ from tests.support.cht_vectors import (
     vectors,
     worker_outcome,
 )
-from transitions.incoming import IncomingMessage, build_record
+from transitions.incoming.record import IncomingMessage, build_record
 
 
 def _report(failures: list[tuple[Vector, list[str]]]) -> str:

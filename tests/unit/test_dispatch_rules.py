@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 import pytest
 
 from config.settings import Settings
-from transitions.dispatch import (
+from transitions.outgoing.dispatch import (
     CHT_SENDER_ON,
     IN_DOUBT_DETAILS,
     Action,

@@ -1,4 +1,4 @@
-"""RapidPro's flow templates, the part the relay flow uses (transitions/excellent.py), read as
+"""RapidPro's flow templates, the part the relay flow uses (transitions/rapidpro/excellent.py), read as
 goflow reads them (excellent/scanner.go) and evaluated as goflow evaluates them."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from transitions.excellent import (
+from transitions.rapidpro.excellent import (
     Call,
     Number,
     Path,
@@ -19,7 +19,7 @@ from transitions.excellent import (
     render_template,
 )
 
-# The relay flow's body (transitions/relay_flow.py), as the flow editor holds it.
+# The relay flow's body (transitions/rapidpro/relay_flow.py), as the flow editor holds it.
 WEBHOOK_BODY = ('@(json(object("id", input.uuid, "from", replace(urns.tel, "tel:+", "+"), '
                 '"content", input.text)))')
 

@@ -24,7 +24,7 @@ helm = pytest.importorskip("helm_python", reason="pip install -e '.[test]' (helm
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]'")
 jsonschema = pytest.importorskip("jsonschema", reason="pip install -e '.[test]'")
 
-from transitions.incoming import V1_PATH, V2_PATH  # noqa: E402
+from transitions.incoming.record import V1_PATH, V2_PATH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "cht-rapidpro-worker"

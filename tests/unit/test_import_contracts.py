@@ -51,9 +51,9 @@ def test_the_copy_keeps_every_contract(pristine: Path) -> None:
 
 
 @pytest.mark.parametrize(("module", "text", "contract"), [
-    ("config/env.py", "from transitions.states import apply_state\n",
+    ("config/env.py", "from transitions.cht.states import apply_state\n",
      "Layers: worker above transitions above config"),
-    ("transitions/states.py", "import worker.logs\n", "Layers: worker above transitions above config"),
+    ("transitions/cht/states.py", "import worker.logs\n", "Layers: worker above transitions above config"),
     ("worker/feed/follower.py", "from worker.outgoing import sender\n",
      "worker/feed/ may import couch (and the shared modules)"),
     ("worker/http/metrics.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
@@ -75,8 +75,8 @@ def test_a_planted_bad_import_breaks_its_contract(tree: Path, module: str, text:
 
 
 def test_a_planted_cycle_between_siblings_is_found(tree: Path) -> None:
-    plant(tree, "transitions/timestamps.py", "from transitions import states\n")
-    plant(tree, "transitions/states.py", "from transitions import timestamps\n")
+    plant(tree, "transitions/cht/timestamps.py", "from transitions.cht import states\n")
+    plant(tree, "transitions/cht/states.py", "from transitions.cht import timestamps\n")
     result = lint(tree)
     assert result.returncode != 0
     assert "No import cycle between sibling modules or packages of the product BROKEN" in result.stdout

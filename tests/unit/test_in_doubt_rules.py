@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from transitions.dispatch import in_doubt_details, projection
-from transitions.in_doubt import (
+from transitions.cht.timestamps import rapidpro_time
+from transitions.outgoing.dispatch import in_doubt_details, projection
+from transitions.outgoing.in_doubt import (
     Kind,
     Listing,
     Window,
@@ -17,7 +18,6 @@ from transitions.in_doubt import (
     operator_refusal,
     plan_listings,
 )
-from transitions.timestamps import rapidpro_time
 
 CLAIMED_AT = 1_800_000_000.0
 RT = 30.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from transitions.incoming import IncomingMessage
+from transitions.incoming.record import IncomingMessage
 from worker.incoming.webhook import PIPELINE_MIN_BATCH, IncomingStore, Outcome
 
 

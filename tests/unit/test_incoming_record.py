@@ -1,4 +1,4 @@
-"""Pure tests of transitions/incoming.py: body validation, doc ids and the CHT record."""
+"""Pure tests of transitions/incoming/record.py: body validation, doc ids and the CHT record."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from config.settings import parse_settings
 from tests.support.couch_fixtures import load_example_settings
-from transitions.incoming import (
+from transitions.incoming.record import (
     IncomingMessage,
     Invalid,
     ParsedSms,

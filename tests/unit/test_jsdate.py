@@ -6,8 +6,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from transitions.smsforms.dates import moment_parse
-from transitions.smsforms.jsdate import js_date_parse
+from transitions.incoming.smsforms.dates import moment_parse
+from transitions.incoming.smsforms.jsdate import js_date_parse
 
 # Literal dates: parser vectors, the text itself is the point (no clock is read).
 NODE_UTC = [

@@ -1,11 +1,11 @@
-"""The lease's pure rules (transitions/lease.py) and the configuration rule that goes with them."""
+"""The lease's pure rules (transitions/lease/rules.py) and the configuration rule that goes with them."""
 
 from __future__ import annotations
 
 import pytest
 
 from config.env import ConfigError, load_config
-from transitions.lease import (
+from transitions.lease.rules import (
     Decision,
     Lease,
     act_until,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT, Action, ledger_action
-from transitions.ledger_leaves import Merge, merged_entry, resolve
+from transitions.outgoing.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT, Action, ledger_action
+from transitions.outgoing.ledger_leaves import Merge, merged_entry, resolve
 
 NOW = 10_000.0  # an injected clock: claims are judged by their age against it
 TIMEOUT = 90.0

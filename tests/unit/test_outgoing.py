@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from transitions.outgoing import (
+from transitions.outgoing.sendable import (
     OutgoingMessage,
     find_task_message,
     is_denied,

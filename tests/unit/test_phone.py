@@ -1,6 +1,6 @@
 import pytest
 
-from transitions.phone import mask_phone, normalise_phone, region_for_country_code
+from transitions.cht.phone import mask_phone, normalise_phone, region_for_country_code
 
 # --- region_for_country_code ---
 

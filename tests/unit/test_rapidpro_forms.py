@@ -1,4 +1,4 @@
-"""RapidPro's stored forms of a text and a URN (transitions/rapidpro_forms.py), checked against
+"""RapidPro's stored forms of a text and a URN (transitions/outgoing/rapidpro_forms.py), checked against
 what RapidPro's own code does (nyaruka/rapidpro v26.1.101: DRF CharField in
 temba/api/v2/fields.py, URN.normalize / URN.validate in temba/contacts/models.py), and the
 in-doubt lookup finding a broadcast under those forms. Every row of TEXTS and URNS was also run
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from transitions.in_doubt import Kind, Listing, Window, decide
-from transitions.rapidpro_forms import (
+from transitions.cht.timestamps import rapidpro_time
+from transitions.outgoing.in_doubt import Kind, Listing, Window, decide
+from transitions.outgoing.rapidpro_forms import (
     BLANK,
     NULL_CHARACTERS,
     TOO_LONG,
@@ -20,7 +21,6 @@ from transitions.rapidpro_forms import (
     text_refusal,
     workspace_country,
 )
-from transitions.timestamps import rapidpro_time
 
 TEXTS = [
     # (CHT's text, what RapidPro stores, RapidPro's 400 reason)

@@ -1,4 +1,4 @@
-"""One budget per RapidPro throttle scope (transitions/rate_scopes.py, worker/rapidpro/budget.py
+"""One budget per RapidPro throttle scope (transitions/rapidpro/rate_scopes.py, worker/rapidpro/budget.py
 ScopedBudget): which scope a call is counted in, each version's rates, a 429 pausing its scope
 only, and the sends' sliding hour rebuilt from the ledger."""
 
@@ -9,8 +9,8 @@ import asyncio
 import pytest
 
 from playground.fake_rapidpro import FakeClock
-from transitions import rate_scopes
-from transitions.rate_scopes import (
+from transitions.rapidpro import rate_scopes
+from transitions.rapidpro.rate_scopes import (
     BROADCASTS,
     MESSAGES,
     V2,

@@ -1,4 +1,4 @@
-"""Judging a workspace's side of the relay (transitions/relay_check.py) from what RapidPro's API
+"""Judging a workspace's side of the relay (transitions/rapidpro/relay_check.py) from what RapidPro's API
 lists: the flow as a current server stores an imported one (new UUIDs, spec 14.4.1, the
 `@webhook.status` router), each fault a line naming its fix, the key never shown."""
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from playground.rapidpro_import import clone, migrate_to_current
-from transitions.relay_check import (
+from transitions.rapidpro.relay_check import (
     OK,
     PROBLEM,
     WARNING,
@@ -20,7 +20,7 @@ from transitions.relay_check import (
     judge_relay,
     relay_unused,
 )
-from transitions.relay_flow import WEBHOOK_BODY, relay_export
+from transitions.rapidpro.relay_flow import WEBHOOK_BODY, relay_export
 
 URL = "https://cht.example.org/rapidpro-worker/api/v2/sms/rapidpro/incoming-messages"
 KEY = "k3y-that-must-never-show"

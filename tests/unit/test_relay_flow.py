@@ -1,4 +1,4 @@
-"""The export file `rapidpro setup` writes (transitions/relay_flow.py), checked against RapidPro's
+"""The export file `rapidpro setup` writes (transitions/rapidpro/relay_flow.py), checked against RapidPro's
 own import rules (playground/rapidpro_import.py, from RapidPro's and goflow's source) on the three
 server profiles, and against the structure of RapidPro's test exports
 (tests/fixtures/rapidpro/webhook_flow_v13.json; its README cites the upstream files)."""
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from playground.rapidpro_import import PROFILES, clone, import_errors, migrate_to_current
-from transitions.excellent import evaluate_template
-from transitions.incoming import IncomingMessage, parse_webhook_body
-from transitions.relay_flow import (
+from transitions.incoming.record import IncomingMessage, parse_webhook_body
+from transitions.rapidpro.excellent import evaluate_template
+from transitions.rapidpro.relay_flow import (
     CREATE,
     KEEP,
     UPDATE,

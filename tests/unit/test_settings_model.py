@@ -1,7 +1,7 @@
 import pytest
 
 from config.settings import DEFAULT_OUTGOING_SERVICE, Settings, SettingsError, parse_settings
-from transitions.settings_watcher import decide
+from transitions.cht.settings_watcher import decide
 
 
 def doc(settings, rev="1-a"):

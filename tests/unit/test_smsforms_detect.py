@@ -2,8 +2,8 @@
 
 import pytest
 
-from transitions.smsforms import detect_form, get_form_code, is_muvuku
-from transitions.smsforms.detect import strip_form_code
+from transitions.incoming.smsforms import detect_form, get_form_code, is_muvuku
+from transitions.incoming.smsforms.detect import strip_form_code
 
 FORMS = {"YYYY": {"meta": {"code": "YYYY"}, "fields": {}}, "P": {"meta": {"code": "P"}}}
 

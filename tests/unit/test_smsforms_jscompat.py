@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from transitions.smsforms.jscompat import (
+from transitions.incoming.smsforms.jscompat import (
     UNDEFINED,
     js_number,
     js_number_to_string,
@@ -12,7 +12,7 @@ from transitions.smsforms.jscompat import (
     js_truthy,
     standardise_digits,
 )
-from transitions.smsforms.messages import Translator, render_template
+from transitions.incoming.smsforms.messages import Translator, render_template
 
 
 @pytest.mark.parametrize(

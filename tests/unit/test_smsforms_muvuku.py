@@ -1,7 +1,7 @@
 """Muvuku (`1!FORM!a#b`) and JavaRosa (`J1!FORM!label#value`) messages."""
 
 from tests.support.cht_translations import by_locale
-from transitions.smsforms import parse_sms
+from transitions.incoming.smsforms import parse_sms
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December"]

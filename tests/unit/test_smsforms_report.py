@@ -3,7 +3,7 @@
 import pytest
 
 from tests.support.cht_translations import by_locale
-from transitions.smsforms import SmsParseResult, parse_sent_timestamp, parse_sms
+from transitions.incoming.smsforms import SmsParseResult, parse_sent_timestamp, parse_sms
 
 FORM = {"meta": {"code": "FORM"}, "fields": {"some_data": {"type": "string", "position": 0}}}
 N_FORM = {

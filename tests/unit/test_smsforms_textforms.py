@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from transitions.smsforms import parse_sms
+from transitions.incoming.smsforms import parse_sms
 
 # Literal dates in this file: parser vectors (a date field's text), not times the worker judges.
 UTC_2012_03_12 = 1331510400000

@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from transitions.states import (
+from transitions.cht.states import (
     FINAL_STATES,
     GATEWAY_TRACKED_STATES,
     SENDABLE_STATES,

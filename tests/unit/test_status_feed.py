@@ -1,4 +1,4 @@
-"""Reading what is tracked incrementally (transitions/status_feed.py): paging the view by key,
+"""Reading what is tracked incrementally (transitions/status/feed.py): paging the view by key,
 the ledger's word for the worker's own messages, what a changed doc says; the schedule's compact
 indexes (worker/status/book.py)."""
 
@@ -8,9 +8,9 @@ import sys
 from typing import Any
 
 from tests.support.clock import iso_ago
-from transitions.states import GATEWAY_TRACKED_STATES
-from transitions.status import Candidate, Policy, start_tracking
-from transitions.status_feed import (
+from transitions.cht.states import GATEWAY_TRACKED_STATES
+from transitions.cht.timestamps import parse_time
+from transitions.status.feed import (
     LOAD_ORDER,
     PageStart,
     Row,
@@ -20,7 +20,7 @@ from transitions.status_feed import (
     next_start,
     view_rows,
 )
-from transitions.timestamps import parse_time
+from transitions.status.rules import Candidate, Policy, start_tracking
 from worker.status.book import Book
 
 

@@ -1,4 +1,4 @@
-"""Status tracking's pure rules (transitions/status.py)."""
+"""Status tracking's pure rules (transitions/status/rules.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from transitions.broadcasts import broadcast_key
-from transitions.dispatch import TaskUpdate
-from transitions.status import (
+from transitions.cht.timestamps import parse_time, rapidpro_time
+from transitions.outgoing.broadcasts import broadcast_key
+from transitions.outgoing.dispatch import TaskUpdate
+from transitions.status.api import Ask
+from transitions.status.plan import ROW_BUCKET, FolderStats, expected_pages, plan_round, sync_folders
+from transitions.status.rules import (
     OUTBOX,
     SENT_FOLDER,
     Applied,
@@ -34,9 +37,6 @@ from transitions.status import (
     trackable_messages,
     visible_yet,
 )
-from transitions.status_api import Ask
-from transitions.status_plan import ROW_BUCKET, FolderStats, expected_pages, plan_round, sync_folders
-from transitions.timestamps import parse_time, rapidpro_time
 
 P = Policy()
 T0 = 1_800_000_000.0
@@ -518,8 +518,8 @@ def test_apply_errored_then_sent_again_records_both():
 def test_cht_time_writes_like_javascript_to_iso_string():
     from datetime import UTC, datetime
 
-    from transitions.states import format_timestamp
-    from transitions.timestamps import cht_time
+    from transitions.cht.states import format_timestamp
+    from transitions.cht.timestamps import cht_time
 
     # A formatting vector: the literal is the point.
     assert cht_time(1764000000.1239) == "2025-11-24T16:00:00.123Z"

@@ -1,15 +1,14 @@
 """Status tracking's pure rules for RapidPro's versions and channels: broadcast keys
-(transitions/broadcasts.py), lookups learnt from answers (transitions/status_api.py), channels
-that never report delivery (transitions/delivery_reports.py), and the plan's windows for them."""
+(transitions/outgoing/broadcasts.py), lookups learnt from answers (transitions/status/api.py), channels
+that never report delivery (transitions/status/delivery_reports.py), and the plan's windows for them."""
 
 from __future__ import annotations
 
 import pytest
 
-from transitions.broadcasts import gateway_ref, key_of, ledger_ref, message_broadcast, refs_of
-from transitions.delivery_reports import DeliveryReports, ReportsPolicy, should_park, should_unpark
-from transitions.status import SENT_FOLDER, Policy, Tier, Tracked
-from transitions.status_api import (
+from transitions.cht.timestamps import rapidpro_time
+from transitions.outgoing.broadcasts import gateway_ref, key_of, ledger_ref, message_broadcast, refs_of
+from transitions.status.api import (
     BROADCASTS_BY_UUID,
     MESSAGES_BY_BROADCAST,
     MESSAGES_BY_UUID,
@@ -20,8 +19,9 @@ from transitions.status_api import (
     filter_honoured,
     message_ask,
 )
-from transitions.status_plan import FolderStats, plan_round
-from transitions.timestamps import rapidpro_time
+from transitions.status.delivery_reports import DeliveryReports, ReportsPolicy, should_park, should_unpark
+from transitions.status.plan import FolderStats, plan_round
+from transitions.status.rules import SENT_FOLDER, Policy, Tier, Tracked
 
 P = Policy()
 T0 = 1_800_000_000.0

@@ -1,18 +1,18 @@
-"""CHT's translation docs as its api reads them (transitions/translations.py) and the watcher."""
+"""CHT's translation docs as its api reads them (transitions/cht/translations.py) and the watcher."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from tests.support.cht_translations import cht_translation_docs
-from transitions.translations import (
+from transitions.cht.translations import (
     EMPTY,
     Translations,
     is_translations_doc_id,
     translations_from_docs,
     valid_translations_doc,
 )
-from transitions.translations_watcher import TranslationsWatcher
+from transitions.cht.translations_watcher import TranslationsWatcher
 from worker.feed.changes import Change, skip_reason
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from config.settings import SETTINGS_DOC_ID
-from transitions.translations import MESSAGES_PREFIX
+from transitions.cht.translations import MESSAGES_PREFIX
 from worker.cht.settings import SettingsStore
 from worker.cht.translations import TranslationsStore
 from worker.couch.client import CouchError, Database

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from transitions.translations import EMPTY, MESSAGES_PREFIX, Translations, translations_from_docs
+from transitions.cht.translations import EMPTY, MESSAGES_PREFIX, Translations, translations_from_docs
 from worker.couch.client import CouchError, CouchUnavailable, Database
 from worker.logs import get_logger
 

@@ -3,7 +3,7 @@
 Prints one line per check, `ok|warning|problem|fatal <check>: <detail>`, then a summary line (or
 one JSON object with `--json`), and exits 1 when any check found a problem. With `--for-install`
 it exits 1 only on a fatal one: what `systemd/install.sh` gates `install` and `upgrade` on.
-Which lines are fatal: transitions/check_grades.py. Each line's level is given where it is added
+Which lines are fatal: transitions/commands/check_grades.py. Each line's level is given where it is added
 (`report.add`), so a new line is graded by its author; none is fatal unless added as FATAL.
 """
 
@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from config.env import Config, ConfigError, load_config, read_environment
 from config.settings import SETTINGS_DOC_ID, Settings, SettingsError, parse_settings
-from transitions.check_grades import (
+from transitions.commands.check_grades import (
     FATAL,
     OK,
     PROBLEM,
@@ -31,7 +31,7 @@ from transitions.check_grades import (
     exit_status,
     summary,
 )
-from transitions.dispatch import CHT_SENDER_UNKNOWN, cht_sender_runs, not_sending_reason
+from transitions.outgoing.dispatch import CHT_SENDER_UNKNOWN, cht_sender_runs, not_sending_reason
 from worker.commands.command import Command
 from worker.commands.local import DaemonProblem, call, daemon_url
 from worker.commands.rapidpro_side import (

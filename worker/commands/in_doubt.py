@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from config.env import Config
-from transitions.broadcasts import BroadcastKey, broadcast_key
+from transitions.outgoing.broadcasts import BroadcastKey, broadcast_key
 from worker.commands.command import Command
 from worker.couch.client import CouchError, CouchServer
 

@@ -5,7 +5,7 @@
    webhook's path) and `cht_api_key` (the worker's incoming key; never printed) through
    `POST globals.json`;
 3. writes the export file with the relay flow and its catch-all trigger
-   (transitions/relay_flow.py) for RapidPro's import page, and
+   (transitions/rapidpro/relay_flow.py) for RapidPro's import page, and
 4. says what is left: importing the file, unless the workspace already has a relay flow that
    `check` finds right.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from config.env import Config, ConfigError, public_url
 from config.settings import SETTINGS_DOC_ID, SettingsError, parse_settings
-from transitions.relay_check import OK, Expectation
-from transitions.relay_flow import (
+from transitions.rapidpro.relay_check import OK, Expectation
+from transitions.rapidpro.relay_flow import (
     CREATE,
     FLOW_NAME,
     GLOBAL_NAMES,

@@ -1,5 +1,5 @@
 """The RapidPro side as `check` and `rapidpro setup` read it: the globals, the relay flow and its
-trigger, the channels, judged by transitions/relay_check.py and transitions/channels.py.
+trigger, the channels, judged by transitions/rapidpro/relay_check.py and transitions/rapidpro/channels.py.
 
 Reads only, a handful of calls: `globals.json`, `flows.json`, `definitions.json` (the active
 messaging flows, the relay flow's name first), `channels.json`.
@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 from config.env import Config
-from transitions.channels import judge_channels, read_channels
-from transitions.relay_check import (
+from transitions.rapidpro.channels import judge_channels, read_channels
+from transitions.rapidpro.relay_check import (
     PROBLEM,
     WARNING,
     Expectation,
@@ -22,7 +22,7 @@ from transitions.relay_check import (
     judge_relay,
     relay_unused,
 )
-from transitions.relay_flow import FLOW_NAME, cht_url_for
+from transitions.rapidpro.relay_flow import FLOW_NAME, cht_url_for
 from worker.couch.client import CouchServer, CouchUnavailable
 from worker.rapidpro.budget import Priority, ScopedBudget
 from worker.rapidpro.client import RapidProClient, user_agent

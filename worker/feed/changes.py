@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from transitions.translations import is_translations_doc_id
+from transitions.cht.translations import is_translations_doc_id
 
 
 @dataclass(frozen=True)

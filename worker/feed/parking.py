@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from transitions.timestamps import cht_time
+from transitions.cht.timestamps import cht_time
 from worker.couch.client import Conflict, Database
 from worker.feed.changes import Change
 from worker.feed.dispatcher import Dispatcher

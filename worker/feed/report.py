@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from transitions.timestamps import cht_time
+from transitions.cht.timestamps import cht_time
 from worker.couch.client import CouchError, Database
 from worker.feed.checkpoint import CheckpointStore
 from worker.feed.dispatcher import Dispatcher

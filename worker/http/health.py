@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from transitions.timestamps import cht_time
+from transitions.cht.timestamps import cht_time
 from worker.couch.client import CouchError, Database
 from worker.reporting import Reporter
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.settings import Settings
-from transitions.incoming import IncomingMessage, build_record
-from transitions.timestamps import parse_time, rapidpro_time
-from transitions.translations import EMPTY as NO_TRANSLATIONS
-from transitions.translations import Translations
+from transitions.cht.timestamps import parse_time, rapidpro_time
+from transitions.cht.translations import EMPTY as NO_TRANSLATIONS
+from transitions.cht.translations import Translations
+from transitions.incoming.record import IncomingMessage, build_record
 from worker.couch.client import Conflict, CouchError, Database
 from worker.incoming.webhook import IncomingStore, Outcome
 from worker.logs import get_logger

@@ -30,7 +30,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from config.settings import Settings
-from transitions.incoming import (
+from transitions.cht.phone import mask_phone
+from transitions.cht.translations import EMPTY as NO_TRANSLATIONS
+from transitions.cht.translations import Translations
+from transitions.incoming.record import (
     V1_PATH,
     V2_PATH,
     IncomingMessage,
@@ -39,9 +42,6 @@ from transitions.incoming import (
     doc_id_for,
     parse_webhook_body,
 )
-from transitions.phone import mask_phone
-from transitions.translations import EMPTY as NO_TRANSLATIONS
-from transitions.translations import Translations
 from worker.couch.client import CouchError, CouchUnavailable, Database
 from worker.logs import get_logger
 from worker.rapidpro.credentials import Credential

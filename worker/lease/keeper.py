@@ -1,4 +1,4 @@
-"""The lease that makes one of several workers the active one (rules in transitions/lease.py).
+"""The lease that makes one of several workers the active one (rules in transitions/lease/rules.py).
 
 `LeaseKeeper.run` reads the lease doc every `renew_interval`: the holder renews it with its
 `_rev`, a standby takes it over (compare-and-swap on `_rev`, generation + 1) once it has lapsed.
@@ -13,7 +13,7 @@ generation of the session that makes them.
 On a clustered CouchDB only a write a quorum of copies took (201) takes or keeps the lease: a
 take-over stored on fewer (202, e.g. through a node cut off from the others) is not a take-over,
 and a holder whose renewal is only stored on fewer steps down at once. The lease is read from a
-quorum with every conflicting revision, which `pick` (transitions/lease.py) resolves.
+quorum with every conflicting revision, which `pick` (transitions/lease/rules.py) resolves.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from transitions.lease import (
+from transitions.cht.timestamps import cht_time
+from transitions.lease.rules import (
     LEASE_DOC_ID,
     Decision,
     Lease,
@@ -38,7 +39,6 @@ from transitions.lease import (
     pick,
     released_doc,
 )
-from transitions.timestamps import cht_time
 from worker.couch.client import Accepted, Conflict, CouchError, CouchServer, Database
 from worker.identity import HOSTNAME, owner_is_dead
 from worker.logs import get_logger

@@ -1,7 +1,7 @@
 """Watches whether CHT's own RapidPro sender runs; while it does, the worker stands down.
 
 CHT's api sends every minute through the service `sms.outgoing_service` names; for 'rapidpro' it
-sends when `sms.rapidpro.url` is set and its vault holds `rapidpro:outgoing` (transitions/dispatch.py
+sends when `sms.rapidpro.url` is set and its vault holds `rapidpro:outgoing` (transitions/outgoing/dispatch.py
 `cht_sender_runs`). Two senders for one CHT send messages twice, so while CHT's sender is on the
 worker sends nothing (the sending gate says why), logs an error every check, and shows it in
 /healthz and the metrics. Whether it runs is judged on the settings in force at each send and on
@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from config.settings import Settings
-from transitions.dispatch import CHT_SENDER_ON, CHT_SENDER_UNKNOWN, cht_sender_runs
+from transitions.outgoing.dispatch import CHT_SENDER_ON, CHT_SENDER_UNKNOWN, cht_sender_runs
 from worker.couch.client import CouchError, Unauthorized
 from worker.logs import get_logger
 from worker.rapidpro.credentials import Vault

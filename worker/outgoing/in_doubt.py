@@ -1,5 +1,5 @@
 """In-doubt sends: looked up in RapidPro and resolved without an operator where RapidPro can tell
-(decisions in transitions/in_doubt.py), and the operator's command for the rest.
+(decisions in transitions/outgoing/in_doubt.py), and the operator's command for the rest.
 
 A round: read the claims without outcome from the ledger (view `unresolved`), take those due
 (`IN_DOUBT_CHECK_AFTER` old), read their messages' texts from the CHT docs, list RapidPro's
@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.settings import Settings
-from transitions.broadcasts import BroadcastKey, as_id, as_uuid, key_of, log_fields, refs_of
-from transitions.dispatch import FORWARDED_TO_GATEWAY, TaskUpdate, projection
-from transitions.in_doubt import (
+from transitions.cht.phone import mask_phone
+from transitions.cht.timestamps import rapidpro_time
+from transitions.outgoing.broadcasts import BroadcastKey, as_id, as_uuid, key_of, log_fields, refs_of
+from transitions.outgoing.dispatch import FORWARDED_TO_GATEWAY, TaskUpdate, projection
+from transitions.outgoing.in_doubt import (
     Decision,
     Kind,
     Listing,
@@ -41,10 +43,8 @@ from transitions.in_doubt import (
     operator_refusal,
     plan_listings,
 )
-from transitions.outgoing import find_task_message, sendable_messages
-from transitions.phone import mask_phone
-from transitions.rapidpro_forms import workspace_country
-from transitions.timestamps import rapidpro_time
+from transitions.outgoing.rapidpro_forms import workspace_country
+from transitions.outgoing.sendable import find_task_message, sendable_messages
 from worker.couch.client import CouchError, Database
 from worker.feed.changes import Change
 from worker.identity import owner_is_dead
@@ -192,7 +192,7 @@ class InDoubtResolver:
 
     async def _settle_conflicts(self) -> None:
         """Entries with conflicting revisions (a clustered CouchDB) made one again where that is
-        safe (transitions/ledger_leaves.py), so none is left conflicted once the cluster is whole."""
+        safe (transitions/outgoing/ledger_leaves.py), so none is left conflicted once the cluster is whole."""
         if not await self._in_charge():
             return
         for uuid in await self._ledger.conflicted():

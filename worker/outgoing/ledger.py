@@ -14,7 +14,7 @@ On a clustered CouchDB "exactly one holds the claim" needs a quorum: every write
 majority of the copies (`w`), and only a claim CouchDB answers 201 for is sent on. A claim stored
 on fewer copies (202, `Accepted`) is remembered as never sent (`unsent`) and the message is tried
 again once the cluster answers with a quorum; a 409 is read back from a quorum with every
-conflicting leaf (`leaves`), which transitions/ledger_leaves.py resolves. Outcomes and decisions
+conflicting leaf (`leaves`), which transitions/outgoing/ledger_leaves.py resolves. Outcomes and decisions
 count as recorded only once a quorum holds them (`confirmed`).
 """
 
@@ -25,11 +25,11 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any
 
-from transitions.broadcasts import BroadcastKey
-from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
-from transitions.ledger_leaves import Merge, Resolution, merged_entry, resolve, writer_nonce
-from transitions.status_feed import LEDGER_FIELDS, ledger_facts
-from transitions.timestamps import cht_time
+from transitions.cht.timestamps import cht_time
+from transitions.outgoing.broadcasts import BroadcastKey
+from transitions.outgoing.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
+from transitions.outgoing.ledger_leaves import Merge, Resolution, merged_entry, resolve, writer_nonce
+from transitions.status.feed import LEDGER_FIELDS, ledger_facts
 from worker.couch.bulk import BulkWriter
 from worker.couch.client import Accepted, Conflict, Database, NotFound, Unauthorized
 from worker.identity import OWNER, owner_is_dead
@@ -62,7 +62,7 @@ LEDGER_VIEWS = {
     "conflicted": {"map": "function (doc) { if (doc.type === 'dispatch' && doc._conflicts) { "
                           "emit(doc._id, null); } }"},
 }
-# Status tracking's compact view of the sent entries (transitions/status_feed.py): what it needs
+# Status tracking's compact view of the sent entries (transitions/status/feed.py): what it needs
 # to follow the worker's own messages without reading CHT's docs, by [CHT doc id, message uuid]:
 # CHT's view lists a state's messages by doc id, so a page of it is one range of this view (a
 # range read costs CouchDB far less than a lookup per key). A design doc of its own, so adding

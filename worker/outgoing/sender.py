@@ -1,6 +1,6 @@
 """The outgoing-dispatch transition: sends a doc's sendable messages to RapidPro, exactly once.
 
-Per message: claim it (create-only; on a 409 read the entry and decide, transitions/dispatch.py),
+Per message: claim it (create-only; on a 409 read the entry and decide, transitions/outgoing/dispatch.py),
 POST, record the outcome in the ledger → then one write of all the doc's task changes. The order matters: the
 claim exists before the POST, and the outcome is in the ledger before it is on the task, so a
 crash anywhere leaves either nothing sent or a claim that is treated as in doubt.
@@ -17,8 +17,9 @@ from enum import Enum
 from typing import Any
 
 from config.settings import Settings
-from transitions.broadcasts import gateway_ref, ledger_ref, log_fields
-from transitions.dispatch import (
+from transitions.cht.phone import mask_phone
+from transitions.outgoing.broadcasts import gateway_ref, ledger_ref, log_fields
+from transitions.outgoing.dispatch import (
     Action,
     TaskUpdate,
     denied_update,
@@ -26,8 +27,7 @@ from transitions.dispatch import (
     not_sending_reason,
     projection,
 )
-from transitions.outgoing import is_denied, recipient_urn, sendable_messages
-from transitions.phone import mask_phone
+from transitions.outgoing.sendable import is_denied, recipient_urn, sendable_messages
 from worker.backoff import Backoff
 from worker.couch.client import Accepted, CouchUnavailable, TransientError
 from worker.identity import owner_is_dead
@@ -293,7 +293,7 @@ class OutgoingSender:
             if claim is not None:
                 return await self._send(claim, message, urn, settings, token)
         # Read from a quorum with every conflicting revision (a clustered CouchDB), settled where
-        # that is safe (transitions/ledger_leaves.py).
+        # that is safe (transitions/outgoing/ledger_leaves.py).
         entry, contested = await self._ledger.current(message.uuid, self._claim_timeout)
         if contested:
             log.info("message_claim_contested", message_uuid=message.uuid)

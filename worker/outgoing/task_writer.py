@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from transitions.dispatch import TaskUpdate
-from transitions.outgoing import find_task_message
-from transitions.states import SENDABLE_STATES, set_task_state
+from transitions.cht.states import SENDABLE_STATES, set_task_state
+from transitions.outgoing.dispatch import TaskUpdate
+from transitions.outgoing.sendable import find_task_message
 from worker.couch.bulk import BulkWriter
 from worker.couch.client import Conflict, Database, NotFound
 from worker.logs import get_logger

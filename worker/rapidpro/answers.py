@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from transitions.broadcasts import as_id, as_uuid
+from transitions.outgoing.broadcasts import as_id, as_uuid
 from worker.backoff import parse_retry_after
 from worker.rapidpro.errors import (
     MessageRejected,

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from transitions import rate_scopes
+from transitions.rapidpro import rate_scopes
 from worker.backoff import Backoff
 from worker.logs import get_logger
 
@@ -470,7 +470,7 @@ _PRIORITY_PATHS = {
 
 
 class ScopedBudget:
-    """One `RateBudget` per RapidPro throttle scope (transitions/rate_scopes.py): a call takes a
+    """One `RateBudget` per RapidPro throttle scope (transitions/rapidpro/rate_scopes.py): a call takes a
     token of the scope RapidPro counts it in, a 429 pauses that scope only, and each scope's
     rate follows the server's version, learnt from the first broadcast it answers with (or the
     operator's override of that scope). Every scope's budget also keeps RapidPro's own count of

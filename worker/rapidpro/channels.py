@@ -1,6 +1,6 @@
 """The channel watcher: every CHANNEL_CHECK_INTERVAL the active worker reads `channels.json`
 (one call, at the budget's CHANNELS priority) and keeps each channel's `last_seen`, battery and
-network for /healthz (`rapidpro.channels`) and /metrics. The judging is transitions/channels.py.
+network for /healthz (`rapidpro.channels`) and /metrics. The judging is transitions/rapidpro/channels.py.
 
 An Android relayer that went to sleep is the commonest silent failure on the sending side:
 RapidPro accepts and queues the messages, the worker records them as sent to the gateway, and
@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from config.settings import Settings
-from transitions.channels import Channel, active_count, asleep, channel_health, read_channels
-from transitions.timestamps import cht_time
+from transitions.cht.timestamps import cht_time
+from transitions.rapidpro.channels import Channel, active_count, asleep, channel_health, read_channels
 from worker.couch.client import CouchError
 from worker.logs import get_logger
 from worker.rapidpro.budget import Priority

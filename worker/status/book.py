@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from transitions.broadcasts import BroadcastKey, as_uuid, message_broadcast
-from transitions.status import Candidate, Policy, Tier, Tracked, period, trackable_messages
-from transitions.status_api import could_be, recipient
-from transitions.timestamps import parse_time
+from transitions.cht.timestamps import parse_time
+from transitions.outgoing.broadcasts import BroadcastKey, as_uuid, message_broadcast
+from transitions.status.api import could_be, recipient
+from transitions.status.rules import Candidate, Policy, Tier, Tracked, period, trackable_messages
 from worker.couch.client import Database
 from worker.status.round import chunks
 
@@ -34,7 +34,7 @@ class Book:
         self.by_broadcast: dict[BroadcastKey, str | set[str]] = {}
         self.by_message: dict[str, str] = {}  # RapidPro's message uuid → the tracked message
         # Messages not seen yet, by (URN, text): what finds them on a server whose rows name no
-        # broadcast (transitions/status_api.py).
+        # broadcast (transitions/status/api.py).
         self.by_recipient: dict[tuple[str, str], set[str]] = {}
         # RapidPro messages already found to be a tracked message's (also after it ended): never
         # taken for another by recipient.

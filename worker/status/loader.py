@@ -1,7 +1,7 @@
 """Reading what CHT shows as tracked, at start and on a rescan: CHT's view
 `medic-sms/gateway_messages_by_state` page by page, paged by key (`start_key_doc_id`, never
 `skip`: its cost grows with the offset, so a skip-paged read of 10⁵ rows costs far more than the
-rows), fresher states first (transitions/status_feed.py). Each page is made trackable from the
+rows), fresher states first (transitions/status/feed.py). Each page is made trackable from the
 ledger's compact `tracking` view where the ledger can vouch for a message, from CHT's docs where
 it cannot, and handed over before the next is read: the first rounds run while the rest loads.
 After the load, the `_changes` feed keeps the schedule current (worker/status/tracker.py).
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from transitions.status import Candidate
-from transitions.status_feed import LOAD_ORDER, PageStart, Row, ledger_candidate, next_start, view_rows
+from transitions.status.feed import LOAD_ORDER, PageStart, Row, ledger_candidate, next_start, view_rows
+from transitions.status.rules import Candidate
 from worker.couch.client import Database, NotFound
 from worker.outgoing.ledger import Ledger
 from worker.status.book import candidates

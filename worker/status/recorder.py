@@ -10,11 +10,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from transitions.broadcasts import broadcast_key, ledger_ref
-from transitions.dispatch import SENT as LEDGER_SENT
-from transitions.dispatch import TaskUpdate
-from transitions.status import Applied, apply_status_updates, is_forward
-from transitions.timestamps import cht_time
+from transitions.cht.timestamps import cht_time
+from transitions.outgoing.broadcasts import broadcast_key, ledger_ref
+from transitions.outgoing.dispatch import SENT as LEDGER_SENT
+from transitions.outgoing.dispatch import TaskUpdate
+from transitions.status.rules import Applied, apply_status_updates, is_forward
 from worker.couch.client import Database
 from worker.logs import get_logger
 from worker.outgoing.ledger import Ledger

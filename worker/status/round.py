@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from transitions.status_api import Ask
-from transitions.status_plan import Plan, Window
+from transitions.status.api import Ask
+from transitions.status.plan import Plan, Window
 
 
 class BudgetShort(Exception):

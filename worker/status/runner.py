@@ -4,7 +4,7 @@ A step (a folder page, a per-broadcast query, a broadcast lookup, or a decision 
 is popped only once its answer is processed, so after a 429, any RapidPro error, or a budget too
 short to ask now (sends keep a reserve of it), the next round continues with the same step — the
 same cursor page — instead of starting again. What each answer says about a tracked message is
-decided in transitions/status.py and handed to `apply`.
+decided in transitions/status/rules.py and handed to `apply`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from transitions.broadcasts import log_fields
-from transitions.delivery_reports import DeliveryReports
-from transitions.states import RECEIVED_BY_GATEWAY
-from transitions.status import (
+from transitions.cht.states import RECEIVED_BY_GATEWAY
+from transitions.cht.timestamps import parse_time, rapidpro_time
+from transitions.outgoing.broadcasts import log_fields
+from transitions.status.api import ServerApi, broadcast_ask, filter_honoured, message_ask
+from transitions.status.delivery_reports import DeliveryReports
+from transitions.status.plan import FolderStats, Plan
+from transitions.status.rules import (
     FAILED_FOLDER,
     OUTBOX,
     SENT_FOLDER,
@@ -29,9 +32,6 @@ from transitions.status import (
     observe_unchanged,
     visible_yet,
 )
-from transitions.status_api import ServerApi, broadcast_ask, filter_honoured, message_ask
-from transitions.status_plan import FolderStats, Plan
-from transitions.timestamps import parse_time, rapidpro_time
 from worker.logs import get_logger
 from worker.rapidpro.budget import Priority
 from worker.rapidpro.client import RapidProClient
@@ -218,7 +218,7 @@ class RoundRunner:
                                                 "newer version): other lookups are used")
 
     def _saw(self, results: list[dict[str, Any]], work: Round) -> None:
-        """Rows to tracked messages (transitions/status_api.py); a sync refreshes every tracked
+        """Rows to tracked messages (transitions/status/api.py); a sync refreshes every tracked
         message it lists, due or not. Every row also tells about its channel's delivery reports."""
         self._api.saw_messages(results)
         for channel in self._reports.observe(results, self._clock()):

@@ -1,6 +1,6 @@
 """Status tracking: every message sent through RapidPro followed to a final state, cheaply.
 
-The decisions are in transitions/status.py; this package runs them: the schedule and what CHT
+The decisions are in transitions/status/rules.py; this package runs them: the schedule and what CHT
 lists as tracked (book.py), a round's steps against RapidPro (runner.py), writing what was learnt
 (recorder.py), and here the rounds themselves: when they run, what they start from, what they
 report.
@@ -33,13 +33,17 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from config.settings import Settings
-from transitions.broadcasts import as_uuid, ledger_ref, log_fields
-from transitions.delivery_reports import DeliveryReports, should_park, should_unpark
-from transitions.dispatch import SENT as LEDGER_SENT
-from transitions.dispatch import TaskUpdate, not_sending_reason
-from transitions.outgoing import recipient_urn
-from transitions.states import GATEWAY_TRACKED_STATES
-from transitions.status import (
+from transitions.cht.states import GATEWAY_TRACKED_STATES
+from transitions.cht.timestamps import cht_time, parse_time
+from transitions.outgoing.broadcasts import as_uuid, ledger_ref, log_fields
+from transitions.outgoing.dispatch import SENT as LEDGER_SENT
+from transitions.outgoing.dispatch import TaskUpdate, not_sending_reason
+from transitions.outgoing.sendable import recipient_urn
+from transitions.status.api import ServerApi
+from transitions.status.delivery_reports import DeliveryReports, should_park, should_unpark
+from transitions.status.feed import doc_messages
+from transitions.status.plan import FolderStats, plan_round
+from transitions.status.rules import (
     Applied,
     Candidate,
     Ending,
@@ -51,10 +55,6 @@ from transitions.status import (
     schedule,
     start_tracking,
 )
-from transitions.status_api import ServerApi
-from transitions.status_feed import doc_messages
-from transitions.status_plan import FolderStats, plan_round
-from transitions.timestamps import cht_time, parse_time
 from worker.couch.client import CouchError, Database
 from worker.logs import get_logger
 from worker.outgoing.ledger import Ledger

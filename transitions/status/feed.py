@@ -18,13 +18,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from transitions.broadcasts import BroadcastKey, broadcast_key, ledger_ref
-from transitions.dispatch import SENT as LEDGER_SENT
-from transitions.dispatch import projection
-from transitions.outgoing import TASK_KINDS
-from transitions.states import FORWARDED_BY_GATEWAY, RECEIVED_BY_GATEWAY, SENT
-from transitions.status import Candidate, trackable_messages
-from transitions.timestamps import parse_time
+from transitions.cht.states import FORWARDED_BY_GATEWAY, RECEIVED_BY_GATEWAY, SENT
+from transitions.cht.timestamps import parse_time
+from transitions.outgoing.broadcasts import BroadcastKey, broadcast_key, ledger_ref
+from transitions.outgoing.dispatch import SENT as LEDGER_SENT
+from transitions.outgoing.dispatch import projection
+from transitions.outgoing.sendable import TASK_KINDS
+from transitions.status.rules import Candidate, trackable_messages
 
 # The view's keys, fresher states first: they change soonest, so they are asked about first.
 LOAD_ORDER: tuple[str, ...] = (RECEIVED_BY_GATEWAY, FORWARDED_BY_GATEWAY, SENT)

@@ -24,10 +24,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transitions.broadcasts import BroadcastKey, key_of, ledger_ref, refs_of
-from transitions.dispatch import CLAIMED, IN_DOUBT, Action, ledger_action
-from transitions.rapidpro_forms import rapidpro_text, rapidpro_urn
-from transitions.timestamps import parse_time
+from transitions.cht.timestamps import parse_time
+from transitions.outgoing.broadcasts import BroadcastKey, key_of, ledger_ref, refs_of
+from transitions.outgoing.dispatch import CLAIMED, IN_DOUBT, Action, ledger_action
+from transitions.outgoing.rapidpro_forms import rapidpro_text, rapidpro_urn
 
 # After this long without a successful listing, an operator is told (the lookups go on).
 LISTING_FAILURE_LIMIT = 24 * 3600.0
@@ -126,7 +126,7 @@ def normalise_urn(urn: Any) -> str | None:
 
 
 def _text_matches(broadcast_text: Any, text: str) -> bool:
-    """`text` is what CHT holds; RapidPro stores and lists it trimmed (transitions/rapidpro_forms.py)."""
+    """`text` is what CHT holds; RapidPro stores and lists it trimmed (rapidpro_forms.py beside this)."""
     stored = rapidpro_text(text)
     if isinstance(broadcast_text, str):
         return broadcast_text == stored
@@ -142,7 +142,7 @@ def decide(*, urn: str, text: str | None, claimed_at: float | None, listing: Lis
 
     `recorded`: broadcasts (ids or uuids) that ledger entries already hold as their outcome —
     another message's broadcast is never taken for this one's. A broadcast is named by its id
-    while the server gives one and by its uuid where it does not (transitions/broadcasts.py).
+    while the server gives one and by its uuid where it does not (transitions/outgoing/broadcasts.py).
     `country`: the workspace's (`workspace.json`), with which RapidPro normalised the URN the
     claim holds (a local or unprefixed number is stored as E.164 in that country).
     """

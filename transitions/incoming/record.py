@@ -7,7 +7,7 @@ under the same `_id` for the same RapidPro id.
 The record follows CHT's `createByForm` (api/src/services/records.js in CHT 4.x): `from` is the
 normalised number (the raw value when it is not a phone number), `sms_message` keeps what was
 received, and a text whose code is a configured form becomes a report of that form (`form`,
-parsed `fields`, CHT's `errors`). Form parsing is transitions/smsforms' `parse_sms`, behind
+parsed `fields`, CHT's `errors`). Form parsing is transitions/incoming/smsforms' `parse_sms`, behind
 `SmsParser`; without it every text is stored as a plain message.
 """
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.settings import Settings
-from transitions.phone import normalise_phone
-from transitions.translations import EMPTY as NO_TRANSLATIONS
-from transitions.translations import Translations
+from transitions.cht.phone import normalise_phone
+from transitions.cht.translations import EMPTY as NO_TRANSLATIONS
+from transitions.cht.translations import Translations
 
 # A fixed namespace: the doc id of a RapidPro id must never change between releases, or a repeat
 # after an upgrade would be stored twice.
@@ -116,7 +116,7 @@ def get_form_code(message: str) -> str | None:
 
 @dataclass(frozen=True)
 class ParsedSms:
-    """The parts of the record the SMS-forms parser decides (see transitions/smsforms)."""
+    """The parts of the record the SMS-forms parser decides (see transitions/incoming/smsforms)."""
 
     doc: dict[str, Any]  # top-level keys: fields, errors, reported_date, form (a report), refid
     sms_message: dict[str, Any]  # sms_message keys: form
@@ -138,9 +138,9 @@ def plain_message(text: str, _settings: Settings, _translations: Translations,
 
 
 def _smsforms_parser() -> SmsParser | None:
-    """transitions.smsforms behind our small signature, when it is installed."""
+    """transitions.incoming.smsforms behind our small signature, when it is installed."""
     try:
-        from transitions.smsforms import parse_sms
+        from transitions.incoming.smsforms import parse_sms
     except ImportError:
         return None
 

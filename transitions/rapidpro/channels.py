@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from transitions.phone import mask_phone
-from transitions.relay_check import OK, WARNING, Judgement
-from transitions.timestamps import cht_time, parse_time
+from transitions.cht.phone import mask_phone
+from transitions.cht.timestamps import cht_time, parse_time
+from transitions.rapidpro.relay_check import OK, WARNING, Judgement
 
 ASLEEP_AFTER = 1800.0  # seconds without a sync after which an Android channel counts as asleep
 

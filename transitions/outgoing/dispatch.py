@@ -3,7 +3,7 @@ ledger entry means, and what a recorded outcome looks like on the CHT task.
 
 Exactly-once rests on the dispatch ledger (one doc per message uuid in the worker's own db):
 a message is sent only by whoever created its claim; a claim with no outcome is *in doubt* and
-never re-sent blindly (transitions/in_doubt.py asks RapidPro first); a recorded outcome is
+never re-sent blindly (transitions/outgoing/in_doubt.py asks RapidPro first); a recorded outcome is
 re-projected onto the task whenever the task shows the message as sendable again (an old
 revision from a phone, a re-pended schedule).
 """
@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.settings import Settings
-from transitions.broadcasts import ledger_ref
-from transitions.states import (
+from transitions.cht.states import (
     DENIED,
     FAILED,
     FORWARDED_TO_GATEWAY,
     RECEIVED_BY_GATEWAY,
     map_broadcast_status,
 )
+from transitions.outgoing.broadcasts import ledger_ref
 
 # Ledger states
 CLAIMED = "claimed"  # someone is sending (or crashed while sending)

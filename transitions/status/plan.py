@@ -1,8 +1,8 @@
 """Status tracking's round plan (pure): which due messages to ask about together, and how — one
 bulk folder sync (`messages.json?folder=…&after=…&before=…`, 250 a page, newest first) for a
-window of `created_on`, or one query per message (transitions/status_api.py), whichever costs
+window of `created_on`, or one query per message (transitions/status/api.py), whichever costs
 fewer calls. A round splits the due messages into windows wherever the gap between them would
-cost a page of its own. The schedule it plans from is in transitions/status.py.
+cost a page of its own. The schedule it plans from is in transitions/status/rules.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from transitions.states import RECEIVED_BY_GATEWAY
-from transitions.status import (
+from transitions.cht.states import RECEIVED_BY_GATEWAY
+from transitions.status.api import Ask, ServerApi, message_ask
+from transitions.status.rules import (
     FAILED_FOLDER,
     FOLDERS,
     OUTBOX,
@@ -24,7 +25,6 @@ from transitions.status import (
     folder_of,
     is_due,
 )
-from transitions.status_api import Ask, ServerApi, message_ask
 
 ROW_BUCKET = 300.0  # seconds of created_on per counted bucket
 

@@ -19,7 +19,7 @@ Grids make the messages of a tier due in the same rounds, so one bulk sync
 (`messages.json?folder=…&after=…&before=…`, 250 a page, newest first) answers for all of them. A
 round splits the due messages into windows of `created_on` wherever the gap between them would
 cost a page of its own, and answers each window the cheaper way: its expected pages, or one call
-per broadcast (transitions/status_plan.py).
+per broadcast (transitions/status/plan.py).
 """
 
 from __future__ import annotations
@@ -32,10 +32,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from transitions.broadcasts import BroadcastKey, as_uuid, broadcast_key
-from transitions.dispatch import TaskUpdate
-from transitions.outgoing import TASK_KINDS, find_task_message
-from transitions.states import (
+from transitions.cht.states import (
     DELIVERED,
     FAILED,
     FORWARDED_BY_GATEWAY,
@@ -46,7 +43,10 @@ from transitions.states import (
     map_rapidpro_status,
     set_task_state,
 )
-from transitions.timestamps import parse_time
+from transitions.cht.timestamps import parse_time
+from transitions.outgoing.broadcasts import BroadcastKey, as_uuid, broadcast_key
+from transitions.outgoing.dispatch import TaskUpdate
+from transitions.outgoing.sendable import TASK_KINDS, find_task_message
 
 PAGE_SIZE = 250  # RapidPro's messages.json page
 OUTBOX, SENT_FOLDER, FAILED_FOLDER = "outbox", "sent", "failed"
@@ -159,7 +159,7 @@ class Candidate:
 
     uuid: str
     doc_id: str
-    broadcast: BroadcastKey  # the gateway_ref: a broadcast id, or uuid (transitions/broadcasts.py)
+    broadcast: BroadcastKey  # the gateway_ref: a broadcast id, or uuid (transitions/outgoing/broadcasts.py)
     state: str
     details: str | None
     sent_at: float | None  # when the task first reached RapidPro (history), epoch s

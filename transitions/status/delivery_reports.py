@@ -21,9 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from transitions.states import SENT
-from transitions.status import Policy, Tier, Tracked
-from transitions.timestamps import cht_time, parse_time
+from transitions.cht.states import SENT
+from transitions.cht.timestamps import cht_time, parse_time
+from transitions.status.rules import Policy, Tier, Tracked
 
 REPORTED = frozenset({"delivered", "read"})
 MAX_CHANNELS = 1000  # a bound on what is remembered (a workspace has a handful)

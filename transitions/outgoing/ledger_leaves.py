@@ -23,8 +23,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transitions.broadcasts import ledger_ref
-from transitions.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
+from transitions.outgoing.broadcasts import ledger_ref
+from transitions.outgoing.dispatch import CLAIMED, IN_DOUBT, REJECTED, RELEASED, SENT
 
 
 class Merge(enum.Enum):

@@ -18,11 +18,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transitions.broadcasts import as_id, as_uuid
-from transitions.in_doubt import normalise_urn
-from transitions.rapidpro_forms import rapidpro_text
-from transitions.status import Policy, Tracked
-from transitions.timestamps import parse_time
+from transitions.cht.timestamps import parse_time
+from transitions.outgoing.broadcasts import as_id, as_uuid
+from transitions.outgoing.in_doubt import normalise_urn
+from transitions.outgoing.rapidpro_forms import rapidpro_text
+from transitions.status.rules import Policy, Tracked
 
 # The lookups whose support is learnt (name: the endpoint and its query parameter).
 MESSAGES_BY_UUID = "messages.json?uuid"  # v10.3.79+
@@ -128,7 +128,7 @@ def broadcast_ask(item: Tracked, api: ServerApi) -> Ask | None:
 def recipient(urn: Any, text: Any) -> tuple[str, str] | None:
     """What recognises a message whose row does not name its broadcast: its URN and its text."""
     normal = normalise_urn(urn)
-    # RapidPro lists the text trimmed (transitions/rapidpro_forms.py).
+    # RapidPro lists the text trimmed (transitions/outgoing/rapidpro_forms.py).
     return (normal, rapidpro_text(text)) if normal is not None and isinstance(text, str) else None
 
 

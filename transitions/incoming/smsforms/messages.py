@@ -1,7 +1,7 @@
 """Translation lookups the way CHT's api `config.translate` does them.
 
 CHT keeps UI/message translations in `messages-<locale>` docs; the worker's caller passes them
-as `{locale: {key: text}}` (see transitions/translations.py). A key with no text in the locale
+as `{locale: {key: text}}` (see transitions/cht/translations.py). A key with no text in the locale
 nor in English is its own text, as in CHT: the worker ships no copy of CHT's translations.
 """
 

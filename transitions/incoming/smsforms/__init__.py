@@ -4,7 +4,7 @@ Pure logic (no I/O). Entry point: :func:`parse_sms`, returning a :class:`SmsPars
 
 What the result fills in the ``data_record`` doc (the rest — ``type: "data_record"``,
 ``from``, ``tasks: []``, ``sms_message.{message, from, gateway_ref, type}`` — is built by
-the caller, ``transitions/incoming.py``); ``SmsParseResult.doc_updates()`` and
+the caller, ``transitions/incoming/record.py``); ``SmsParseResult.doc_updates()`` and
 ``sms_message_updates()`` return exactly these keys:
 
 ``form``

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from transitions.incoming import V1_PATH, V2_PATH
+from transitions.incoming.record import V1_PATH, V2_PATH
 
 FLOW_NAME = "CHT Incoming SMS"
 RESULT_NAME = "CHT Response"  # the result key is its snake case: cht_response

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from transitions.excellent import Call, Path, TemplateError, Text, parse_template
-from transitions.incoming import V1_PATH, V2_PATH
-from transitions.relay_flow import (
+from transitions.incoming.record import V1_PATH, V2_PATH
+from transitions.rapidpro.excellent import Call, Path, TemplateError, Text, parse_template
+from transitions.rapidpro.relay_flow import (
     AUTHORIZATION,
     CONTENT_TYPE,
     FLOW_NAME,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
-from transitions.phone import normalise_phone
+from transitions.cht.phone import normalise_phone
 
 from .bsdate import bs_to_epoch
 from .dates import moment_parse

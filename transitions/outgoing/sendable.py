@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from transitions.phone import normalise_phone
-from transitions.states import SENDABLE_STATES
+from transitions.cht.phone import normalise_phone
+from transitions.cht.states import SENDABLE_STATES
 
 TaskKind = Literal["tasks", "scheduled_tasks"]
 # CHT looks in `tasks` before `scheduled_tasks`; keep that order everywhere.

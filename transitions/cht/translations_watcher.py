@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from transitions.translations import is_translations_doc_id
+from transitions.cht.translations import is_translations_doc_id
 
 
 class TranslationsWatcher:
