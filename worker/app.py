@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from config.env import Config
-from config.settings import Settings
 from transitions.base import Transition
 from transitions.cht.settings_watcher import SettingsWatcher
 from transitions.cht.translations_watcher import TranslationsWatcher
@@ -52,6 +51,7 @@ from worker.outgoing.ledger import Ledger
 from worker.outgoing.report import OutgoingReport
 from worker.outgoing.sender import OutgoingSender
 from worker.outgoing.sweep import PendingSweep
+from worker.outgoing.switch import SendingSwitch
 from worker.outgoing.task_writer import TaskWriter
 from worker.rapidpro.budget import ScopedBudget
 from worker.rapidpro.channels import ChannelWatcher
@@ -60,7 +60,7 @@ from worker.rapidpro.credentials import Credential, Vault
 from worker.rapidpro.report import RapidProReport
 from worker.reporting import Reporter
 from worker.sdnotify import Notifier
-from worker.session import ActiveSession, SessionParts
+from worker.session import ActiveSession, SessionParts, SessionSupervisor
 from worker.status.report import StatusReport
 from worker.status.tracker import StatusTracker
 
@@ -101,7 +101,7 @@ class Worker:
         # While CHT's own RapidPro sender runs, the worker stands down (worker/outgoing/cht_sender.py).
         self.cht_sender = ChtSenderWatch(self.vault, lambda: self.settings.current,
                                          interval=max(config.credentials_ttl, 1.0),
-                                         on_change=self._in_charge_changed)
+                                         on_change=lambda: self.switch.in_charge_changed())
         # One active worker of several (worker/lease/keeper.py): it alone talks to RapidPro and moves
         # the feed; every worker serves the webhook and the health endpoints.
         self.instance_id = config.instance_id or OWNER
@@ -109,7 +109,8 @@ class Worker:
         self.lease = LeaseKeeper(self.own_db, self.instance_id, ttl=config.lease_ttl,
                                  renew_interval=config.lease_renew_interval,
                                  request_timeout=config.couch_timeout,
-                                 on_active=self._became_active, on_standby=self._became_standby)
+                                 on_active=lambda g: self.sessions.became_active(g),
+                                 on_standby=lambda r: self.sessions.became_standby(r))
         # A call waits at most rapidpro_timeout for the budget, then at most as long for its answer.
         self.rapidpro = RapidProClient(self.budget, timeout=config.rapidpro_timeout,
                                        max_wait=config.rapidpro_timeout,
@@ -147,22 +148,16 @@ class Worker:
         self.channels = ChannelWatcher(client=self.rapidpro, token=self.outgoing_token,
                                        settings=lambda: self.settings.current,
                                        interval=config.channel_check_interval)
-        self.settings.subscribe(self._settings_changed)
         self.transitions: list[Transition] = [
             SettingsWatcher(lambda: self.settings.current, self.settings.put_in_force, self.settings.refuse),
             TranslationsWatcher(self.translations.put_in_force),
             self.sender,
             *extra_transitions,
         ]
-        self.active: ActiveSession | None = None  # the lease holder's work (the last session's)
         self.http: HttpServer | None = None
         self.public_http: HttpServer | None = None  # the public door (webhook only), when configured
         self._stop = asyncio.Event()
-        self._session: asyncio.Task[None] | None = None  # the active role's parts, while active
-        self._session_stop = asyncio.Event()  # graceful end of the session (shutdown)
-        self._sessions = 0
         self._exit_code = EXIT_OK
-        self._abandoned = 0
         self.started_at = time.time()
         self.ready = asyncio.Event()  # set once the feed runs (tests wait on it)
         self.notifier = Notifier()  # systemd readiness, status and watchdog; no-op outside systemd
@@ -175,6 +170,13 @@ class Worker:
             incoming_reconciler=self.incoming_reconciler, channels=self.channels,
             transitions=self.transitions,
             retry_transient=self._retry_transient, ready=self.ready, started_at=self.started_at)
+        # One active session at a time, following the lease (worker/session.py).
+        self.sessions = SessionSupervisor(self.session_parts, on_crash=self._crashed)
+        # CHT's settings or CHT's own sender changed: whether the worker sends may have too.
+        self.switch = SendingSwitch(self.sender, self.cht_sender, lambda: self.settings.current,
+                                    sweep=lambda: self.sweep, rescan=self.status.trigger_rescan,
+                                    started=lambda: self.dispatcher is not None)
+        self.settings.subscribe(self.switch.settings_changed)
         self.standby_refresh = StandbyRefresh(self.medic, self.settings, self.translations,
                                               active=lambda: self.lease.role == ACTIVE,
                                               timeout=config.couch_timeout)
@@ -200,6 +202,10 @@ class Worker:
         self.status.on_state_learned = self.metrics.observe_status_freshness
 
     # The active session's parts, for the reporters and tests (None on a standby or at start).
+
+    @property
+    def active(self) -> ActiveSession | None:
+        return self.sessions.active
 
     @property
     def dispatcher(self) -> Dispatcher | None:
@@ -370,12 +376,12 @@ class Worker:
                 cht_sender = group.create_task(self.cht_sender.run(), name="cht-sender-watch")
                 if self.lease.role != ACTIVE and self.lease.holder is not None:
                     self.ready.set()  # a standby: up as soon as it serves the webhook
-                elif self._session is not None:
+                elif self.sessions.task is not None:
                     # Active: "started" once the feed's start is fixed (a change written after
                     # this log line is never skipped), unless the lease or a stop comes first.
                     waits = {asyncio.ensure_future(self.ready.wait()),
                              asyncio.ensure_future(self._stop.wait())}
-                    await asyncio.wait({*waits, self._session}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({*waits, self.sessions.task}, return_when=asyncio.FIRST_COMPLETED)
                     for waiter in waits:
                         waiter.cancel()
                 self.notifier.ready(status=await self._status_line())
@@ -389,7 +395,7 @@ class Worker:
                     public_stop = asyncio.create_task(self.public_http.stop(self.config.shutdown_timeout))
                 # 2. the active session finishes its in-flight work and writes its checkpoint,
                 # still under the lease (the renewals go on meanwhile)
-                await self._end_session()
+                await self.sessions.end()
                 # 3. then give the lease up, so a standby takes over at once
                 lease_loop.cancel()
                 # (bounded like the rest of shutdown: not released, a standby waits out the TTL)
@@ -402,79 +408,22 @@ class Worker:
             for exc in group_error.exceptions:
                 log.error("worker_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             self._exit_code = EXIT_CRASH
-            await self._end_session()
+            await self.sessions.end()
         await (http_stop or self.http.stop())
         if public_stop is not None:
             await public_stop
         elif self.public_http is not None:
             await self.public_http.stop()
         await self.rapidpro.close()
-        log.info("worker_stopped", checkpoint=self.checkpoints.saved_seq, abandoned=self._abandoned,
+        log.info("worker_stopped", checkpoint=self.checkpoints.saved_seq, abandoned=self.sessions.abandoned,
                  exit_code=self._exit_code)
         return self._exit_code
 
-    # ---- the active role ---------------------------------------------------------------------
-
-    def _became_active(self, generation: int) -> None:
-        previous = self._session
-        self._session_stop = asyncio.Event()
-        self._session = asyncio.create_task(self._active_session(generation, previous),
-                                            name=f"active-session-{generation}")
-        self._session.add_done_callback(self._session_done)
-
-    def _became_standby(self, reason: str) -> None:
-        # Synchronously: from this moment nothing of the session runs on (in-flight sends are
-        # cancelled; a POST cut off after it left is an in-doubt claim, resolved as usual).
-        if self._session is not None and not self._session.done():
-            self._session.cancel()
-
-    def _session_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:  # a bug in a part: exit non-zero so systemd restarts us
-            log.error("worker_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            self._exit_code = EXIT_CRASH
-            self.stop()
-
-    async def _active_session(self, generation: int, previous: asyncio.Task[None] | None) -> None:
-        """The lease holder's work, until shutdown or the lease is lost (cancelled)."""
-        if previous is not None and not previous.done():
-            await asyncio.wait({previous})  # its cancellation finishing (abandoned work)
-        self._sessions += 1
-        session = ActiveSession(self.session_parts, generation, self._sessions)
-        self.active = session
-        try:
-            await session.run(self._session_stop)
-        finally:
-            self._abandoned = session.abandoned
-
-    async def _end_session(self) -> None:
-        session = self._session
-        if session is None:
-            return
-        self._session_stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({session})
-
-    # ---- settings and sending ----------------------------------------------------------------
-
-    async def _settings_changed(self, old: Settings | None, new: Settings) -> None:
-        if self.dispatcher is not None:  # not during start-up: checked once there
-            await self.cht_sender.check(notify=False)  # the switch below covers a change
-        url_changed = old is not None and old.rapidpro_url != new.rapidpro_url
-        await self._in_charge_changed(url_changed)
-
-    async def _in_charge_changed(self, url_changed: bool = False) -> None:
-        """The settings, or CHT's own sender, changed: whether the worker sends may have too."""
-        was_in_charge = self.sender.gate.not_in_charge is None
-        now_in_charge = await self.sender.refresh_gate()
-        settings = self.settings.current
-        if now_in_charge and (not was_in_charge or url_changed) and self.sweep is not None:
-            # Switched to the worker (or to another RapidPro host): send what is pending now.
-            log.info("outgoing_switched", rapidpro_url=settings.rapidpro_url if settings else None)
-            self.sweep.trigger()
-            self.status.trigger_rescan()  # as CHT does: ask about every non-final message
+    def _crashed(self, exc: BaseException) -> None:
+        """A bug in a part of the active session: exit non-zero so systemd restarts us."""
+        log.error("worker_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        self._exit_code = EXIT_CRASH
+        self.stop()
 
     # ---- health ----------------------------------------------------------------------------
 

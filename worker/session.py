@@ -4,8 +4,9 @@ tracking, in-doubt resolution, incoming reconciliation and the channel watcher, 
 
 A session ends in one of two ways: shutdown (`stop` is set: in-flight work gets
 SHUTDOWN_TIMEOUT, then the checkpoint is written) or the lease lost (the task is cancelled: it
-stops at once, and the next holder resumes from the last checkpoint). The Worker (worker/app.py)
-starts and ends sessions; this module only runs one.
+stops at once, and the next holder resumes from the last checkpoint). `SessionSupervisor`
+starts a session when the lease is won and ends it when it is lost or at shutdown; the Worker
+(worker/app.py) only wires it to the lease.
 """
 
 from __future__ import annotations
@@ -242,3 +243,57 @@ class ActiveSession:
         except CouchError as exc:
             # Not fatal: the next write carries it; at worst changes are processed again.
             log.warning("checkpoint_save_failed", seq=seq, error=str(exc))
+
+
+class SessionSupervisor:
+    """One active session at a time, following the lease's role changes: a new generation's
+    session starts once the previous one's cancellation has finished (its abandoned work)."""
+
+    def __init__(self, parts: SessionParts, on_crash: Callable[[BaseException], None]) -> None:
+        self._parts = parts
+        self._on_crash = on_crash  # a bug in a part: the worker exits non-zero
+        self.active: ActiveSession | None = None  # the lease holder's work (the last session's)
+        self.task: asyncio.Task[None] | None = None  # the active role's parts, while active
+        self._stop = asyncio.Event()  # graceful end of the session (shutdown)
+        self._sessions = 0
+        self.abandoned = 0
+
+    def became_active(self, generation: int) -> None:
+        previous = self.task
+        self._stop = asyncio.Event()
+        self.task = asyncio.create_task(self._run(generation, previous), name=f"active-session-{generation}")
+        self.task.add_done_callback(self._done)
+
+    def became_standby(self, reason: str) -> None:
+        # Synchronously: from this moment nothing of the session runs on (in-flight sends are
+        # cancelled; a POST cut off after it left is an in-doubt claim, resolved as usual).
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    async def end(self) -> None:
+        """Shutdown: the session finishes its in-flight work and writes its checkpoint."""
+        task = self.task
+        if task is None:
+            return
+        self._stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task})
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._on_crash(exc)
+
+    async def _run(self, generation: int, previous: asyncio.Task[None] | None) -> None:
+        """The lease holder's work, until shutdown or the lease is lost (cancelled)."""
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous})  # its cancellation finishing (abandoned work)
+        self._sessions += 1
+        session = ActiveSession(self._parts, generation, self._sessions)
+        self.active = session
+        try:
+            await session.run(self._stop)
+        finally:
+            self.abandoned = session.abandoned
