@@ -76,4 +76,8 @@ class ChtSenderWatch:
         """Re-read every interval (a log line each time while CHT's sender is on)."""
         while True:
             await asyncio.sleep(self._interval)
-            await self.check()
+            try:
+                await self.check()
+            except Exception as exc:  # a bug or an unforeseen answer (the take-over included): log it,
+                # keep watching; an uncaught error here would stop the whole daemon
+                log.error("cht_sender_check_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
