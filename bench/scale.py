@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -275,14 +277,26 @@ async def wait_until(predicate: Any, timeout: float) -> bool:
     return False
 
 
-async def idle_rss(server_url: str, fake: FakeRapidPro) -> float:
-    """Peak RSS (MB) of a worker tracking nothing, 20 s after its start."""
-    db_url = f"{server_url}/bench-scale-idle-{uuid.uuid4().hex[:6]}"
+@contextlib.contextmanager
+def bench_db(server_url: str, prefix: str, fake: FakeRapidPro, *, keep: bool = False) -> Iterator[str]:
+    """A medic database seeded like a CHT (design docs, settings naming the fake RapidPro) and
+    the worker's own beside it; both deleted afterwards unless `keep`."""
+    db_url = f"{server_url}/{prefix}-{uuid.uuid4().hex[:6]}"
     create_db(db_url)
     create_db(db_url + "-rapidpro")
     try:
         seed_design_docs(db_url)
         put_settings(db_url, {"sms": {"outgoing_service": "rapidpro", "rapidpro": {"url": fake.url}}})
+        yield db_url
+    finally:
+        if not keep:
+            delete_db(db_url)
+            delete_db(db_url + "-rapidpro")
+
+
+async def idle_rss(server_url: str, fake: FakeRapidPro) -> float:
+    """Peak RSS (MB) of a worker tracking nothing, 20 s after its start."""
+    with bench_db(server_url, "bench-scale-idle", fake) as db_url:
         daemon = Daemon(worker_env(db_url, fake)).start()
         try:
             assert daemon.process is not None
@@ -291,9 +305,6 @@ async def idle_rss(server_url: str, fake: FakeRapidPro) -> float:
             return rss_kb(daemon.process.pid)[1] / 1024
         finally:
             daemon.terminate_and_wait()
-    finally:
-        delete_db(db_url)
-        delete_db(db_url + "-rapidpro")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -305,81 +316,80 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     fake = FakeRapidPro()
     fake.rate_limit = 3600
     await fake.start()
-    db_url = f"{server_url}/bench-scale-{uuid.uuid4().hex[:6]}"
-    create_db(db_url)
-    create_db(db_url + "-rapidpro")
     try:
-        seed_design_docs(db_url)
-        put_settings(db_url, {"sms": {"outgoing_service": "rapidpro", "rapidpro": {"url": fake.url}}})
-        began = time.perf_counter()
-        seed(db_url, fake, args.tracked, args.pending, random.Random(args.seed))
-        warm_views(db_url)
-        print(f"seeded {args.tracked} tracked + {args.pending} pending, views warm: "
-              f"{time.perf_counter() - began:.0f} s", flush=True)
-        raw_s, raw_rows = await raw_view_read(db_url)
-        idle_mb = await idle_rss(server_url, fake)
-
-        daemon = Daemon(worker_env(db_url, fake))
-        started = time.monotonic()
-        daemon.start()
-        assert daemon.process is not None
-        pid = daemon.process.pid
-        poller: HealthPoller | None = None
-        try:
-            await wait_until(lambda: first_event(daemon, "http_listening") is not None, 60)
-            listening = first_event(daemon, "http_listening")
-            if listening is not None:
-                poller = HealthPoller(int(listening["port"]))
-            loaded_at = round_at = None
-            deadline = time.monotonic() + args.load_timeout
-            while time.monotonic() < deadline and (loaded_at is None or round_at is None):
-                if loaded_at is None and first_event(daemon, "status_tracking_loaded"):
-                    loaded_at = time.monotonic() - started
-                if round_at is None and first_event(daemon, "status_round"):
-                    round_at = time.monotonic() - started
-                if daemon.process.poll() is not None:
-                    raise SystemExit("the worker exited:\n" + "\n".join(map(json.dumps, daemon.events[-10:])))
-                await asyncio.sleep(0.05)
-            # Steady: nothing changes; rounds run every minute.
-            await asyncio.sleep(5)
-            cpu_before, t_before = cpu_seconds(couch_pid), time.monotonic()
-            await asyncio.sleep(args.steady)
-            cpu_per_min = (cpu_seconds(couch_pid) - cpu_before) / (time.monotonic() - t_before) * 60
-            peak_mb = rss_kb(pid)[1] / 1024
-            loaded = first_event(daemon, "status_tracking_loaded") or {}
-        finally:
-            if poller is not None:
-                poller.finish()
-            daemon.terminate_and_wait(60)
-        latencies = poller.latencies if poller else []
-        tracked = int(loaded.get("tracked") or 0)
-        rss_target = TARGET_IDLE_MB + TARGET_BYTES_PER_MSG * args.tracked / 1e6
-        per_msg = (peak_mb - idle_mb) * 1e6 / args.tracked if args.tracked else 0.0
-        figures = {"tracked": args.tracked, "loaded_tracked": tracked, "raw_s": raw_s, "raw_rows": raw_rows,
-                   "loaded_s": loaded_at, "first_round_s": round_at, "idle_mb": idle_mb, "peak_mb": peak_mb,
-                   "bytes_per_msg": per_msg, "couch_cpu_s_per_min": cpu_per_min,
-                   "healthz_p50_ms": pct(latencies, 50), "healthz_p99_ms": pct(latencies, 99),
-                   "healthz_max_ms": max(latencies, default=float("nan")), "healthz_n": len(latencies)}
-        ratio = loaded_at / raw_s if loaded_at is not None and raw_s else float("nan")
-        print(f"tracked {args.tracked} (worker loaded {tracked}), pending {args.pending}; "
-              f"load average {os.getloadavg()[0]:.1f}")
-        print(f"  raw view read:        {raw_s:8.2f} s ({raw_rows} rows)")
-        print(f"  status_tracking_loaded {_s(loaded_at)}  ratio {ratio:.1f}x   "
-              f"target <= {TARGET_LOAD_RATIO:g}x")
-        print(f"  first status round     {_s(round_at)}                 target <= {TARGET_FIRST_ROUND_S:g} s")
-        print(f"  peak RSS {peak_mb:7.1f} MB (idle worker {idle_mb:.1f} MB; {per_msg:.0f} B/msg above it)"
-              f"   target <= {rss_target:.0f} MB ({TARGET_IDLE_MB:g} MB + {TARGET_BYTES_PER_MSG:g} B/msg)")
-        print(f"  CouchDB CPU once loaded, nothing changing: {cpu_per_min:.2f} s/min over {args.steady:g} s"
-              f"   target at 4e5 <= 2x that at 1e4")
-        print(f"  /healthz p50 {figures['healthz_p50_ms']:.0f} ms, p99 {figures['healthz_p99_ms']:.0f} ms, "
-              f"max {figures['healthz_max_ms']:.0f} ms ({len(latencies)} polls)   target p99 <= "
-              f"{TARGET_HEALTHZ_P99_MS:g} ms", flush=True)
-        return figures
+        with bench_db(server_url, "bench-scale", fake, keep=args.keep) as db_url:
+            return await measure(args, server_url, couch_pid, fake, db_url)
     finally:
         await fake.stop()
-        if not args.keep:
-            delete_db(db_url)
-            delete_db(db_url + "-rapidpro")
+
+
+async def measure(args: argparse.Namespace, server_url: str, couch_pid: int, fake: FakeRapidPro,
+                  db_url: str) -> dict[str, Any]:
+    """Seeds `db_url`, then runs the worker on it and reads every figure beside its target."""
+    began = time.perf_counter()
+    seed(db_url, fake, args.tracked, args.pending, random.Random(args.seed))
+    warm_views(db_url)
+    print(f"seeded {args.tracked} tracked + {args.pending} pending, views warm: "
+          f"{time.perf_counter() - began:.0f} s", flush=True)
+    raw_s, raw_rows = await raw_view_read(db_url)
+    idle_mb = await idle_rss(server_url, fake)
+
+    daemon = Daemon(worker_env(db_url, fake))
+    started = time.monotonic()
+    daemon.start()
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    poller: HealthPoller | None = None
+    try:
+        await wait_until(lambda: first_event(daemon, "http_listening") is not None, 60)
+        listening = first_event(daemon, "http_listening")
+        if listening is not None:
+            poller = HealthPoller(int(listening["port"]))
+        loaded_at = round_at = None
+        deadline = time.monotonic() + args.load_timeout
+        while time.monotonic() < deadline and (loaded_at is None or round_at is None):
+            if loaded_at is None and first_event(daemon, "status_tracking_loaded"):
+                loaded_at = time.monotonic() - started
+            if round_at is None and first_event(daemon, "status_round"):
+                round_at = time.monotonic() - started
+            if daemon.process.poll() is not None:
+                raise SystemExit("the worker exited:\n" + "\n".join(map(json.dumps, daemon.events[-10:])))
+            await asyncio.sleep(0.05)
+        # Steady: nothing changes; rounds run every minute.
+        await asyncio.sleep(5)
+        cpu_before, t_before = cpu_seconds(couch_pid), time.monotonic()
+        await asyncio.sleep(args.steady)
+        cpu_per_min = (cpu_seconds(couch_pid) - cpu_before) / (time.monotonic() - t_before) * 60
+        peak_mb = rss_kb(pid)[1] / 1024
+        loaded = first_event(daemon, "status_tracking_loaded") or {}
+    finally:
+        if poller is not None:
+            poller.finish()
+        daemon.terminate_and_wait(60)
+    latencies = poller.latencies if poller else []
+    tracked = int(loaded.get("tracked") or 0)
+    rss_target = TARGET_IDLE_MB + TARGET_BYTES_PER_MSG * args.tracked / 1e6
+    per_msg = (peak_mb - idle_mb) * 1e6 / args.tracked if args.tracked else 0.0
+    figures = {"tracked": args.tracked, "loaded_tracked": tracked, "raw_s": raw_s, "raw_rows": raw_rows,
+               "loaded_s": loaded_at, "first_round_s": round_at, "idle_mb": idle_mb, "peak_mb": peak_mb,
+               "bytes_per_msg": per_msg, "couch_cpu_s_per_min": cpu_per_min,
+               "healthz_p50_ms": pct(latencies, 50), "healthz_p99_ms": pct(latencies, 99),
+               "healthz_max_ms": max(latencies, default=float("nan")), "healthz_n": len(latencies)}
+    ratio = loaded_at / raw_s if loaded_at is not None and raw_s else float("nan")
+    print(f"tracked {args.tracked} (worker loaded {tracked}), pending {args.pending}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"  raw view read:        {raw_s:8.2f} s ({raw_rows} rows)")
+    print(f"  status_tracking_loaded {_s(loaded_at)}  ratio {ratio:.1f}x   "
+          f"target <= {TARGET_LOAD_RATIO:g}x")
+    print(f"  first status round     {_s(round_at)}                 target <= {TARGET_FIRST_ROUND_S:g} s")
+    print(f"  peak RSS {peak_mb:7.1f} MB (idle worker {idle_mb:.1f} MB; {per_msg:.0f} B/msg above it)"
+          f"   target <= {rss_target:.0f} MB ({TARGET_IDLE_MB:g} MB + {TARGET_BYTES_PER_MSG:g} B/msg)")
+    print(f"  CouchDB CPU once loaded, nothing changing: {cpu_per_min:.2f} s/min over {args.steady:g} s"
+          f"   target at 4e5 <= 2x that at 1e4")
+    print(f"  /healthz p50 {figures['healthz_p50_ms']:.0f} ms, p99 {figures['healthz_p99_ms']:.0f} ms, "
+          f"max {figures['healthz_max_ms']:.0f} ms ({len(latencies)} polls)   target p99 <= "
+          f"{TARGET_HEALTHZ_P99_MS:g} ms", flush=True)
+    return figures
 
 
 def _s(value: float | None) -> str:
