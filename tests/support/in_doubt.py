@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 from typing import Any
 
+from tests.support.cli import cli as run_cli
 from tests.support.couch_fixtures import couch_request
-from tests.support.daemon import ROOT, child_env
+from tests.support.daemon import ROOT
 from tests.support.outgoing import put_doc, task
 from transitions.cht.timestamps import cht_time
 
@@ -41,6 +41,5 @@ async def doc_with_stale_claim(medic_db, doc_id: str, text: str, *, owner: str =
 
 
 def cli(medic_db, *args: str) -> subprocess.CompletedProcess[str]:
-    env = child_env({"COUCH_URL": medic_db.url, "LOG_LEVEL": "info"})
-    return subprocess.run([sys.executable, "-m", "worker", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    """The command line against the test's medic db, as the operator runs it."""
+    return run_cli(*args, env={"COUCH_URL": medic_db.url, "LOG_LEVEL": "info"}, cwd=ROOT)
