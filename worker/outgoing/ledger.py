@@ -346,11 +346,7 @@ class Ledger:
 
     async def claims_since(self, since: float, limit: int = 100_000) -> list[float]:
         """The claim times (epoch seconds) from `since` on of entries not released: one POST each."""
-        try:
-            result = await self._db.view(DESIGN_DOC, "by_claim_time", start_key=since, reduce=False,
-                                         limit=limit)
-        except NotFound:
-            return []
+        result = await self._view("by_claim_time", start_key=since, reduce=False, limit=limit)
         return [float(row["key"]) for row in result.get("rows", [])
                 if isinstance(row.get("key"), int | float) and not isinstance(row.get("key"), bool)]
 
